@@ -1,0 +1,67 @@
+# patrol — the two commands a new user needs: `make demo` and `make test`.
+# Each installs what it needs itself: a virtualenv with the project, and (for tests) the Debian
+# packages prometheus + prometheus-alertmanager (promtool/amtool and the end-to-end servers).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+APT_PACKAGES := prometheus prometheus-alertmanager
+DEMO_ARGS ?=
+
+.PHONY: help venv system-deps lint test test-fast demo bench clean
+
+help:
+	@echo "make demo   - start the simulated world (sandbox) and watch patrol keep it alive"
+	@echo "make test   - install everything needed, lint, and run every test"
+	@echo "make lint   - ruff + mypy --strict + import-linter"
+	@echo "make bench  - run the benchmarks in bench/ (figures for docs/benchmarks.md)"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "patrol needs Python >= 3.11"'
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  echo ">> installing python3-venv (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo ">> installing patrol and its dev tools into $(VENV)"
+	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+# Debian packages for the end-to-end tests. Installed without recommends and without starting
+# their services (policy-rc.d answers 101 while apt runs): tests start their own instances.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo ">> installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null && $$SUDO chmod +x /usr/sbin/policy-rc.d; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	  rc=$$?; $$SUDO rm -f /usr/sbin/policy-rc.d; exit $$rc; \
+	fi
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: venv system-deps lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+# Unit tests only, for a quick loop while editing.
+test-fast: venv
+	$(BIN)/pytest -q tests/unit
+
+demo: venv
+	$(BIN)/patrol demo $(DEMO_ARGS)
+
+bench: venv
+	$(BIN)/python bench/scrape.py
+	$(BIN)/python bench/webhook.py
+	$(BIN)/python bench/rotation.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

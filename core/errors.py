@@ -1,0 +1,129 @@
+"""patrol's one exception hierarchy.
+
+Adapters translate third-party exceptions (httpx, azure.core, kubernetes) into these at the
+boundary (``raise X(...) from exc``); services and the saga never catch a third-party type.
+
+    PatrolError
+    ├── ConfigError                    a configuration file is wrong (names file, key path, fix)
+    ├── TransientError(delay)          worth retrying, after ``delay`` seconds if the server said so
+    │   ├── UnavailableError           connection refused/reset, timeout, DNS
+    │   ├── ServerError                5xx
+    │   ├── ThrottledError             429, or a 200 that asked us to wait (Retry-After)
+    │   └── ConflictError              409 / resourceVersion precondition failed
+    └── PermanentError                 retrying will not help
+        ├── UnauthorizedError          401, 203 + HTML sign-in page, 403
+        ├── NotFoundError              404
+        ├── BadRequestError            other 4xx
+        ├── PolicyViolationError(code) PAT API answered patTokenError != "none"
+        ├── ScopeMismatchError         a created PAT does not carry exactly the scopes asked for
+        └── AuthenticationRequiredError  a credential needs a human (MFA, expired refresh token)
+
+Every message must be safe to log: never put a token value in one.
+"""
+
+from __future__ import annotations
+
+
+class PatrolError(Exception):
+    """Base of every error patrol raises on purpose."""
+
+
+class ConfigError(PatrolError):
+    """A configuration problem, reported as ``file: key.path: problem (fix: ...)``."""
+
+    def __init__(self, file: str, path: str, problem: str, fix: str = "") -> None:
+        self.file = file
+        self.path = path
+        self.problem = problem
+        self.fix = fix
+        where = f"{file}: {path}" if path else file
+        text = f"{where}: {problem}"
+        if fix:
+            text += f" (fix: {fix})"
+        super().__init__(text)
+
+
+class TransientError(PatrolError):
+    """Worth retrying. ``delay`` is the server's requested wait in seconds, if it gave one."""
+
+    def __init__(self, message: str, *, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class PermanentError(PatrolError):
+    """Retrying the same call will not help."""
+
+
+class ApiError(PatrolError):
+    """Mixin carrying what an API answered: which service, which HTTP status."""
+
+    service: str = ""
+    status: int | None = None
+
+
+class UnavailableError(TransientError, ApiError):
+    """The service could not be reached (connection error, timeout)."""
+
+    def __init__(self, message: str, *, service: str = "", delay: float | None = None) -> None:
+        super().__init__(message, delay=delay)
+        self.service = service
+
+
+class ServerError(TransientError, ApiError):
+    def __init__(self, message: str, *, service: str = "", status: int | None = None,
+                 delay: float | None = None) -> None:
+        super().__init__(message, delay=delay)
+        self.service = service
+        self.status = status
+
+
+class ThrottledError(TransientError, ApiError):
+    def __init__(self, message: str, *, service: str = "", status: int | None = 429,
+                 delay: float | None = None) -> None:
+        super().__init__(message, delay=delay)
+        self.service = service
+        self.status = status
+
+
+class ConflictError(TransientError, ApiError):
+    def __init__(self, message: str, *, service: str = "", status: int | None = 409) -> None:
+        super().__init__(message)
+        self.service = service
+        self.status = status
+
+
+class _PermanentApiError(PermanentError, ApiError):
+    def __init__(self, message: str, *, service: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.service = service
+        self.status = status
+
+
+class UnauthorizedError(_PermanentApiError):
+    """401/403, or ADO's 203 + HTML sign-in page: the credential does not authenticate."""
+
+
+class NotFoundError(_PermanentApiError):
+    pass
+
+
+class BadRequestError(_PermanentApiError):
+    pass
+
+
+class PolicyViolationError(_PermanentApiError):
+    """The PAT Lifecycle API refused by policy; ``code`` is the ``patTokenError`` value."""
+
+    def __init__(self, message: str, *, code: str, service: str = "ado",
+                 status: int | None = None) -> None:
+        super().__init__(message, service=service, status=status)
+        self.code = code
+
+
+class ScopeMismatchError(PermanentError):
+    """A PAT came back with scopes other than those requested."""
+
+
+class AuthenticationRequiredError(PermanentError):
+    """A credential cannot get a token without a human (run ``patrol login``)."""

@@ -1,0 +1,5 @@
+import sys
+
+from patrol.cli import main
+
+sys.exit(main())

@@ -1,0 +1,169 @@
+"""The ``patrol`` command line: the composition root.
+
+It reads the environment (in this one place), parses flags, loads the configuration, configures
+logging once, and hands over to a service. Settings precedence: flag > environment > config file.
+Exit codes: 0 ok, 1 failure, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+
+from core import logs
+from core.config import Config, load_config
+from core.errors import ConfigError, PatrolError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def _common(parser: argparse.ArgumentParser, env: Mapping[str, str], *, config: bool = True) -> None:
+    if config:
+        parser.add_argument(
+            "--config", metavar="FILE", default=env.get("PATROL_CONFIG"),
+            help="patrol configuration file (env PATROL_CONFIG)")
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default=env.get("PATROL_LOG_FORMAT", "text"),
+        help="log output format (env PATROL_LOG_FORMAT)")
+    parser.add_argument(
+        "--log-level", default=env.get("PATROL_LOG_LEVEL", "INFO"),
+        help="log level (env PATROL_LOG_LEVEL)")
+
+
+def _sub(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_: str,
+         epilog: str, handler: Handler) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_, description=help_, epilog=epilog, formatter_class=_Formatter)
+    p.set_defaults(handler=handler)
+    return p
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="patrol",
+        description="patrol watches the Azure DevOps PATs that keep self-hosted agents alive, "
+                    "warns before they expire, and rotates them when an alert fires.",
+        epilog="examples:\n"
+               "  patrol config check patrol.yaml\n"
+               "  patrol exporter --config patrol.yaml --listen 0.0.0.0:9877\n"
+               "  patrol worker --config patrol.yaml --listen 0.0.0.0:9878\n"
+               "  patrol rotate keda --config patrol.yaml --dry-run\n"
+               "  patrol sandbox --ready-file /tmp/sandbox.json\n"
+               "  patrol demo\n\n"
+               "exit codes: 0 ok, 1 failure, 2 usage or configuration error",
+        formatter_class=_Formatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    # config
+    cfg = sub.add_parser("config", help="check or explain a configuration file",
+                         description="Check or explain a configuration file.")
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    check = _sub(cfg_sub, "check", "validate a configuration file and summarise it",
+                 "examples:\n  patrol config check patrol.yaml\n  PATROL_CONFIG=patrol.yaml patrol config check",
+                 _run_config_check)
+    check.add_argument("file", nargs="?", default=None, help="the file (default: --config / PATROL_CONFIG)")
+    _common(check, env)
+    cfg.set_defaults(handler=lambda _a: (cfg.print_help(), EXIT_USAGE)[1])
+
+    # sandbox
+    sb = _sub(sub, "sandbox", "run the simulated Azure DevOps/Entra/Key Vault/Kubernetes/KEDA world",
+              "The ready file is written once every endpoint answers; it names a generated patrol\n"
+              "config wired to the sandbox. See docs/sandbox.md.\n\nexamples:\n"
+              "  patrol sandbox --ready-file /tmp/sandbox.json\n"
+              "  patrol sandbox --ready-file /tmp/sb.json --scenario large --duration 600",
+              _run_sandbox)
+    sb.add_argument("--ready-file", required=True, metavar="PATH", help="where to write the ready JSON")
+    sb.add_argument("--scenario", default="default", help="scenario: default or large")
+    sb.add_argument("--dir", default=None, metavar="DIR", help="working directory (default: a new temp dir)")
+    sb.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                    help="stop after this long (default: until Ctrl-C)")
+    _common(sb, env, config=False)
+
+    # demo
+    demo = _sub(sub, "demo", "start the sandbox and watch patrol keep the agents alive",
+                "examples:\n  patrol demo\n  patrol demo --duration 120", _run_demo)
+    demo.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                      help="stop after this long (default: until Ctrl-C)")
+    demo.add_argument("--interval", type=float, default=3.0, metavar="SECONDS", help="seconds between reports")
+    _common(demo, env, config=False)
+
+    # login
+    login = _sub(sub, "login", "sign in once as the bot account (device code) for silent refresh later",
+                 "For bot accounts protected by MFA: run once interactively; the worker then refreshes\n"
+                 "silently from the persistent token cache.\n\nexamples:\n"
+                 "  patrol login --config patrol.yaml --organization hmcts", _run_login)
+    login.add_argument("--organization", default=None, help="organization whose credential to sign in")
+    _common(login, env)
+    return parser
+
+
+def _load_config(args: argparse.Namespace, file: str | None = None) -> Config:
+    path = file or args.config
+    if not path:
+        raise ConfigError("(none)", "", "no configuration file given",
+                          "pass --config FILE or set PATROL_CONFIG")
+    return load_config(path)
+
+
+def _run_config_check(args: argparse.Namespace) -> int:
+    from patrol import config_cmd
+
+    if args.file is None:
+        args.file = args.config
+    return config_cmd.run(args)
+
+
+def _run_sandbox(args: argparse.Namespace) -> int:
+    from sandbox.__main__ import main as sandbox_main
+
+    argv = ["--ready-file", args.ready_file, "--scenario", args.scenario]
+    if args.dir:
+        argv += ["--dir", args.dir]
+    if args.duration is not None:
+        argv += ["--duration", str(args.duration)]
+    return sandbox_main(argv)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from patrol import demo
+
+    return demo.run(duration=args.duration, interval=args.interval)
+
+
+def _run_login(args: argparse.Namespace) -> int:
+    from patrol import login
+
+    return login.run(_load_config(args), organization=args.organization)
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    parser = build_parser(env)
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USAGE
+    logs.configure(getattr(args, "log_format", "text"), getattr(args, "log_level", "INFO"))
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"patrol: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PatrolError as exc:
+        print(f"patrol: {logs.redact(str(exc))}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
