@@ -1,15 +1,22 @@
 """patrol's configuration: one YAML file, validated once, passed explicitly.
 
 The model below is the contract every service reads. ``load_config(path)`` parses and
-validates a file and raises :class:`core.errors.ConfigError` naming the file, the key path and
-the fix. The environment is read in one place (``patrol/cli.py``), never here.
+validates a file and raises :class:`ConfigErrors` (a :class:`core.errors.ConfigError`) that lists
+*every* problem found, each naming the file, the key path and the fix: a person fixing a config
+should see all of it at once, not one problem per run. The parsing machinery lives in
+``core/_config_parse.py``; durations are parsed here because the model and the docs share them.
+The environment is read in one place (``patrol/cli.py``), never here.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
+
+from core.errors import ConfigError
 
 # The Azure DevOps resource; PAT Lifecycle API and ADO REST accept Entra tokens for it.
 ADO_RESOURCE_SCOPE = "499b84ac-1321-427f-aa17-267ca6975798/.default"
@@ -204,6 +211,118 @@ class Config:
         raise KeyError(name)
 
 
+class ConfigProblem(ConfigError):
+    """One problem at a place in the file; ``line`` (1-based) when the YAML told us."""
+
+    def __init__(self, file: str, path: str, problem: str, fix: str = "",
+                 line: int | None = None) -> None:
+        super().__init__(file, path, problem, fix)
+        self.line = line
+        self.args = (str(self),)
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        if self.path:
+            where += f": {self.path}"
+        text = f"{where}: {self.problem}"
+        if self.fix:
+            text += f" (fix: {self.fix})"
+        return text
+
+
+class ConfigErrors(ConfigError):
+    """Every problem found in one file; ``problems`` holds each as its own ConfigError.
+
+    With a single problem, ``path``/``problem``/``fix`` mirror it, so code that reads one
+    ConfigError keeps working.
+    """
+
+    def __init__(self, file: str, problems: Sequence[ConfigError]) -> None:
+        if not problems:
+            raise ValueError("ConfigErrors needs at least one problem")
+        self.problems: tuple[ConfigError, ...] = tuple(problems)
+        if len(problems) == 1:
+            only = problems[0]
+            super().__init__(file, only.path, only.problem, only.fix)
+        else:
+            super().__init__(file, "", f"{len(problems)} problems")
+        self.args = (str(self),)
+
+    def __str__(self) -> str:
+        if len(self.problems) == 1:
+            return str(self.problems[0])
+        lines = [f"{self.file}: {len(self.problems)} problems:"]
+        lines += [f"  {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+class DurationError(ValueError):
+    """A duration string patrol cannot read; ``fix`` says what to write instead."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(f"{problem} (fix: {fix})")
+        self.problem = problem
+        self.fix = fix
+
+
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.ASCII)
+_DURATION_EXAMPLES = "90s, 15m, 26h, 30d, or combined largest unit first like 1h30m"
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``15m``, ``26h``, ``30d`` or combinations (``1d12h``, ``1h30m``) → timedelta.
+
+    Whole numbers only, units largest first, each at most once; a bare number is refused
+    because ``10`` could mean seconds to one reader and days to another.
+    """
+    value = text.strip()
+    if not value:
+        raise DurationError("empty duration", f"write a duration such as {_DURATION_EXAMPLES}")
+    if value.startswith("-"):
+        raise DurationError(f"negative duration {value!r}",
+                            f"write a positive duration such as {value[1:]!r}")
+    if re.fullmatch(r"\d+", value, re.ASCII):
+        raise DurationError(f"duration {value!r} has no unit",
+                            f"write {value}s, {value}m, {value}h or {value}d")
+    if re.fullmatch(r"\d*\.\d+[dhms]?", value, re.ASCII):
+        raise DurationError(f"duration {value!r} is not a whole number",
+                            "use whole numbers of a smaller unit, e.g. 1h30m instead of 1.5h")
+    match = _DURATION.fullmatch(value)
+    if match is None or not any(match.groups()):
+        raise DurationError(f"{value!r} is not a duration", f"write {_DURATION_EXAMPLES}")
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    try:
+        return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    except OverflowError:
+        raise DurationError(f"duration {value!r} is too long", "write a shorter duration") from None
+
+
+def format_duration(value: timedelta) -> str:
+    """The canonical string :func:`parse_duration` reads back as ``value``, largest unit first
+    (``timedelta(hours=26)`` → ``1d2h``). Sub-second parts, which the config cannot express, are
+    shown as fractional seconds."""
+    if value < timedelta(0):
+        raise ValueError("negative durations cannot be formatted")
+    if value.microseconds:
+        return f"{value.total_seconds():g}s"
+    total = int(value.total_seconds())
+    if total == 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, total = divmod(total, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
+
+
 def load_config(path: str) -> Config:
-    """Read, parse and validate ``path``; raise ConfigError naming file, key path and fix."""
-    raise NotImplementedError  # implemented by the config loader work
+    """Read, parse and validate ``path``.
+
+    Raises :class:`ConfigErrors` listing every problem (file, key path such as
+    ``tokens[1].sinks[0].cluster``, and the fix). Relative paths in the file are resolved
+    against the file's directory.
+    """
+    from core._config_parse import parse_file
+
+    return parse_file(path)

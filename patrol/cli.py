@@ -29,7 +29,8 @@ def _common(parser: argparse.ArgumentParser, env: Mapping[str, str], *, config: 
     if config:
         parser.add_argument(
             "--config", metavar="FILE", default=env.get("PATROL_CONFIG"),
-            help="patrol configuration file (env PATROL_CONFIG)")
+            help="patrol configuration file (env PATROL_CONFIG)",
+        )
     parser.add_argument(
         "--log-format", choices=["text", "json"], default=env.get("PATROL_LOG_FORMAT", "text"),
         help="log output format (env PATROL_LOG_FORMAT)")
@@ -67,11 +68,21 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                          description="Check or explain a configuration file.")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
     check = _sub(cfg_sub, "check", "validate a configuration file and summarise it",
-                 "examples:\n  patrol config check patrol.yaml\n  PATROL_CONFIG=patrol.yaml patrol config check",
+                 "examples:\n  patrol config check patrol.yaml\n"
+                 "  PATROL_CONFIG=patrol.yaml patrol config check",
                  _run_config_check)
+    check.set_defaults(config_command="check")
     check.add_argument("file", nargs="?", default=None, help="the file (default: --config / PATROL_CONFIG)")
     _common(check, env)
-    cfg.set_defaults(handler=lambda _a: (cfg.print_help(), EXIT_USAGE)[1])
+    example = _sub(cfg_sub, "example", "print a fully commented example configuration",
+                   "examples:\n  patrol config example > patrol.yaml", _run_config_check)
+    example.set_defaults(file=None, config=None, config_command="example")
+
+    def _config_help(_args: argparse.Namespace) -> int:
+        cfg.print_help()
+        return EXIT_USAGE
+
+    cfg.set_defaults(handler=_config_help)
 
     # sandbox
     sb = _sub(sub, "sandbox", "run the simulated Azure DevOps/Entra/Key Vault/Kubernetes/KEDA world",
@@ -92,7 +103,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                 "examples:\n  patrol demo\n  patrol demo --duration 120", _run_demo)
     demo.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                       help="stop after this long (default: until Ctrl-C)")
-    demo.add_argument("--interval", type=float, default=3.0, metavar="SECONDS", help="seconds between reports")
+    demo.add_argument("--interval", type=float, default=3.0, metavar="SECONDS",
+                      help="seconds between reports")
     _common(demo, env, config=False)
 
     # login
