@@ -1,0 +1,263 @@
+"""The shipped rules: generated files up to date, promtool/amtool clean, every alert complete."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES_FILE = ROOT / "alerts" / "patrol.rules.yml"
+PROMETHEUS_RULE_FILE = ROOT / "deploy" / "prometheusrule.yaml"
+ALERTMANAGER_EXAMPLE = ROOT / "alerts" / "alertmanager.example.yml"
+RULE_TESTS = sorted((ROOT / "alerts" / "tests").glob("*.test.yml"))
+RUNBOOK = ROOT / "docs" / "runbook.md"
+METRICS_DOC = ROOT / "docs" / "metrics.md"
+
+# DESIGN §5: the alerts patrol's worker can fix by rotating the token.
+ROTATE_ALERTS = {"PatRenewalDue", "PatInvalid", "KedaScalerAuthFailing"}
+DESIGN_ALERTS = ROTATE_ALERTS | {
+    "PatExpiringSoon", "PatExpired", "AgentPoolStarved", "DailyChecksStale", "DailyChecksFailing",
+    "PatrolSourceDown", "PatrolRotationFailed", "PatrolRotationStuck",
+}
+
+
+def _load_rules_module() -> ModuleType:
+    """alerts/ is a checkout tool, not an installed package: load it from its file."""
+    name = "alerts.rules"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "alerts" / "rules.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module          # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+rules = _load_rules_module()
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found: install the Debian packages prometheus and "
+                    "prometheus-alertmanager (`make system-deps`)")
+    return path
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        pytest.fail(f"{' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def _rule_groups() -> list[dict[str, Any]]:
+    groups: list[dict[str, Any]] = yaml.safe_load(RULES_FILE.read_text(encoding="utf-8"))["groups"]
+    return groups
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in _rule_groups() for rule in group["rules"] if "alert" in rule]
+
+
+def _alert_tests() -> list[dict[str, Any]]:
+    cases: list[dict[str, Any]] = []
+    for path in RULE_TESTS:
+        for test in yaml.safe_load(path.read_text(encoding="utf-8"))["tests"]:
+            cases.extend(test.get("alert_rule_test", []))
+    return cases
+
+
+# --- one source of truth -----------------------------------------------------------------------
+
+
+def test_committed_rule_files_equal_the_generator_output() -> None:
+    stale = rules.stale_files()
+    assert not stale, "\n".join(stale.values())
+
+
+def test_check_command_passes_on_the_committed_files() -> None:
+    _run(sys.executable, "-m", "alerts.rules", "--check")
+
+
+def test_prometheus_rule_holds_exactly_the_rule_file_groups() -> None:
+    resource = yaml.safe_load(PROMETHEUS_RULE_FILE.read_text(encoding="utf-8"))
+    assert resource["apiVersion"] == "monitoring.coreos.com/v1"
+    assert resource["kind"] == "PrometheusRule"
+    assert resource["metadata"]["labels"]["release"] == rules.PROMETHEUS_RULE_RELEASE
+    assert resource["spec"]["groups"] == _rule_groups()
+
+
+def test_for_override_changes_only_the_for_of_alerts() -> None:
+    fast = rules.rule_groups(for_override="5s")
+    normal = rules.rule_groups()
+    for fast_group, group in zip(fast, normal, strict=True):
+        for fast_rule, rule in zip(fast_group["rules"], group["rules"], strict=True):
+            if "alert" in rule:
+                assert fast_rule == {**rule, "for": "5s"}
+            else:
+                assert fast_rule == rule
+
+
+# --- promtool ------------------------------------------------------------------------------------
+
+
+def test_promtool_check_rules_is_clean(tmp_path: Path) -> None:
+    promtool = _tool("promtool")
+    spec_groups = yaml.safe_load(PROMETHEUS_RULE_FILE.read_text(encoding="utf-8"))["spec"]
+    from_prometheus_rule = tmp_path / "from-prometheusrule.yml"
+    from_prometheus_rule.write_text(yaml.safe_dump(spec_groups), encoding="utf-8")
+    result = _run(promtool, "check", "rules", str(RULES_FILE), str(from_prometheus_rule))
+    assert "SUCCESS" in result.stdout
+
+
+def test_promtool_unit_tests_pass() -> None:
+    promtool = _tool("promtool")
+    assert RULE_TESTS, "no alerts/tests/*.test.yml"
+    result = _run(promtool, "test", "rules", *(str(path.relative_to(ROOT)) for path in RULE_TESTS))
+    assert "FAILED" not in result.stdout + result.stderr
+
+
+def test_every_alert_has_a_firing_case_and_a_silent_case() -> None:
+    cases = _alert_tests()
+    for rule in _alert_rules():
+        name = rule["alert"]
+        own = [case for case in cases if case["alertname"] == name]
+        firing = [case for case in own if case.get("exp_alerts")]
+        assert firing, f"{name}: no promtool case where it fires"
+        assert any(case.get("exp_alerts") == [] for case in own), f"{name}: no case where it must not fire"
+        for case in firing:
+            for alert in case["exp_alerts"]:
+                labels, annotations = alert["exp_labels"], alert["exp_annotations"]
+                assert labels["severity"] == rule["labels"]["severity"], name
+                assert set(annotations) == {"summary", "description", "runbook_url"}, name
+                if rule["labels"].get("remediation") == "rotate":
+                    assert labels["remediation"] == "rotate", name
+                    assert labels.get("token"), f"{name}: a rotate alert must carry the token label"
+
+
+def test_the_recording_rule_has_a_unit_test() -> None:
+    tested = {
+        case["expr"]
+        for path in RULE_TESTS
+        for test in yaml.safe_load(path.read_text(encoding="utf-8"))["tests"]
+        for case in test.get("promql_expr_test", [])
+    }
+    records = {rule["record"] for group in _rule_groups() for rule in group["rules"] if "record" in rule}
+    assert records == {"patrol:pat_days_to_expiry"}
+    assert records <= tested
+
+
+# --- structure -------------------------------------------------------------------------------------
+
+
+def test_the_alerts_are_those_of_the_design() -> None:
+    assert {rule["alert"] for rule in _alert_rules()} == DESIGN_ALERTS
+
+
+@pytest.mark.parametrize("rule", _alert_rules(), ids=lambda rule: rule["alert"])
+def test_every_alert_is_complete(rule: dict[str, Any]) -> None:
+    assert re.fullmatch(r"\d+[smh]", rule["for"]), rule["for"]
+    assert rule["labels"]["severity"] in {"info", "warning", "critical"}
+    annotations = rule["annotations"]
+    assert set(annotations) == {"summary", "description", "runbook_url"}
+    assert annotations["summary"].strip() and annotations["description"].strip()
+    assert annotations["runbook_url"] == f"{rules.RUNBOOK_BASE_URL}#{rule['alert'].lower()}"
+
+
+@pytest.mark.parametrize("rule", _alert_rules(), ids=lambda rule: rule["alert"])
+def test_only_the_rotate_alerts_carry_remediation_and_they_keep_token(rule: dict[str, Any]) -> None:
+    name = rule["alert"]
+    if name in ROTATE_ALERTS:
+        assert rule["labels"]["remediation"] == "rotate"
+        # the token label must survive the expression's aggregations
+        assert "token" in rule["expr"], name
+        assert "{{ $labels.token }}" in rule["annotations"]["description"], name
+    else:
+        assert "remediation" not in rule["labels"], name
+
+
+def _github_anchors(markdown: str) -> set[str]:
+    anchors = set()
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*$", markdown, flags=re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(slug)
+    return anchors
+
+
+def test_every_runbook_url_points_at_a_runbook_section() -> None:
+    anchors = _github_anchors(RUNBOOK.read_text(encoding="utf-8"))
+    for rule in _alert_rules():
+        url = rule["annotations"]["runbook_url"]
+        base, _, anchor = url.partition("#")
+        assert base.endswith("/docs/runbook.md"), url
+        assert anchor in anchors, f"{rule['alert']}: docs/runbook.md has no heading for #{anchor}"
+
+
+def test_runbook_internal_links_resolve() -> None:
+    text = RUNBOOK.read_text(encoding="utf-8")
+    anchors = _github_anchors(text)
+    for anchor in re.findall(r"\]\(#([^)]+)\)", text):
+        assert anchor in anchors, f"docs/runbook.md links to missing #{anchor}"
+
+
+def test_every_metric_in_the_rules_is_documented() -> None:
+    documented = set(re.findall(r"^### `([^`]+)`", METRICS_DOC.read_text(encoding="utf-8"), re.MULTILINE))
+    used = set()
+    for group in _rule_groups():
+        for rule in group["rules"]:
+            used |= set(re.findall(r"\bpatrol(?:_|:)[a-z_:]+", rule["expr"]))
+    assert used, "no patrol metric found in the rules"
+    assert used <= documented, f"not in docs/metrics.md: {sorted(used - documented)}"
+
+
+# --- Alertmanager ----------------------------------------------------------------------------------
+
+
+def test_amtool_check_config_is_clean() -> None:
+    result = _run(_tool("amtool"), "check-config", str(ALERTMANAGER_EXAMPLE))
+    assert "SUCCESS" in result.stdout
+
+
+def test_the_worker_receives_rotate_alerts_grouped_by_token_with_bearer_auth() -> None:
+    config = yaml.safe_load(ALERTMANAGER_EXAMPLE.read_text(encoding="utf-8"))
+    worker_routes = [r for r in config["route"]["routes"] if r["receiver"] == "patrol-worker"]
+    assert len(worker_routes) == 1
+    route = worker_routes[0]
+    assert route["matchers"] == ['remediation="rotate"']
+    assert route["group_by"] == ["alertname", "token"]
+    assert not route.get("continue", False)
+    (receiver,) = [r for r in config["receivers"] if r["name"] == "patrol-worker"]
+    (webhook,) = receiver["webhook_configs"]
+    assert webhook["url"] == "http://patrol-worker:9878/webhook/alertmanager"
+    assert webhook["send_resolved"] is True
+    assert webhook["max_alerts"] == 0
+    assert webhook["http_config"]["authorization"] == {
+        "type": "Bearer", "credentials_file": "/etc/alertmanager/secrets/patrol-webhook-token",
+    }
+
+
+@pytest.mark.parametrize("rule", _alert_rules(), ids=lambda rule: rule["alert"])
+def test_each_alert_reaches_the_right_receiver(rule: dict[str, Any]) -> None:
+    labels = {"alertname": rule["alert"], **rule["labels"]}
+    if labels.get("remediation") == "rotate":
+        labels["token"] = "keda"
+        expected = "patrol-worker"
+    elif labels["severity"] == "critical":
+        expected = "platform-oncall"
+    else:
+        expected = "platform-team"
+    _run(
+        _tool("amtool"), "config", "routes", "test", f"--config.file={ALERTMANAGER_EXAMPLE}",
+        f"--verify.receivers={expected}", *(f"{key}={value}" for key, value in labels.items()),
+    )
