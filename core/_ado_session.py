@@ -1,0 +1,272 @@
+"""One HTTP exchange with Azure DevOps, translated into patrol's errors.
+
+Both ADO clients (:mod:`core.ado`) send every request through :class:`AdoSession`, so the
+things ADO gets wrong in surprising ways are handled once:
+
+- ``X-TFS-FedAuthRedirect: Suppress`` on every request, and a 203 or any 2xx HTML body still
+  read as "credential not accepted" (ADO answers a bad credential with a sign-in page unless
+  told not to; API-CONTRACTS §2.3).
+- 401/403 carry their reason in the URL-encoded ``X-TFS-ServiceError`` header or a JSON
+  ``message`` (``TF400813``, ``VS30063``); both go into the error, the credential never does.
+- Rate limiting (§3.3): 429 is a :class:`~core.errors.ThrottledError` carrying ``Retry-After``;
+  a *successful* answer with ``Retry-After`` or ``X-RateLimit-Delay`` means "slow down", so the
+  next request waits that long first (``throttle_until``).
+- Transport failures become :class:`~core.errors.UnavailableError`, and
+  :func:`core.retry.call_with_retry` retries the transient ones per the :class:`Backoff`.
+
+``requests_made`` counts every attempt on the wire, retries included, for benchmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import json
+import logging
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from importlib import metadata
+from typing import Any
+
+import httpx
+
+from core.errors import (
+    BadRequestError,
+    ConflictError,
+    NotFoundError,
+    PatrolError,
+    ServerError,
+    ThrottledError,
+    UnauthorizedError,
+    UnavailableError,
+)
+from core.logs import redact
+from core.retry import Backoff, call_with_retry
+
+log = logging.getLogger("patrol.ado")
+
+# A hook that may turn a 4xx answer into a more specific error (the PAT API's patTokenError).
+ErrorHook = Callable[[httpx.Response, str], PatrolError | None]
+Params = Mapping[str, str | int | bool]
+
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+_DETAIL_LIMIT = 300
+
+
+def _user_agent() -> str:
+    try:
+        version = metadata.version("ado-patrol")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        version = "0+unknown"
+    return f"ado-patrol/{version}"
+
+
+USER_AGENT = _user_agent()
+
+
+class NotSentError(UnavailableError):
+    """The connection failed before the request left: safe to retry even a non-idempotent call."""
+
+
+class AdoSession:
+    """Sends requests with one credential scheme and turns answers into data or errors."""
+
+    def __init__(
+        self,
+        authorization: Callable[[], str],
+        *,
+        service: str,
+        client: httpx.Client | None,
+        backoff: Backoff,
+        sleep: Callable[[float], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self._authorization = authorization
+        self.service = service
+        self._own_client = client is None
+        self._client = client if client is not None else httpx.Client(timeout=DEFAULT_TIMEOUT)
+        self.backoff = backoff
+        self._sleep = sleep
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.requests_made = 0
+        self.throttle_until = 0.0                 # clock() time before which no request is sent
+        self.rate_limit_remaining: int | None = None
+
+    def close(self) -> None:
+        if self._own_client:
+            self._client.close()
+
+    # -- the one public verb -------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Params | None = None,
+        body: Mapping[str, Any] | None = None,
+        error_hook: ErrorHook | None = None,
+        idempotent: bool = True,
+    ) -> httpx.Response:
+        """Send with retries; return a 2xx JSON-or-empty response or raise a PatrolError.
+
+        A non-idempotent call (a PAT create) is retried only when the server surely did not act
+        on it: a 429, or a connection that never opened.
+        """
+        backoff = self.backoff
+        if not idempotent:
+            backoff = replace(backoff, retry_on=(ThrottledError, NotSentError))
+        path = urllib.parse.urlsplit(url).path
+        return call_with_retry(
+            lambda: self._send_once(method, url, path=path, params=params, body=body,
+                                    error_hook=error_hook),
+            backoff, what=f"{self.service} {method} {path}", sleep=self._sleep, logger=log)
+
+    # -- one attempt ---------------------------------------------------------------------------
+
+    def _send_once(self, method: str, url: str, *, path: str, params: Params | None,
+                   body: Mapping[str, Any] | None, error_hook: ErrorHook | None) -> httpx.Response:
+        self._wait_for_throttle()
+        headers = {
+            "Accept": "application/json",
+            "X-TFS-FedAuthRedirect": "Suppress",
+            "User-Agent": USER_AGENT,
+            "Authorization": self._authorization(),
+        }
+        what = f"{self.service} {method} {path}"
+        with self._lock:
+            self.requests_made += 1
+        started = time.perf_counter()
+        try:
+            response = self._client.request(method, url, params=dict(params or {}), json=body,
+                                            headers=headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise NotSentError(self._safe(f"{what}: cannot connect: {type(exc).__name__}: {exc}"),
+                               service=self.service) from exc
+        except httpx.TimeoutException as exc:
+            raise UnavailableError(self._safe(f"{what}: timed out: {type(exc).__name__}"),
+                                   service=self.service) from exc
+        except httpx.RequestError as exc:
+            raise UnavailableError(self._safe(f"{what}: {type(exc).__name__}: {exc}"),
+                                   service=self.service) from exc
+        log.debug("%s -> %d in %.3fs", what, response.status_code, time.perf_counter() - started,
+                  extra={"service": self.service, "status": response.status_code})
+        self._note_rate_limit(response)
+        self._check(response, what, error_hook)
+        return response
+
+    def _wait_for_throttle(self) -> None:
+        wait = self.throttle_until - self._clock()
+        if wait > 0:
+            log.info("%s asked us to slow down; waiting %.2fs before the next request",
+                     self.service, wait, extra={"service": self.service, "delay": wait})
+            self._sleep(wait)
+
+    def _note_rate_limit(self, response: httpx.Response) -> None:
+        remaining = response.headers.get("X-RateLimit-Remaining")
+        if remaining is not None:
+            with contextlib.suppress(ValueError):
+                self.rate_limit_remaining = int(float(remaining))
+        if not response.is_success:
+            return                                # failures carry their delay in the error
+        delays = [d for d in (_retry_after(response), _seconds(response.headers.get("X-RateLimit-Delay")))
+                  if d is not None and d > 0]
+        if delays:
+            delay = min(max(delays), self.backoff.max_delay)
+            with self._lock:
+                self.throttle_until = max(self.throttle_until, self._clock() + delay)
+
+    # -- status → error ------------------------------------------------------------------------
+
+    def _check(self, response: httpx.Response, what: str, error_hook: ErrorHook | None) -> None:
+        status = response.status_code
+        if status == 203 or (response.is_success and _is_html(response)):
+            raise UnauthorizedError(
+                f"{what}: HTTP {status} with a sign-in page: the credential was not accepted "
+                "(expired, revoked or the wrong kind of token)", service=self.service, status=status)
+        if response.is_success:
+            return
+        if response.is_redirect:
+            location = urllib.parse.urlsplit(response.headers.get("Location", ""))
+            raise UnauthorizedError(
+                f"{what}: HTTP {status} redirect to {location.netloc}{location.path} "
+                "(a sign-in redirect: the credential was not accepted)",
+                service=self.service, status=status)
+        detail = self._detail(response)
+        message = f"{what}: HTTP {status}" + (f": {detail}" if detail else "")
+        if status in (401, 403):
+            raise UnauthorizedError(message, service=self.service, status=status)
+        if status == 429:
+            raise ThrottledError(message, service=self.service, status=status,
+                                 delay=_retry_after(response))
+        if 400 <= status < 500 and error_hook is not None:
+            specific = error_hook(response, what)
+            if specific is not None:
+                raise specific
+        if status == 404:
+            raise NotFoundError(message, service=self.service, status=status)
+        if status == 409:
+            raise ConflictError(message, service=self.service, status=status)
+        if 400 <= status < 500:
+            raise BadRequestError(message, service=self.service, status=status)
+        raise ServerError(message, service=self.service, status=status, delay=_retry_after(response))
+
+    def _detail(self, response: httpx.Response) -> str:
+        """Why ADO refused, from ``X-TFS-ServiceError`` or the JSON ``message``; never the body."""
+        parts: list[str] = []
+        header = response.headers.get("X-TFS-ServiceError")
+        if header:
+            parts.append(urllib.parse.unquote(header))
+        doc = json_body(response)
+        if isinstance(doc, Mapping):
+            text = doc.get("message")
+            if isinstance(text, str) and text and text not in parts:
+                parts.append(text)
+        return self._safe(" | ".join(parts)[:_DETAIL_LIMIT])
+
+    def _safe(self, text: str) -> str:
+        return redact(text)
+
+
+def json_body(response: httpx.Response) -> Any:
+    """The decoded JSON body, or None when it is empty or not JSON."""
+    if not response.content:
+        return None
+    try:
+        return json.loads(response.content)
+    except ValueError:
+        return None
+
+
+def _is_html(response: httpx.Response) -> bool:
+    return "html" in response.headers.get("Content-Type", "").lower()
+
+
+def _seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value.strip()))
+    except ValueError:
+        return None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds: a number, or an HTTP date measured from the ``Date`` header."""
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    seconds = _seconds(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        date = response.headers.get("Date")
+        now = email.utils.parsedate_to_datetime(date).timestamp() if date else time.time()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
