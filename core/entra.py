@@ -1,0 +1,535 @@
+"""Entra ID credentials: the bot user's token for ADO, and patrol's own for Key Vault.
+
+Why this module exists: the PAT Lifecycle API takes only a *user-delegated* Entra token
+(API-CONTRACTS §0.1), so patrol signs in as the bot account; and patrol reaches Key Vault with
+its own (workload/managed/service-principal) identity. Both go through the real
+``azure-identity`` credential classes; this is the only module that builds them, and every
+exception they raise leaves here as a :mod:`core.errors` type whose message holds no token,
+refresh token or password.
+
+A local authority (the sandbox, an air-gapped cloud) needs three things the public cloud does
+not (API-CONTRACTS §11): ``disable_instance_discovery=True``, the CA bundle as
+``connection_verify``, and — for username/password only — a fix for MSAL's user-realm probe,
+which drops the port. See :func:`_userrealm_port_hook`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from azure.core.credentials import AccessToken, TokenCredential
+from azure.core.exceptions import (
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.pipeline import PipelineRequest
+from azure.identity import (
+    AuthenticationRecord,
+    AzureCliCredential,
+    CertificateCredential,
+    ClientSecretCredential,
+    CredentialUnavailableError,
+    DefaultAzureCredential,
+    DeviceCodeCredential,
+    ManagedIdentityCredential,
+    TokenCachePersistenceOptions,
+    UsernamePasswordCredential,
+)
+from azure.identity import (
+    AuthenticationRequiredError as AzureAuthenticationRequiredError,
+)
+
+from core import config
+from core.errors import (
+    AuthenticationRequiredError,
+    ConfigError,
+    PatrolError,
+    ServerError,
+    ThrottledError,
+    UnauthorizedError,
+    UnavailableError,
+)
+from core.logs import redact
+from core.secret import Secret
+
+log = logging.getLogger("patrol.entra")
+
+ADO_SCOPE = config.ADO_RESOURCE_SCOPE
+# A token with less than this left is treated as expired (MSAL and azure-identity use 5 min too).
+REFRESH_MARGIN_SECONDS = 300.0
+# Hosts of the public and sovereign Microsoft clouds: instance discovery works only for these.
+PUBLIC_AUTHORITY_HOSTS = frozenset({
+    "login.microsoftonline.com",
+    "login.microsoft.com",
+    "login.windows.net",
+    "sts.windows.net",
+    "login.microsoftonline.us",
+    "login.usgovcloudapi.net",
+    "login.chinacloudapi.cn",
+    "login.partner.microsoftonline.cn",
+})
+DEFAULT_RECORD_FILE = ".config/patrol/auth-record.json"
+SERVICE = "entra"
+
+
+# --------------------------------------------------------------------------------------------
+# Error translation
+# --------------------------------------------------------------------------------------------
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        chain.append(current)
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    return isinstance(exc, (ServiceRequestError, ServiceResponseError,
+                            requests.exceptions.ConnectionError, requests.exceptions.Timeout))
+
+
+def _retry_after(response: Any) -> float | None:
+    headers = getattr(response, "headers", None) or {}
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def translate_auth_error(exc: BaseException, *, what: str) -> PatrolError:
+    """Map an azure-identity/azure-core failure to patrol's errors (message safe to log).
+
+    ``AuthenticationRequiredError`` (a human must sign in again) → :class:`AuthenticationRequiredError`;
+    a connection failure anywhere in the cause chain → :class:`UnavailableError`; an Entra answer
+    of 429/5xx → :class:`ThrottledError`/:class:`ServerError`; any other refusal
+    (``ClientAuthenticationError``, ``CredentialUnavailableError``) → :class:`UnauthorizedError`.
+    """
+    chain = _causes(exc)
+    detail = redact(getattr(exc, "message", None) or str(exc)).strip().splitlines()
+    text = detail[0] if detail else type(exc).__name__
+    if any(isinstance(e, AzureAuthenticationRequiredError) for e in chain):
+        return AuthenticationRequiredError(
+            f"{what}: interactive sign-in required (no usable cached token or refresh token); "
+            "run `patrol login` for this organization")
+    for e in chain:
+        if _is_connection_failure(e):
+            return UnavailableError(f"{what}: cannot reach Entra ID: {type(e).__name__}", service=SERVICE)
+    for e in chain:
+        response = getattr(e, "response", None)
+        status = getattr(response, "status_code", None)
+        if isinstance(e, HttpResponseError) and isinstance(status, int):
+            if status == 429:
+                return ThrottledError(f"{what}: Entra ID throttled the request: {text}",
+                                      service=SERVICE, delay=_retry_after(response))
+            if status >= 500:
+                return ServerError(f"{what}: Entra ID answered {status}: {text}", service=SERVICE,
+                                   status=status, delay=_retry_after(response))
+    if isinstance(exc, CredentialUnavailableError):
+        return UnauthorizedError(f"{what}: credential unavailable: {text}", service=SERVICE)
+    return UnauthorizedError(f"{what}: {text}", service=SERVICE)
+
+
+# --------------------------------------------------------------------------------------------
+# Client settings for an authority
+# --------------------------------------------------------------------------------------------
+
+def _authority_url(authority: str) -> str:
+    parts = urlsplit(authority if "://" in authority else f"https://{authority}")
+    if parts.scheme != "https" or not parts.hostname:
+        raise ConfigError("configuration", "credential.authority",
+                          f"authority {authority!r} is not an https URL",
+                          "use https://<host>[:port] (Entra refuses plain http)")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def is_public_authority(authority: str) -> bool:
+    host = urlsplit(_authority_url(authority)).hostname or ""
+    return host.lower() in PUBLIC_AUTHORITY_HOSTS
+
+
+def _userrealm_port_hook(authority: str) -> Callable[[PipelineRequest[Any]], None] | None:
+    """Re-target MSAL's user-realm probe to the authority's port; None when no fix is needed.
+
+    MSAL builds ``https://{host}/common/userrealm/{user}`` from the authority's *host name*
+    (``msal.authority.Authority.user_realm_discovery``), so on a non-443 port the probe goes to
+    port 443 and fails. Of the three ways out (API-CONTRACTS §11) we use azure-core's public
+    ``raw_request_hook``: it is a documented per-pipeline hook, it touches only this
+    credential's own requests, and it is installed only when the authority names a port other
+    than 443 — so production (login.microsoftonline.com) never sees it. Pre-filling MSAL's
+    private, process-wide ``_domains_without_user_realm_discovery`` set would silently change
+    every other MSAL client in the process and break on an MSAL refactor; a custom transport
+    would replace azure-core's connection handling for one URL.
+    """
+    parts = urlsplit(_authority_url(authority))
+    if parts.port is None or parts.port == 443:
+        return None
+    host = (parts.hostname or "").lower()
+    netloc = parts.netloc
+
+    def hook(request: PipelineRequest[Any]) -> None:
+        url = urlsplit(request.http_request.url)
+        if (url.scheme == "https" and (url.hostname or "").lower() == host and url.port is None
+                and url.path.startswith("/common/userrealm/")):
+            request.http_request.url = urlunsplit(url._replace(netloc=netloc))
+
+    return hook
+
+
+def _transport_kwargs(ca_bundle: str | None, retry_total: int | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if ca_bundle:
+        kwargs["connection_verify"] = ca_bundle
+    if retry_total is not None:
+        kwargs["retry_total"] = retry_total
+    return kwargs
+
+
+def _authority_kwargs(authority: str, ca_bundle: str | None, retry_total: int | None,
+                      *, userrealm: bool = False) -> dict[str, Any]:
+    url = _authority_url(authority)
+    kwargs = _transport_kwargs(ca_bundle, retry_total)
+    kwargs["authority"] = url
+    if not is_public_authority(url):
+        kwargs["disable_instance_discovery"] = True
+    hook = _userrealm_port_hook(url) if userrealm else None
+    if hook is not None:
+        kwargs["raw_request_hook"] = hook
+    return kwargs
+
+
+# --------------------------------------------------------------------------------------------
+# Token provider (what the ADO client calls for a bearer token)
+# --------------------------------------------------------------------------------------------
+
+class TokenProvider:
+    """A ``Callable[[], Secret]`` yielding an access token for one scope, cached in memory.
+
+    The credential is built on first use (so a Key Vault hiccup at startup is not fatal) and
+    rebuilt after an :class:`UnauthorizedError` (so a password rotated in Key Vault is re-read).
+    A cached token is reused until less than :data:`REFRESH_MARGIN_SECONDS` remain.
+    """
+
+    def __init__(self, factory: Callable[[], TokenCredential], *, scope: str = ADO_SCOPE,
+                 what: str = "entra token", clock: Callable[[], float] = time.time) -> None:
+        self._factory = factory
+        self._scope = scope
+        self._what = what
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._credential: TokenCredential | None = None
+        self._token: Secret | None = None
+        self._expires_on = 0.0
+
+    @property
+    def expires_on(self) -> float | None:
+        """Unix time the cached token expires, or None before the first token."""
+        return self._expires_on if self._token is not None else None
+
+    def __call__(self) -> Secret:
+        with self._lock:
+            if self._token is not None and self._expires_on - self._clock() >= REFRESH_MARGIN_SECONDS:
+                return self._token
+            try:
+                if self._credential is None:
+                    self._credential = self._factory()
+                access: AccessToken = self._credential.get_token(self._scope)
+            except PatrolError:
+                self._drop_credential()
+                raise
+            except Exception as exc:
+                error = translate_auth_error(exc, what=self._what)
+                if isinstance(error, (UnauthorizedError, AuthenticationRequiredError)):
+                    self._drop_credential()
+                raise error from exc
+            self._token = Secret(access.token)
+            self._expires_on = float(access.expires_on)
+            return self._token
+
+    def invalidate(self) -> None:
+        """Forget the cached token (e.g. after the API answered 401 with it)."""
+        with self._lock:
+            self._token = None
+            self._expires_on = 0.0
+
+    def _drop_credential(self) -> None:
+        credential, self._credential = self._credential, None
+        if credential is not None:
+            _close(credential)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_credential()
+            self._token = None
+
+    def __enter__(self) -> TokenProvider:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _close(credential: object) -> None:
+    close = getattr(credential, "close", None)
+    if callable(close):
+        close()
+
+
+def _env_value(env: Mapping[str, str], name: str | None, key: str) -> str:
+    if not name:
+        raise ConfigError("configuration", key, "no environment variable named",
+                          "set it, or use credential.from_keyvault")
+    value = env.get(name)
+    if not value:
+        raise ConfigError("environment", name, "variable is not set or empty",
+                          f"export {name} (named by {key})")
+    return value
+
+
+def _username_password(cred: config.UserCredential, *,
+                       secret_reader: Callable[[str, str], Secret] | None,
+                       env: Mapping[str, str]) -> tuple[str, Secret]:
+    if cred.from_keyvault is not None:
+        if secret_reader is None:
+            raise ConfigError("configuration", "credential.from_keyvault",
+                              "no Key Vault reader was provided for the bot's username/password",
+                              "configure azure: so patrol can reach Key Vault")
+        ref = cred.from_keyvault
+        username = secret_reader(ref.vault_url, ref.username_secret).reveal()
+        password = secret_reader(ref.vault_url, ref.password_secret)
+        return username.strip(), password
+    username = _env_value(env, cred.username_env, "credential.username_env")
+    password = Secret(_env_value(env, cred.password_env, "credential.password_env"))
+    return username.strip(), password
+
+
+def _username_password_credential(client_id: str, username: str, password: Secret, *,
+                                  tenant_id: str | None, authority: str, ca_bundle: str | None,
+                                  retry_total: int | None) -> UsernamePasswordCredential:
+    kwargs = _authority_kwargs(authority, ca_bundle, retry_total, userrealm=True)
+    # ROPC is deprecated upstream (no MFA); the bot account uses it on purpose (API-CONTRACTS §11).
+    # The warning names our caller's module, so it is silenced here, at the one construction site.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return UsernamePasswordCredential(client_id, username, password.reveal(),
+                                          tenant_id=tenant_id, **kwargs)
+
+
+def _environment_credential(env: Mapping[str, str], *, authority: str, ca_bundle: str | None,
+                            retry_total: int | None, user: bool) -> TokenCredential:
+    """What ``EnvironmentCredential`` builds, but from the ``env`` we were given.
+
+    patrol reads its environment in one place (the CLI) and passes it down; azure-identity's
+    ``EnvironmentCredential`` would read ``os.environ`` behind our back. Same variables, same
+    precedence: client secret, then certificate, then username/password.
+    """
+    authority = env.get("AZURE_AUTHORITY_HOST") or authority
+    tenant, client = env.get("AZURE_TENANT_ID"), env.get("AZURE_CLIENT_ID")
+    kwargs = _authority_kwargs(authority, ca_bundle, retry_total)
+    if tenant and client and env.get("AZURE_CLIENT_SECRET"):
+        return ClientSecretCredential(tenant, client, env["AZURE_CLIENT_SECRET"], **kwargs)
+    if tenant and client and env.get("AZURE_CLIENT_CERTIFICATE_PATH"):
+        return CertificateCredential(tenant, client, env["AZURE_CLIENT_CERTIFICATE_PATH"],
+                                     password=env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD"), **kwargs)
+    if client and env.get("AZURE_USERNAME") and env.get("AZURE_PASSWORD"):
+        return _username_password_credential(client, env["AZURE_USERNAME"], Secret(env["AZURE_PASSWORD"]),
+                                             tenant_id=tenant, authority=authority, ca_bundle=ca_bundle,
+                                             retry_total=retry_total)
+    wanted = ("AZURE_TENANT_ID + AZURE_CLIENT_ID + AZURE_CLIENT_SECRET (or AZURE_CLIENT_CERTIFICATE_PATH)"
+              if not user else "AZURE_CLIENT_ID + AZURE_USERNAME + AZURE_PASSWORD")
+    raise ConfigError("environment", "AZURE_*", "credential kind 'environment' found no complete set",
+                      f"set {wanted}")
+
+
+def default_record_file(home: str | None = None) -> str:
+    """Where ``patrol login`` keeps the AuthenticationRecord when the config names no file."""
+    base = home if home is not None else os.path.expanduser("~")
+    return str(Path(base) / DEFAULT_RECORD_FILE)
+
+
+def _record_path(cred: config.UserCredential, home: str | None) -> str:
+    if not cred.record_file:
+        return default_record_file(home)
+    if home is not None and cred.record_file.startswith("~/"):
+        return str(Path(home) / cred.record_file[2:])
+    return os.path.expanduser(cred.record_file)
+
+
+def _cache_options(cred: config.UserCredential) -> TokenCachePersistenceOptions:
+    # Without libsecret the cache is a plaintext file $HOME/.IdentityService/<name>.nocae: it
+    # holds the bot's refresh token, so it must live on a private volume (API-CONTRACTS §11).
+    return TokenCachePersistenceOptions(name=cred.cache_name, allow_unencrypted_storage=True)
+
+
+def _device_code_credential(cred: config.UserCredential, *, ca_bundle: str | None,
+                            retry_total: int | None, home: str | None) -> DeviceCodeCredential:
+    path = _record_path(cred, home)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise AuthenticationRequiredError(
+            f"device-code credential: no sign-in record at {path}; run `patrol login`") from exc
+    except OSError as exc:
+        raise AuthenticationRequiredError(
+            f"device-code credential: cannot read sign-in record {path}: {exc.strerror}") from exc
+    try:
+        record = AuthenticationRecord.deserialize(text)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AuthenticationRequiredError(
+            f"device-code credential: sign-in record {path} is not valid; run `patrol login`") from exc
+    # The record carries authority, tenant and client id; passing authority= too is a TypeError.
+    kwargs = _transport_kwargs(ca_bundle, retry_total)
+    if not is_public_authority(record.authority):
+        kwargs["disable_instance_discovery"] = True
+    return DeviceCodeCredential(authentication_record=record,
+                                cache_persistence_options=_cache_options(cred),
+                                disable_automatic_authentication=True, **kwargs)
+
+
+def user_token_provider(cred: config.UserCredential, *, azure: config.AzureSettings,
+                        secret_reader: Callable[[str, str], Secret] | None,
+                        env: Mapping[str, str], home: str | None = None,
+                        clock: Callable[[], float] = time.time,
+                        retry_total: int | None = None) -> TokenProvider:
+    """A callable yielding the bot user's Entra access token for Azure DevOps (a Secret).
+
+    ``home`` resolves ``~`` in ``cred.record_file`` and the default record location
+    (``~/.config/patrol/auth-record.json``). The device-code token cache itself lives where
+    azure-identity puts it, ``$HOME/.IdentityService/`` of the process.
+    """
+    ca_bundle = azure.ca_bundle
+    what = f"{cred.kind} credential"
+
+    def factory() -> TokenCredential:
+        if cred.kind == "username-password":
+            username, password = _username_password(cred, secret_reader=secret_reader, env=env)
+            return _username_password_credential(cred.client_id, username, password,
+                                                 tenant_id=cred.tenant_id, authority=cred.authority,
+                                                 ca_bundle=ca_bundle, retry_total=retry_total)
+        if cred.kind == "device-code":
+            return _device_code_credential(cred, ca_bundle=ca_bundle, retry_total=retry_total, home=home)
+        if cred.kind == "azure-cli":
+            return AzureCliCredential(tenant_id="" if cred.tenant_id == "organizations" else cred.tenant_id)
+        if cred.kind == "environment":
+            return _environment_credential(env, authority=cred.authority, ca_bundle=ca_bundle,
+                                           retry_total=retry_total, user=True)
+        raise ConfigError("configuration", "credential.kind", f"unknown credential kind {cred.kind!r}",
+                          "use username-password, device-code, azure-cli or environment")
+
+    return TokenProvider(factory, scope=ADO_SCOPE, what=what, clock=clock)
+
+
+def _write_private(path: str, text: str) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def login_device_code(cred: config.UserCredential, *, azure: config.AzureSettings, record_file: str,
+                      prompt: Callable[[str], None], timeout: int | None = None,
+                      retry_total: int | None = None) -> None:
+    """``patrol login``: the one interactive sign-in, leaving a refresh token for silent use.
+
+    Runs the device-code flow for the ADO scope into the persistent token cache named
+    ``cred.cache_name``, tells the user what to do through ``prompt``, and writes the
+    AuthenticationRecord (no secret in it) to ``record_file`` with mode 0600.
+    """
+
+    def on_code(verification_uri: str, user_code: str, expires_on: datetime) -> None:
+        prompt(f"To sign in as the patrol bot, open {verification_uri} and enter the code {user_code} "
+               f"(valid until {expires_on:%H:%M:%S} UTC).")
+
+    kwargs = _authority_kwargs(cred.authority, azure.ca_bundle, retry_total)
+    credential = DeviceCodeCredential(cred.client_id, tenant_id=cred.tenant_id, timeout=timeout,
+                                      prompt_callback=on_code,
+                                      cache_persistence_options=_cache_options(cred), **kwargs)
+    try:
+        record = credential.authenticate(scopes=[ADO_SCOPE])
+    except Exception as exc:
+        raise translate_auth_error(exc, what="device-code sign-in") from exc
+    finally:
+        credential.close()
+    _write_private(record_file, record.serialize())
+    log.info("signed in as %s; sign-in record written", record.username,
+             extra={"record_file": record_file, "tenant": record.tenant_id})
+
+
+def azure_credential(azure: config.AzureSettings, env: Mapping[str, str], *,
+                     retry_total: int | None = None) -> TokenCredential:
+    """patrol's own identity for Azure data planes (Key Vault), per ``azure.credential``."""
+    ca_bundle = azure.ca_bundle
+    kind = azure.credential
+    if kind == "default":
+        # The SDK's chain (workload identity, managed identity, CLI, ...) reads os.environ itself.
+        kwargs = _authority_kwargs(azure.authority, ca_bundle, retry_total)
+        if azure.client_id:
+            kwargs["managed_identity_client_id"] = azure.client_id
+        if azure.tenant_id:
+            kwargs["workload_identity_tenant_id"] = azure.tenant_id
+        return DefaultAzureCredential(**kwargs)
+    if kind == "client-secret":
+        if not azure.tenant_id or not azure.client_id:
+            raise ConfigError("configuration", "azure.tenant_id/azure.client_id",
+                              "credential 'client-secret' needs both",
+                              "set azure.tenant_id and azure.client_id")
+        secret = _client_secret(azure, env)
+        return ClientSecretCredential(azure.tenant_id, azure.client_id, secret.reveal(),
+                                      **_authority_kwargs(azure.authority, ca_bundle, retry_total))
+    if kind == "managed-identity":
+        mi_kwargs = _transport_kwargs(ca_bundle, retry_total)
+        if azure.client_id:
+            mi_kwargs["client_id"] = azure.client_id
+        return ManagedIdentityCredential(**mi_kwargs)
+    if kind == "azure-cli":
+        return AzureCliCredential(tenant_id=azure.tenant_id or "")
+    if kind == "environment":
+        return _environment_credential(env, authority=azure.authority, ca_bundle=ca_bundle,
+                                       retry_total=retry_total, user=False)
+    raise ConfigError("configuration", "azure.credential", f"unknown credential kind {kind!r}",
+                      "use default, client-secret, managed-identity, azure-cli or environment")
+
+
+def _client_secret(azure: config.AzureSettings, env: Mapping[str, str]) -> Secret:
+    if azure.client_secret_file:
+        try:
+            value = Path(azure.client_secret_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError("configuration", "azure.client_secret_file",
+                              f"cannot read {azure.client_secret_file}: {exc.strerror}",
+                              "mount the client secret there") from exc
+        if not value:
+            raise ConfigError("configuration", "azure.client_secret_file",
+                              f"{azure.client_secret_file} is empty", "mount the client secret there")
+        return Secret(value)
+    return Secret(_env_value(env, azure.client_secret_env, "azure.client_secret_env"))
+
+
+def close_credential(credential: object) -> None:
+    """Close a credential returned by :func:`azure_credential` (releases its HTTP session)."""
+    _close(credential)
