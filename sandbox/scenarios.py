@@ -1,0 +1,194 @@
+"""Named starting worlds for the sandbox, with their knobs as data.
+
+``default`` is the platform team's world in miniature (DESIGN §1): one ADO org, a bot user that
+owns the PATs, two AKS clusters whose KEDA ScaledJobs poll their agent pools with a short-lived
+PAT kept in a Secret, a daily-checks pipeline whose PAT lives in Key Vault, and the bot's
+username/password in Key Vault as the real seed keeps them. Lifetimes are minutes instead of
+days so a whole rotation fits in a test. ``large`` is mostly static data sized for exporter
+benchmarks (1,000 PATs, 100 pools, 10 clusters), with the actors slowed right down.
+
+Every knob is a field of :class:`ScenarioParams` so a test can shorten or lengthen it
+(``scenario("default", keda_pat_lifetime=30)``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from sandbox.ado import AdoWorld
+from sandbox.entra import Entra
+from sandbox.keyvault import KeyVaultStore
+
+KEDA_SCOPES = ("vso.agentpools_manage",)
+DAILY_CHECKS_SCOPES = ("vso.agentpools", "vso.build", "vso.pipelineresources_use", "vso.release")
+ADO_AUDIENCE = "499b84ac-1321-427f-aa17-267ca6975798"
+
+
+class ClusterSeedable(Protocol):
+    """The part of sandbox.kube.ClusterState a scenario seeds."""
+
+    def create_namespace(self, ns: str) -> None: ...
+    def put_secret(self, ns: str, name: str, data: dict[str, str], *,
+                   labels: dict[str, str] | None = ..., annotations: dict[str, str] | None = ...,
+                   field_manager: str = ...) -> dict[str, Any]: ...
+    def put_scaledjob(self, ns: str, name: str, *, organization_url: str, pool_name: str,
+                      secret_name: str, secret_key: str, polling_interval: int) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    name: str
+    pool: str
+    namespace: str = "azure-devops"
+    secret: str = "azure-devops-token"
+    key: str = "token"
+    scaledjob: str = "azure-devops-agent"
+
+
+@dataclass(frozen=True)
+class ScenarioParams:
+    """Everything that shapes a scenario. Times are seconds unless the name says otherwise."""
+
+    name: str = "default"
+    org: str = "sandbox-org"
+    project: str = "PlatformOperations"
+    definition: str = "daily-checks"
+    bot_username: str = "azure-devops-bot@sandbox.onmicrosoft.com"
+    bot_password: str = ""                       # "" = a random one per run
+    clusters: tuple[ClusterSpec, ...] = (ClusterSpec("cft-ptl", "hmcts-agents"),
+                                         ClusterSpec("sds-ptl", "sds-agents"))
+    keda_pat_name: str = "keda-seed"
+    keda_pat_lifetime: float = 600.0             # the seeded KEDA PAT (short: rotation is due soon)
+    daily_pat_name: str = "daily-checks-seed"
+    daily_pat_lifetime: float = 600.0
+    keda_polling_interval: int = 2               # ScaledJob pollingInterval
+    job_interval: float | None = 4.0             # the job generator; None = no generator
+    pipeline_interval: float | None = 20.0       # daily-checks pipeline period; None = not running
+    entra_token_lifetime: float = 3600.0
+    seed_builds: int = 3                         # completed daily-checks runs already in history
+    extra_pats: int = 0                          # bot-owned PATs besides the two seeded ones
+    extra_pools: int = 0                         # pools besides the clusters' pools
+    agents_per_extra_pool: int = 0
+    # What the generated patrol.yaml says (DESIGN §3 durations).
+    config_lifetime: str = "10m"
+    config_renew_before: str = "3m"
+    config_pipeline_max_age: str = "2m"
+    exporter_intervals: dict[str, str] = field(default_factory=lambda: {
+        "pat_interval": "5s", "validity_interval": "5s", "keda_interval": "3s",
+        "pools_interval": "3s", "pipeline_interval": "5s"})
+
+
+def _large() -> ScenarioParams:
+    return ScenarioParams(
+        name="large",
+        clusters=tuple(ClusterSpec(f"cluster-{i:02d}", f"pool-{i:02d}") for i in range(10)),
+        keda_pat_lifetime=30 * 86400.0, daily_pat_lifetime=30 * 86400.0,
+        keda_polling_interval=30, job_interval=None, pipeline_interval=600.0,
+        seed_builds=50, extra_pats=998, extra_pools=90, agents_per_extra_pool=3,
+        config_lifetime="30d", config_renew_before="7d", config_pipeline_max_age="26h",
+        exporter_intervals={"pat_interval": "30s", "validity_interval": "30s", "keda_interval": "15s",
+                            "pools_interval": "15s", "pipeline_interval": "30s"},
+    )
+
+
+SCENARIOS = ("default", "large")
+
+
+def scenario(name: str = "default", **overrides: Any) -> ScenarioParams:
+    """The named scenario's parameters, with any field overridden."""
+    if name == "default":
+        base = ScenarioParams()
+    elif name == "large":
+        base = _large()
+    else:
+        raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    return replace(base, **overrides)
+
+
+@dataclass
+class Seeded:
+    """Ids a test may need after seeding (never token values)."""
+
+    bot_oid: str
+    bot_password: str
+    bot_client_id: str
+    patrol_client_id: str
+    patrol_client_secret: str
+    keda_pat_id: str
+    daily_pat_id: str
+    pools: dict[str, int]
+    definition_id: int
+
+
+def seed(params: ScenarioParams, *, ado: AdoWorld, entra: Entra, kv: KeyVaultStore,
+         clusters: dict[str, ClusterSeedable], organization_url: str) -> Seeded:
+    """Fill a fresh world with the scenario's identities, PATs, secrets, pools and history."""
+    now = ado.clock()
+    password = params.bot_password or secrets.token_urlsafe(18)
+    bot_oid = entra.add_user(params.bot_username, password)
+    ado.register_user(bot_oid, params.bot_username, "Azure DevOps Bot")
+    bot_client_id = str(uuid.uuid4())
+    entra.add_public_client(bot_client_id)
+    patrol_client_id = str(uuid.uuid4())
+    patrol_secret = secrets.token_urlsafe(30)
+    entra.add_confidential_client(patrol_client_id, patrol_secret)
+
+    # The bot's sign-in, where the real seed keeps it.
+    kv.set_secret("rpe-azure-devops-email", params.bot_username)
+    kv.set_secret("rpe-azure-devops-password", password)
+
+    pools: dict[str, int] = {}
+    for spec in params.clusters:
+        if spec.pool not in pools:
+            pools[spec.pool] = ado.add_pool(spec.pool)
+
+    # One KEDA PAT, pasted by hand into every cluster's Secret (today's practice).
+    keda_id, keda_token = ado.issue_pat(bot_oid, params.keda_pat_name, list(KEDA_SCOPES),
+                                        now + params.keda_pat_lifetime)
+    for spec in params.clusters:
+        cluster = clusters[spec.name]
+        cluster.create_namespace(spec.namespace)
+        cluster.put_secret(spec.namespace, spec.secret, {spec.key: keda_token})
+        cluster.put_scaledjob(spec.namespace, spec.scaledjob, organization_url=organization_url,
+                              pool_name=spec.pool, secret_name=spec.secret, secret_key=spec.key,
+                              polling_interval=params.keda_polling_interval)
+
+    daily_id, daily_token = ado.issue_pat(bot_oid, params.daily_pat_name, list(DAILY_CHECKS_SCOPES),
+                                          now + params.daily_pat_lifetime)
+    kv.set_secret("azure-devops-token", daily_token, exp=int(ado.pat(daily_id).valid_to),
+                  tags={"authorizationId": daily_id})
+
+    definition_id = ado.add_definition(params.project, params.definition)
+    period = params.pipeline_interval or 86400.0
+    for i in range(params.seed_builds, 0, -1):
+        queued = now - i * period
+        ado.record_build(params.project, params.definition, result="succeeded", queue_time=queued,
+                         start_time=queued + 1, finish_time=queued + min(5.0, period / 2))
+    release_id = ado.add_release(params.project, "platform-release", created_on=now - 3600)
+    ado.add_deployment(params.project, release_id, started_on=now - 3500, completed_on=now - 3400)
+
+    _seed_bulk(params, ado, bot_oid, now)
+    return Seeded(bot_oid=bot_oid, bot_password=password, bot_client_id=bot_client_id,
+                  patrol_client_id=patrol_client_id, patrol_client_secret=patrol_secret,
+                  keda_pat_id=keda_id, daily_pat_id=daily_id, pools=pools, definition_id=definition_id)
+
+
+def _seed_bulk(params: ScenarioParams, ado: AdoWorld, bot_oid: str, now: float) -> None:
+    """Static volume for benchmarks: many PATs (some expired or revoked) and many pools."""
+    scopes = [list(KEDA_SCOPES), list(DAILY_CHECKS_SCOPES), ["vso.build"], ["vso.code"]]
+    for i in range(params.extra_pats):
+        valid_to = now + (i % 90 - 10) * 86400.0 + 3600
+        auth_id, _ = ado.issue_pat(bot_oid, f"bulk-{i:04d}", scopes[i % len(scopes)], valid_to)
+        if i % 17 == 0:
+            ado.revoke_pat(auth_id)
+    for i in range(params.extra_pools):
+        pool_id = ado.add_pool(f"extra-pool-{i:03d}")
+        for a in range(params.agents_per_extra_pool):
+            agent_id = ado.register_agent(pool_id, f"extra-{i:03d}-agent-{a}")
+            if a == 0 and i % 3 == 0:
+                ado.set_agent_status(agent_id, "offline")
+        for _ in range(i % 4):
+            ado.queue_job(pool_id)
