@@ -285,6 +285,12 @@ class AdoWorld:
         self.policy = PatPolicy()
         # Body of a 401 for a revoked/unknown/expired PAT: real reports show both (API-CONTRACTS §2.3).
         self.auth_failure_body: Literal["empty", "json"] = "empty"
+        # What a bad Basic PAT gets when X-TFS-FedAuthRedirect is not sent (KEDA never sends it).
+        # KEDA's own reports show real ADO answering 401 here (kedacore/keda #3159: "status: 401
+        # response: "); the 203 sign-in page is reported for bearer tokens and malformed auth
+        # (azure-devops-auth-samples #52, vsts-rest-api-specs #574). Which one ADO picks for a
+        # PAT is UNVERIFIED (API-CONTRACTS §10), so both are switchable; 401 is the default.
+        self.basic_pat_failure: Literal["401", "sign-in-page"] = "401"
         self.users: dict[str, User] = {}
         self._pats: dict[str, Pat] = {}
         self._pat_by_hash: dict[str, str] = {}
@@ -771,9 +777,11 @@ class _AdoApp:
         return request.headers.get("X-TFS-FedAuthRedirect", "").strip().lower() == "suppress"
 
     def _deny(self, request: web.Request, *, message: str | None = None, service_error: str | None = None,
-              status: int = 401) -> _Answer:
-        """An auth failure: 203 + HTML sign-in page unless the redirect is suppressed."""
-        if not self._suppressed(request) and status == 401:
+              status: int = 401, basic_pat: bool = False) -> _Answer:
+        """An auth failure: 203 + HTML sign-in page unless the redirect is suppressed (or, for a
+        Basic PAT, unless ``basic_pat_failure`` says real ADO answers 401 to it anyway)."""
+        sign_in_page = not (basic_pat and self.w.basic_pat_failure == "401")
+        if not self._suppressed(request) and status == 401 and sign_in_page:
             return _Answer(web.Response(
                 status=203, text=_SIGN_IN_PAGE, content_type="text/html", charset="utf-8",
                 headers={"X-TFS-FedAuthRealm": "https://app.vssps.visualstudio.com/",
@@ -836,12 +844,12 @@ class _AdoApp:
             raise self._deny(request)
         auth = self.w.authenticate(secret)
         if auth.result == "expired":
-            raise self._deny(request, service_error=EXPIRED_MESSAGE)
+            raise self._deny(request, service_error=EXPIRED_MESSAGE, basic_pat=True)
         if auth.result in ("revoked", "unknown"):
-            raise self._deny(request)
+            raise self._deny(request, basic_pat=True)
         assert auth.owner_oid is not None
         if allowed is not None and "app_token" not in auth.scopes and not (auth.scopes & allowed):
-            raise self._deny(request, message=VS30063, service_error=VS30063)
+            raise self._deny(request, message=VS30063, service_error=VS30063, basic_pat=True)
         return _Caller(oid=auth.owner_oid, scopes=auth.scopes, authorization_id=auth.authorization_id)
 
     def _require_entra_user(self, request: web.Request) -> PrincipalLike:

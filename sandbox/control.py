@@ -252,19 +252,27 @@ class Control:
             raise _BadRequest(400, str(exc)) from None
         return _json(policy.to_dict())
 
+    def _behaviour(self) -> dict[str, Any]:
+        return {"auth_failure_body": self.ado.auth_failure_body,
+                "basic_pat_failure": self.ado.basic_pat_failure}
+
     async def get_behaviour(self, request: web.Request) -> web.Response:
-        return _json({"auth_failure_body": self.ado.auth_failure_body})
+        return _json(self._behaviour())
 
     async def set_behaviour(self, request: web.Request) -> web.Response:
         body = await _body(request)
-        unknown = set(body) - {"auth_failure_body"}
+        known = {"auth_failure_body": ("empty", "json"), "basic_pat_failure": ("401", "sign-in-page")}
+        unknown = set(body) - set(known)
         if unknown:
-            raise _BadRequest(400, f"unknown fields {sorted(unknown)}; known: ['auth_failure_body']")
+            raise _BadRequest(400, f"unknown fields {sorted(unknown)}; known: {sorted(known)}")
+        for key, allowed in known.items():
+            if key in body and body[key] not in allowed:
+                raise _BadRequest(400, f"{key} must be one of {list(allowed)}")
         if "auth_failure_body" in body:
-            if body["auth_failure_body"] not in ("empty", "json"):
-                raise _BadRequest(400, "auth_failure_body must be 'empty' or 'json'")
             self.ado.auth_failure_body = body["auth_failure_body"]
-        return _json({"auth_failure_body": self.ado.auth_failure_body})
+        if "basic_pat_failure" in body:
+            self.ado.basic_pat_failure = body["basic_pat_failure"]
+        return _json(self._behaviour())
 
     async def queue_jobs(self, request: web.Request) -> web.Response:
         pool_ref = request.match_info["pool"]

@@ -133,7 +133,8 @@ def _start_world(lt: LoopThread, ado: Any, ado_app: web.Application, secret_valu
 
 @pytest.fixture
 def world() -> Iterator[World]:
-    """The real sandbox AdoWorld (it answers bad credentials with 203 + a sign-in page)."""
+    """The real sandbox AdoWorld, switched to answer a bad Basic PAT with 203 + a sign-in page
+    (its default is 401; ``world401`` covers that path)."""
     lt = LoopThread()
     log, faults = RequestLog(), FaultTable()
     raw_auth: list[str] = []
@@ -141,6 +142,7 @@ def world() -> Iterator[World]:
 
     def _make() -> tuple[AdoWorld, str]:
         ado = AdoWorld(ORG, _NoEntra(), base_url_getter=lambda: urls["ado"])
+        ado.basic_pat_failure = "sign-in-page"
         ado.add_pool(POOL)
         _, token = ado.issue_pat("bot-oid", "keda", ["vso.agentpools_manage"], valid_to=time.time() + 86400)
         return ado, token
@@ -433,6 +435,7 @@ def test_job_generator_keeps_agents_busy() -> None:
 
     def _make() -> tuple[AdoWorld, str]:
         ado = AdoWorld(ORG, _NoEntra(), base_url_getter=lambda: urls["ado"])
+        ado.basic_pat_failure = "sign-in-page"
         ado.add_pool(POOL)
         _, token = ado.issue_pat("bot-oid", "keda", ["vso.agentpools_manage"], valid_to=time.time() + 86400)
         return ado, token
