@@ -1,0 +1,422 @@
+"""The rotation journal: an audit trail of every rotation, its steps and its decisions.
+
+SQLite in WAL mode under the state dir, one commit per step transition, so a crash loses at
+most the step that was running (and every step is idempotent, so recovery simply runs it
+again). The journal is *not* the only truth: recovery re-reads ADO, the sinks and the clusters
+and reconciles the journal with them (DESIGN §6). It stores identifiers (rotation id, token
+name, authorizationId) and never a token value; free text (errors, details) passes through the
+log redaction before it is written, as a second guard.
+
+The webhook's deduplication keys (alert fingerprint + startsAt) live here too, so a duplicate
+delivered after a restart is still recognised.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from core.logs import redact
+
+STEPS: tuple[str, ...] = ("plan", "create", "deliver", "switch", "verify", "revoke", "record")
+StepStatus = Literal["pending", "running", "done", "failed", "skipped"]
+Outcome = Literal["succeeded", "failed", "skipped"]
+JOURNAL_FILE = "journal.sqlite3"
+_MAX_TEXT = 2000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rotations (
+    id TEXT PRIMARY KEY,
+    token TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    received_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL,
+    outcome TEXT,
+    error TEXT NOT NULL DEFAULT '',
+    old_authorization_id TEXT,
+    new_authorization_id TEXT,
+    new_valid_to REAL
+);
+CREATE INDEX IF NOT EXISTS rotations_token ON rotations (token, created_at);
+CREATE TABLE IF NOT EXISTS steps (
+    rotation_id TEXT NOT NULL REFERENCES rotations (id),
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    detail TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (rotation_id, name)
+);
+CREATE TABLE IF NOT EXISTS targets (
+    rotation_id TEXT NOT NULL REFERENCES rotations (id),
+    step TEXT NOT NULL,
+    target TEXT NOT NULL,
+    status TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (rotation_id, step, target)
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    key TEXT PRIMARY KEY,
+    token TEXT NOT NULL,
+    rotation_id TEXT,
+    seen_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    token TEXT,
+    alertname TEXT NOT NULL DEFAULT '',
+    fingerprint TEXT NOT NULL DEFAULT '',
+    action TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    rotation_id TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    name: str
+    status: StepStatus
+    started_at: float | None = None
+    finished_at: float | None = None
+    detail: str = ""
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class TargetRecord:
+    """Progress of one step on one sink or consumer (e.g. deliver → keyvault/...)."""
+
+    step: str
+    target: str
+    status: StepStatus
+    detail: str
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class RotationRecord:
+    id: str
+    token: str
+    trigger: str
+    reason: str
+    state: str                        # the step in progress, or "finished"
+    created_at: float
+    received_at: float                # when the request arrived (alert received → recovered)
+    updated_at: float
+    finished_at: float | None
+    outcome: Outcome | None
+    error: str
+    old_authorization_id: str | None
+    new_authorization_id: str | None
+    new_valid_to: float | None
+    steps: tuple[StepRecord, ...]
+    targets: tuple[TargetRecord, ...] = ()
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None
+
+    def step(self, name: str) -> StepRecord:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-ready view for ``GET /rotations`` and ``patrol history`` (no token values)."""
+        return {
+            "id": self.id, "token": self.token, "trigger": self.trigger, "reason": self.reason,
+            "state": self.state, "created_at": self.created_at, "received_at": self.received_at,
+            "updated_at": self.updated_at, "finished_at": self.finished_at,
+            "outcome": self.outcome, "error": self.error,
+            "old_authorization_id": self.old_authorization_id,
+            "new_authorization_id": self.new_authorization_id,
+            "new_valid_to": self.new_valid_to,
+            "steps": [
+                {"name": s.name, "status": s.status, "started_at": s.started_at,
+                 "finished_at": s.finished_at, "detail": s.detail, "attempts": s.attempts}
+                for s in self.steps
+            ],
+            "targets": [
+                {"step": t.step, "target": t.target, "status": t.status, "detail": t.detail,
+                 "updated_at": t.updated_at}
+                for t in self.targets
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    at: float
+    token: str | None
+    alertname: str
+    fingerprint: str
+    action: str
+    reason: str
+    rotation_id: str | None
+
+
+def _clean(text: str) -> str:
+    return redact(text)[:_MAX_TEXT]
+
+
+class Journal:
+    """Thread-safe: one connection guarded by a lock; every write is its own transaction."""
+
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
+                                   timeout=30.0)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a process crash (the failure we design for);
+            # only a power loss can lose the last commits.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+
+    @classmethod
+    def in_state_dir(cls, state_dir: str | Path, *, clock: Callable[[], float] = time.time) -> Journal:
+        return cls(Path(state_dir) / JOURNAL_FILE, clock=clock)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- rotations ---------------------------------------------------------------------------
+
+    def create_rotation(self, rotation_id: str, token: str, *, trigger: str, reason: str,
+                        received_at: float | None = None,
+                        dedupe_keys: Iterable[str] = ()) -> RotationRecord:
+        """Record a new rotation (all steps pending) and its deliveries, atomically."""
+        now = self._clock()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO rotations (id, token, trigger, reason, state, created_at, received_at,"
+                " updated_at) VALUES (?, ?, ?, ?, 'plan', ?, ?, ?)",
+                (rotation_id, token, trigger, _clean(reason), now,
+                 now if received_at is None else received_at, now),
+            )
+            db.executemany("INSERT INTO steps (rotation_id, name, status) VALUES (?, ?, 'pending')",
+                           [(rotation_id, name) for name in STEPS])
+            db.executemany(
+                "INSERT OR IGNORE INTO deliveries (key, token, rotation_id, seen_at) VALUES (?, ?, ?, ?)",
+                [(key, token, rotation_id, now) for key in dedupe_keys],
+            )
+        return self.get(rotation_id)
+
+    def start_step(self, rotation_id: str, step: str) -> None:
+        self._check_step(step)
+        now = self._clock()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE steps SET status='running', started_at=COALESCE(started_at, ?),"
+                " attempts=attempts+1, finished_at=NULL WHERE rotation_id=? AND name=?",
+                (now, rotation_id, step),
+            )
+            db.execute("UPDATE rotations SET state=?, updated_at=? WHERE id=?", (step, now, rotation_id))
+
+    def finish_step(self, rotation_id: str, step: str, status: StepStatus = "done",
+                    detail: str = "") -> None:
+        self._check_step(step)
+        now = self._clock()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE steps SET status=?, finished_at=?, detail=?,"
+                " started_at=COALESCE(started_at, ?) WHERE rotation_id=? AND name=?",
+                (status, now, _clean(detail), now, rotation_id, step),
+            )
+            db.execute("UPDATE rotations SET updated_at=? WHERE id=?", (now, rotation_id))
+
+    def set_target(self, rotation_id: str, step: str, target: str, status: StepStatus,
+                   detail: str = "") -> None:
+        now = self._clock()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO targets (rotation_id, step, target, status, detail, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (rotation_id, step, target) DO UPDATE SET"
+                " status=excluded.status, detail=excluded.detail, updated_at=excluded.updated_at",
+                (rotation_id, step, target, status, _clean(detail), now),
+            )
+
+    def set_authorizations(self, rotation_id: str, *, old: str | None = None, new: str | None = None,
+                           new_valid_to: float | None = None) -> None:
+        """Record authorizationIds (identifiers, not secrets); ``None`` leaves a value unchanged."""
+        now = self._clock()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE rotations SET old_authorization_id=COALESCE(?, old_authorization_id),"
+                " new_authorization_id=COALESCE(?, new_authorization_id),"
+                " new_valid_to=COALESCE(?, new_valid_to), updated_at=? WHERE id=?",
+                (old, new, new_valid_to, now, rotation_id),
+            )
+
+    def finish(self, rotation_id: str, outcome: Outcome, error: str = "") -> None:
+        now = self._clock()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE rotations SET state='finished', outcome=?, error=?, finished_at=?, updated_at=?"
+                " WHERE id=?",
+                (outcome, _clean(error), now, now, rotation_id),
+            )
+            # Steps that never ran are marked skipped so the record reads as complete.
+            db.execute("UPDATE steps SET status='skipped' WHERE rotation_id=? AND status='pending'",
+                       (rotation_id,))
+            db.execute("UPDATE steps SET status='failed', finished_at=? WHERE rotation_id=?"
+                       " AND status='running'", (now, rotation_id))
+
+    def get(self, rotation_id: str) -> RotationRecord:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM rotations WHERE id=?", (rotation_id,)).fetchone()
+            if row is None:
+                raise KeyError(rotation_id)
+            return self._record(row)
+
+    def find(self, rotation_id: str) -> RotationRecord | None:
+        try:
+            return self.get(rotation_id)
+        except KeyError:
+            return None
+
+    def recent(self, token: str | None = None, limit: int = 50) -> list[RotationRecord]:
+        with self._lock:
+            if token is None:
+                rows = self._db.execute(
+                    "SELECT * FROM rotations ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,))
+            else:
+                rows = self._db.execute(
+                    "SELECT * FROM rotations WHERE token=? ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                    (token, limit))
+            return [self._record(row) for row in rows.fetchall()]
+
+    def unfinished(self) -> list[RotationRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM rotations WHERE outcome IS NULL ORDER BY created_at").fetchall()
+            return [self._record(row) for row in rows]
+
+    def last_success(self, token: str) -> float | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MAX(finished_at) FROM rotations WHERE token=? AND outcome='succeeded'",
+                (token,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def count(self, token: str | None = None) -> int:
+        with self._lock:
+            if token is None:
+                row = self._db.execute("SELECT COUNT(*) FROM rotations").fetchone()
+            else:
+                row = self._db.execute("SELECT COUNT(*) FROM rotations WHERE token=?", (token,)).fetchone()
+        return int(row[0])
+
+    def _record(self, row: sqlite3.Row) -> RotationRecord:
+        steps = {
+            s["name"]: StepRecord(name=s["name"], status=s["status"], started_at=s["started_at"],
+                                  finished_at=s["finished_at"], detail=s["detail"],
+                                  attempts=s["attempts"])
+            for s in self._db.execute("SELECT * FROM steps WHERE rotation_id=?", (row["id"],))
+        }
+        targets = tuple(
+            TargetRecord(step=t["step"], target=t["target"], status=t["status"], detail=t["detail"],
+                         updated_at=t["updated_at"])
+            for t in self._db.execute(
+                "SELECT * FROM targets WHERE rotation_id=? ORDER BY step, target", (row["id"],))
+        )
+        return RotationRecord(
+            id=row["id"], token=row["token"], trigger=row["trigger"], reason=row["reason"],
+            state=row["state"], created_at=row["created_at"], received_at=row["received_at"],
+            updated_at=row["updated_at"], finished_at=row["finished_at"], outcome=row["outcome"],
+            error=row["error"], old_authorization_id=row["old_authorization_id"],
+            new_authorization_id=row["new_authorization_id"], new_valid_to=row["new_valid_to"],
+            steps=tuple(steps[name] for name in STEPS if name in steps),
+            targets=targets,
+        )
+
+    @staticmethod
+    def _check_step(step: str) -> None:
+        if step not in STEPS:
+            raise ValueError(f"unknown step {step!r}")
+
+    # -- deduplication and decisions -----------------------------------------------------------
+
+    def seen(self, key: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM deliveries WHERE key=?", (key,)).fetchone()
+        return row is not None
+
+    def seen_keys(self, since: float) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT key FROM deliveries WHERE seen_at >= ?", (since,)).fetchall()
+        return {row[0] for row in rows}
+
+    def remember(self, keys: Iterable[str], token: str, rotation_id: str | None = None) -> None:
+        now = self._clock()
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO deliveries (key, token, rotation_id, seen_at) VALUES (?, ?, ?, ?)",
+                [(key, token, rotation_id, now) for key in keys],
+            )
+
+    def forget(self, keys: Iterable[str]) -> None:
+        with self._tx() as db:
+            db.executemany("DELETE FROM deliveries WHERE key=?", [(key,) for key in keys])
+
+    def record_decision(self, *, token: str | None, alertname: str, fingerprint: str, action: str,
+                        reason: str, rotation_id: str | None = None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO decisions (at, token, alertname, fingerprint, action, reason, rotation_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (self._clock(), token, alertname[:200], fingerprint[:100], action, _clean(reason),
+                 rotation_id),
+            )
+
+    def decisions(self, limit: int = 100) -> list[DecisionRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM decisions ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [DecisionRecord(at=r["at"], token=r["token"], alertname=r["alertname"],
+                               fingerprint=r["fingerprint"], action=r["action"], reason=r["reason"],
+                               rotation_id=r["rotation_id"]) for r in rows]
+
+    def prune(self, older_than: float) -> None:
+        """Forget dedupe keys and drop decisions older than ``older_than`` (rotations are kept)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM deliveries WHERE seen_at < ?", (older_than,))
+            db.execute("DELETE FROM decisions WHERE at < ?", (older_than,))

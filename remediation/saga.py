@@ -1,0 +1,649 @@
+"""The rotation saga (DESIGN §6): plan → create → deliver → switch → verify → revoke → record.
+
+A PAT cannot be regenerated in place, so a rotation is a sequence of side effects in several
+systems, any of which can fail or be interrupted. The saga is built so that is safe:
+
+- **Every step is idempotent** and re-derives what it needs from the world, so a resumed
+  rotation (after a crash, or on the new Lease holder) simply runs all steps again: *create*
+  finds the PAT it created earlier and reads the token back from a sink that holds it (or, if
+  no sink does, revokes it and creates another); *deliver* skips sinks that already hold it;
+  *switch* sets an annotation to the rotation id; *revoke* treats "already revoked" as done.
+- **Progress is journaled** (one commit per step, :mod:`remediation.journal`), never a token.
+- **Nothing is created before the plan is safe**: every sink is checked first (a Flux-managed
+  Secret is refused, a missing one too), so a refusal costs nothing.
+- **The old PAT stays valid until the new one is proven**: it is revoked only after the new
+  token authenticated for its scopes, KEDA stopped failing and the pool is served, and only if
+  every sink holds the new PAT at that moment — a rotation never causes an outage. A PAT that
+  was created but delivered nowhere is revoked.
+- **Retries are data** (:class:`core.retry.Backoff`), clock and sleep are injected, and the
+  Lease is consulted before every step (``may_continue``): a worker that lost it stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import TypeVar
+
+from core import config
+from core.ado import PatInfo
+from core.errors import (
+    NotFoundError,
+    PatrolError,
+    PermanentError,
+    PolicyViolationError,
+    ScopeMismatchError,
+    TransientError,
+)
+from core.kube import ScalerResource
+from core.retry import Backoff, call_with_retry
+from core.secret import Secret
+from remediation.journal import Journal, Outcome, RotationRecord
+from remediation.planner import RotationRequest
+from remediation.sinks import FluxManagedError, SinkState
+from remediation.world import OrganizationApi, World
+
+log = logging.getLogger("patrol.saga")
+T = TypeVar("T")
+
+SCALER_ANNOTATION = "patrol.io/rotation"
+KEDA_API_VERSION = "keda.sh/v1alpha1"
+EVENT_REASON_ROTATED = "PatRotated"
+EVENT_REASON_FAILED = "PatRotationFailed"
+KEDA_FAILURE_REASON = "KEDAScalerFailed"
+# KEDA's error text for a refused credential (API-CONTRACTS §2.3, §4.2).
+_AUTH_FAILURE = re.compile(
+    r"status: (401|403|203)\b|unauthori[sz]ed|TF400813|VS30063|has expired|"
+    r"Cannot unmarshal ADO JobRequests", re.IGNORECASE)
+_PAT_NOT_FOUND = frozenset({"authorizationNotFound", "tokenNotFound"})
+API_BACKOFF = Backoff(delays=(0.5, 1.0, 2.0, 4.0))
+DELIVER_BACKOFF = Backoff(delays=(1.0, 2.0, 4.0, 8.0, 16.0))
+
+
+def display_name(token: str, rotation_id: str) -> str:
+    return f"patrol-{token}-{rotation_id}"
+
+
+def patrol_pat_pattern(token: str) -> re.Pattern[str]:
+    """Display names of PATs patrol created for ``token`` (rotation ids are 12 hex digits)."""
+    return re.compile(rf"^patrol-{re.escape(token)}-(?P<rotation>[0-9a-f]{{12}})$")
+
+
+def is_auth_failure(message: str) -> bool:
+    return bool(_AUTH_FAILURE.search(message))
+
+
+class SagaStopped(Exception):
+    """The worker may not continue (lost the Lease, shutting down); recovery will resume."""
+
+
+class VerificationError(PermanentError):
+    """The new PAT was not proven within the deadline; the old one was left valid."""
+
+
+class DeliveryError(PermanentError):
+    """At least one sink could not be written after its retries."""
+
+
+@dataclass(frozen=True)
+class SagaSettings:
+    verify_deadline: float = 300.0                # seconds for the whole verify step
+    verify_interval: float = 5.0                  # between verification rounds
+    verify_settle: float = 30.0                   # conditions must hold this long after the switch
+    api_backoff: Backoff = API_BACKOFF
+    deliver_backoff: Backoff = DELIVER_BACKOFF
+    create_attempts: int = 3
+    validto_tolerance: float = 3600.0             # a validTo this much shorter counts as clamped
+
+    @classmethod
+    def from_config(cls, worker: config.WorkerSettings) -> SagaSettings:
+        deadline = worker.verify_deadline.total_seconds()
+        # KEDA polls every 30 s by default: hold the conditions for one poll, within the deadline.
+        settle = min(30.0, deadline / 4)
+        return cls(verify_deadline=deadline, verify_settle=settle,
+                   verify_interval=max(0.5, min(5.0, settle / 3)))
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """Progress for a human (``patrol rotate``): one per step start/finish."""
+
+    rotation_id: str
+    token: str
+    step: str
+    status: str                                   # running | done | failed | skipped
+    detail: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class SinkPreview:
+    sink_id: str
+    state: SinkState | None
+    refusal: str | None                           # why it cannot be written (Flux, missing, error)
+
+
+@dataclass(frozen=True)
+class ConsumerPreview:
+    consumer: config.KedaConsumer
+    generation: int | None
+    ready: bool | None
+    problem: str | None
+
+
+@dataclass(frozen=True)
+class RotationPreview:
+    """What ``patrol rotate --dry-run`` shows: the plan, read from the world, changing nothing."""
+
+    token: config.Token
+    display_name: str
+    valid_to: datetime
+    sinks: tuple[SinkPreview, ...]
+    consumers: tuple[ConsumerPreview, ...]
+    would_revoke: tuple[str, ...]
+    problems: tuple[str, ...]
+
+
+@dataclass
+class _Run:
+    """What one run knows; rebuilt from the journal and the world on every (re)start."""
+
+    token: config.Token
+    record: RotationRecord
+    old_ids: set[str] = field(default_factory=set)
+    new: PatInfo | None = None
+    value: Secret | None = None
+    switched_at: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rotation_id(self) -> str:
+        return self.record.id
+
+
+class RotationSaga:
+    def __init__(
+        self,
+        cfg: config.Config,
+        world: World,
+        journal: Journal,
+        *,
+        settings: SagaSettings | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        may_continue: Callable[[], bool] = lambda: True,
+        on_step: Callable[[StepEvent], None] | None = None,
+        after_step: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.config = cfg
+        self.world = world
+        self.journal = journal
+        self.settings = settings or SagaSettings.from_config(cfg.worker)
+        self._clock = clock
+        self._sleep = sleep
+        self._may_continue = may_continue
+        self._on_step = on_step
+        self._after_step = after_step          # (rotation_id, step): tests inject crashes here
+
+    # -- public -----------------------------------------------------------------------------------
+
+    def run(self, request: RotationRequest) -> Outcome | None:
+        """Run (or resume) the rotation journaled as ``request.rotation_id``.
+
+        Returns the outcome, or None if it stopped because the worker may not continue
+        (the rotation stays unfinished in the journal and recovery resumes it).
+        """
+        record = self.journal.get(request.rotation_id)
+        if record.outcome is not None:
+            return record.outcome
+        token = self.config.token(record.token)
+        run = _Run(token=token, record=record)
+        if record.old_authorization_id:
+            run.old_ids.update(x for x in record.old_authorization_id.split(",") if x)
+        steps: list[tuple[str, Callable[[_Run], str]]] = [
+            ("plan", self._plan), ("create", self._create), ("deliver", self._deliver),
+            ("switch", self._switch), ("verify", self._verify), ("revoke", self._revoke),
+            ("record", self._record),
+        ]
+        log.info("rotation %s of %s %s (%s)", record.id, token.name,
+                 "resumed" if record.step("plan").attempts else "started", record.reason,
+                 extra=self._extra(run, "start"))
+        current = "plan"
+        try:
+            for name, fn in steps:
+                current = name
+                if not self._may_continue():
+                    raise SagaStopped(f"stopped before {name}: this worker may not continue")
+                self._step(run, name, fn)
+        except SagaStopped as stop:
+            log.warning("rotation %s of %s paused: %s", record.id, token.name, stop,
+                        extra=self._extra(run, current))
+            return None
+        except PatrolError as exc:
+            self._fail(run, current, exc)
+            return "failed"
+        self.journal.finish(record.id, "succeeded")
+        log.info("rotation %s of %s succeeded", record.id, token.name, extra=self._extra(run, "finish"))
+        return "succeeded"
+
+    def preview(self, token_name: str) -> RotationPreview:
+        """The dry run: read sinks, consumers and PATs; create, write and revoke nothing."""
+        token = self.config.token(token_name)
+        problems: list[str] = []
+        sinks: list[SinkPreview] = []
+        current_ids: set[str] = set()
+        for spec in token.sinks:
+            sink = self.world.sink(spec)
+            try:
+                state = sink.check()
+                sinks.append(SinkPreview(sink.id, state, None))
+                if state.authorization_id:
+                    current_ids.add(state.authorization_id)
+            except PatrolError as exc:
+                sinks.append(SinkPreview(sink.id, None, str(exc)))
+                problems.append(f"{sink.id}: {exc}")
+        consumers: list[ConsumerPreview] = []
+        for consumer in token.consumers:
+            try:
+                scaler = self.world.cluster(consumer.cluster).get_scaler(
+                    consumer.namespace, _resource(consumer), consumer.name)
+                consumers.append(ConsumerPreview(consumer, scaler.generation, scaler.ready, None))
+            except PatrolError as exc:
+                consumers.append(ConsumerPreview(consumer, None, None, str(exc)))
+                where = f"{consumer.cluster}/{consumer.namespace}/{consumer.name}"
+                problems.append(f"{consumer.kind} {where}: {exc}")
+        would_revoke = set(current_ids)
+        try:
+            would_revoke.update(p.authorization_id for p in self._patrol_pats(token))
+        except PatrolError as exc:
+            problems.append(f"PAT Lifecycle API: {exc}")
+        valid_to = datetime.fromtimestamp(self._clock(), UTC) + token.lifetime
+        return RotationPreview(token=token, display_name=display_name(token.name, "<rotation id>"),
+                               valid_to=valid_to, sinks=tuple(sinks), consumers=tuple(consumers),
+                               would_revoke=tuple(sorted(would_revoke)), problems=tuple(problems))
+
+    # -- step plumbing ----------------------------------------------------------------------------
+
+    def _extra(self, run: _Run, step: str, **more: object) -> dict[str, object]:
+        return {"token": run.token.name, "rotation_id": run.rotation_id, "step": step, **more}
+
+    def _step(self, run: _Run, name: str, fn: Callable[[_Run], str]) -> None:
+        self.journal.start_step(run.rotation_id, name)
+        self._emit(StepEvent(run.rotation_id, run.token.name, name, "running"))
+        started = time.monotonic()
+        try:
+            detail = fn(run)
+        except PatrolError as exc:
+            seconds = time.monotonic() - started
+            self.journal.finish_step(run.rotation_id, name, "failed", str(exc))
+            log.error("rotation step %s failed: %s", name, exc,
+                      extra=self._extra(run, name, status="failed", seconds=round(seconds, 3)))
+            self._emit(StepEvent(run.rotation_id, run.token.name, name, "failed", str(exc), seconds))
+            raise
+        seconds = time.monotonic() - started
+        self.journal.finish_step(run.rotation_id, name, "done", detail)
+        log.info("rotation step %s done: %s", name, detail,
+                 extra=self._extra(run, name, status="done", seconds=round(seconds, 3)))
+        self._emit(StepEvent(run.rotation_id, run.token.name, name, "done", detail, seconds))
+        if self._after_step is not None:
+            self._after_step(run.rotation_id, name)
+
+    def _emit(self, event: StepEvent) -> None:
+        if self._on_step is not None:
+            self._on_step(event)
+
+    def _retry(self, fn: Callable[[], T], what: str, backoff: Backoff | None = None) -> T:
+        return call_with_retry(fn, backoff or self.settings.api_backoff, what=what, sleep=self._sleep,
+                               logger=log)
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    def _patrol_pats(self, token: config.Token) -> list[PatInfo]:
+        pattern = patrol_pat_pattern(token.name)
+        pats = self.world.pats(token.organization)
+        listed = self._retry(lambda: pats.list("active", name_prefix=f"patrol-{token.name}-"),
+                             f"list PATs of {token.name}")
+        return [p for p in listed if pattern.match(p.display_name)]
+
+    # -- 1. plan ----------------------------------------------------------------------------------
+
+    def _plan(self, run: _Run) -> str:
+        token = run.token
+        refusals: list[str] = []
+        held: list[str] = []
+        new_id = self.journal.get(run.rotation_id).new_authorization_id
+        for spec in token.sinks:
+            sink = self.world.sink(spec)
+            try:
+                state = self._retry(sink.check, f"check {sink.id}")
+            except FluxManagedError as exc:
+                refusals.append(str(exc))
+                continue
+            if state.authorization_id and state.authorization_id != new_id:
+                run.old_ids.add(state.authorization_id)
+            held.append(f"{sink.id}={state.authorization_id or ('unknown' if state.exists else 'empty')}")
+        if refusals:
+            raise FluxManagedError(" | ".join(refusals))
+        for consumer in token.consumers:
+            cluster = self.world.cluster(consumer.cluster)
+            self._retry(partial(cluster.get_scaler, consumer.namespace, _resource(consumer), consumer.name),
+                        f"read {consumer.k8s_kind} {consumer.namespace}/{consumer.name}")
+        if run.old_ids:
+            self.journal.set_authorizations(run.rotation_id, old=",".join(sorted(run.old_ids)))
+        previous = ",".join(sorted(run.old_ids)) or "unknown"
+        return (f"{len(token.sinks)} sink(s) writable ({'; '.join(held)}); "
+                f"{len(token.consumers)} consumer(s) found; previous PAT: {previous}")
+
+    # -- 2. create --------------------------------------------------------------------------------
+
+    def _create(self, run: _Run) -> str:
+        token = run.token
+        pats = self.world.pats(token.organization)
+        record = self.journal.get(run.rotation_id)
+        name = display_name(token.name, run.rotation_id)
+        if record.new_authorization_id:
+            resumed = self._resume_created(run, record.new_authorization_id)
+            if resumed is not None:
+                return resumed
+        # A PAT with our display name whose value we do not hold (an earlier attempt died after
+        # ADO acted) is useless: revoke it before creating the one we will deliver.
+        for stale in self._patrol_pats(token):
+            if stale.display_name == name:
+                self._retry(partial(pats.revoke, stale.authorization_id),
+                            f"revoke unusable PAT {stale.authorization_id}")
+                run.notes.append(f"revoked unusable earlier attempt {stale.authorization_id}")
+        asked = self._now() + token.lifetime
+        created = None
+        for attempt in range(1, self.settings.create_attempts + 1):
+            try:
+                created = pats.create(name, token.scopes, asked, all_orgs=False)
+                break
+            except TransientError as exc:
+                # ADO may have acted before failing: never leave a PAT we cannot use.
+                for stale in self._patrol_pats(token):
+                    if stale.display_name == name:
+                        self._retry(partial(pats.revoke, stale.authorization_id),
+                                    f"revoke PAT {stale.authorization_id} of a failed create")
+                if attempt >= self.settings.create_attempts:
+                    raise
+                delays = self.settings.api_backoff.delays or (0.0,)
+                delay = delays[min(attempt - 1, len(delays) - 1)]
+                if exc.delay is not None:
+                    delay = min(max(delay, exc.delay), self.settings.api_backoff.max_delay)
+                log.info("create PAT attempt %d failed (%s); retrying in %.2fs", attempt, exc, delay,
+                         extra=self._extra(run, "create", attempt=attempt))
+                self._sleep(delay)
+        assert created is not None
+        info = created.info
+        # Journal the id at once: from here on a crash must be able to find this PAT.
+        self.journal.set_authorizations(run.rotation_id, new=info.authorization_id,
+                                        new_valid_to=info.valid_to.timestamp())
+        problem = self._check_created(token, info)
+        if problem is not None:
+            self._retry(partial(pats.revoke, info.authorization_id),
+                        f"revoke rejected PAT {info.authorization_id}")
+            raise problem
+        run.new, run.value = info, created.token
+        notes = [f"created {info.authorization_id} ({name}), scopes {' '.join(info.scopes)}, "
+                 f"validTo {info.valid_to:%Y-%m-%dT%H:%M:%SZ}"]
+        if info.valid_to.timestamp() < asked.timestamp() - self.settings.validto_tolerance:
+            notes.append(f"validTo clamped by policy (asked {asked:%Y-%m-%dT%H:%M:%SZ})")
+            if info.valid_to - self._now() <= token.renew_before:
+                notes.append("WARNING: the PAT lives shorter than renew_before and is due at once")
+        return "; ".join(run.notes + notes)
+
+    def _check_created(self, token: config.Token, info: PatInfo) -> PatrolError | None:
+        if set(info.scopes) != set(token.scopes):
+            return ScopeMismatchError(
+                f"PAT {info.authorization_id} came back with scopes {' '.join(sorted(info.scopes)) or '-'}, "
+                f"asked for {' '.join(sorted(token.scopes))}; it was revoked")
+        if info.is_global:
+            return PermanentError(f"PAT {info.authorization_id} came back valid for all organizations "
+                                  "(allOrgs was false); it was revoked")
+        if info.valid_to <= self._now():
+            return PermanentError(f"PAT {info.authorization_id} came back already expired "
+                                  f"(validTo {info.valid_to:%Y-%m-%dT%H:%M:%SZ}); it was revoked")
+        return None
+
+    def _resume_created(self, run: _Run, new_id: str) -> str | None:
+        """After a restart: use the PAT created earlier if a sink holds its value, else revoke it."""
+        token = run.token
+        pats = self.world.pats(token.organization)
+        value: Secret | None = None
+        source = ""
+        for spec in token.sinks:
+            sink = self.world.sink(spec)
+            state, held = self._retry(sink.read, f"read {sink.id}")
+            if state.authorization_id == new_id and held:
+                value, source = held, sink.id
+                break
+        info: PatInfo | None
+        try:
+            info = self._retry(lambda: pats.get(new_id), f"read PAT {new_id}")
+        except NotFoundError:
+            info = None
+        except PolicyViolationError as exc:
+            if exc.code not in _PAT_NOT_FOUND:
+                raise
+            info = None
+        alive = info is not None and info.valid_to > self._now()
+        if value is not None and info is not None and alive:
+            run.new, run.value = info, value
+            return f"resumed: PAT {new_id} already created; token read back from {source}"
+        if info is not None:
+            self._retry(lambda: pats.revoke(new_id), f"revoke unusable PAT {new_id}")
+        run.notes.append(f"PAT {new_id} of an interrupted attempt was in no sink: revoked it")
+        return None
+
+    # -- 3. deliver -------------------------------------------------------------------------------
+
+    def _deliver(self, run: _Run) -> str:
+        assert run.new is not None and run.value is not None
+        new, value = run.new, run.value
+        delivered: list[str] = []
+        failed: list[str] = []
+        for spec in run.token.sinks:
+            sink = self.world.sink(spec)
+            self.journal.set_target(run.rotation_id, "deliver", sink.id, "running")
+            try:
+                state = call_with_retry(
+                    partial(sink.write, value, authorization_id=new.authorization_id,
+                            expires_at=new.valid_to, rotation_id=run.rotation_id),
+                    self.settings.deliver_backoff, what=f"deliver to {sink.id}", sleep=self._sleep,
+                    logger=log)
+            except PatrolError as exc:
+                self.journal.set_target(run.rotation_id, "deliver", sink.id, "failed", str(exc))
+                failed.append(f"{sink.id}: {exc}")
+                continue
+            self.journal.set_target(run.rotation_id, "deliver", sink.id, "done",
+                                    f"version {state.version}" if state.version else "")
+            delivered.append(sink.id)
+        if failed:
+            if not delivered:
+                pats = self.world.pats(run.token.organization)
+                self._retry(lambda: pats.revoke(new.authorization_id),
+                            f"revoke undelivered PAT {new.authorization_id}")
+                outcome = f"the new PAT {new.authorization_id} was delivered nowhere and was revoked"
+            else:
+                outcome = (f"the new PAT {new.authorization_id} is in {', '.join(delivered)}; the previous "
+                           "PAT stays valid, so every consumer keeps a working token")
+            raise DeliveryError(f"delivery failed: {'; '.join(failed)}; {outcome}")
+        return f"delivered {new.authorization_id} to {', '.join(delivered)}"
+
+    # -- 4. switch --------------------------------------------------------------------------------
+
+    def _switch(self, run: _Run) -> str:
+        run.switched_at = self._clock()
+        done: list[str] = []
+        for consumer in run.token.consumers:
+            target = f"{consumer.cluster}/{consumer.namespace}/{consumer.name}"
+            if consumer.kind == "keda-scaledobject":
+                self.journal.set_target(run.rotation_id, "switch", target, "skipped",
+                                        "ScaledObject: switches when the previous PAT is revoked")
+                done.append(f"{target} (at revoke)")
+                continue
+            cluster = self.world.cluster(consumer.cluster)
+            scaler = self._retry(
+                partial(cluster.bump_scaler, consumer.namespace, _resource(consumer), consumer.name,
+                        annotation=SCALER_ANNOTATION, value=run.rotation_id),
+                f"bump {consumer.k8s_kind} {target}")
+            self.journal.set_target(run.rotation_id, "switch", target, "done",
+                                    f"generation {scaler.generation}")
+            done.append(f"{target} (generation {scaler.generation})")
+        return f"switched {', '.join(done)}" if done else "no consumers to switch"
+
+    # -- 5. verify --------------------------------------------------------------------------------
+
+    def _verify(self, run: _Run) -> str:
+        assert run.new is not None and run.value is not None
+        switched_at = run.switched_at if run.switched_at is not None else self._clock()
+        deadline = self._clock() + self.settings.verify_deadline
+        token = run.token
+        project = token.pipeline.project if token.pipeline else None
+        client = self.world.organization_client(token.organization, run.value)
+        try:
+            rounds = 0
+            while True:
+                rounds += 1
+                if not self._may_continue():
+                    raise SagaStopped("stopped during verify: this worker may not continue")
+                waiting = self._verify_round(run, client, project, switched_at)
+                # Without consumers there is no KEDA poll to wait for: the probe is the proof.
+                settled = not token.consumers or self._clock() - switched_at >= self.settings.verify_settle
+                if not waiting and settled:
+                    return (f"new PAT authenticates for {' '.join(token.scopes)}; "
+                            f"{len(token.consumers)} consumer(s) healthy after {rounds} round(s)")
+                if self._clock() >= deadline:
+                    reasons = "; ".join(waiting) or "conditions did not hold long enough"
+                    raise VerificationError(
+                        f"not verified within {self.settings.verify_deadline:g}s: {reasons}; the previous "
+                        "PAT was not revoked, so consumers keep a working token")
+                self._sleep(self.settings.verify_interval)
+        finally:
+            client.close()
+
+    def _verify_round(self, run: _Run, client: OrganizationApi, project: str | None,
+                      switched_at: float) -> list[str]:
+        """One look at every condition; returns what is still not satisfied."""
+        waiting: list[str] = []
+        token = run.token
+        try:
+            probe = client.probe(token.scopes, project=project)
+            if not probe.ok:
+                waiting.append(f"new PAT does not authenticate yet ({probe.detail})")
+        except PatrolError as exc:
+            waiting.append(f"probe: {exc}")
+        settle_from = max(switched_at, self._clock() - self.settings.verify_settle)
+        for consumer in token.consumers:
+            target = f"{consumer.kind} {consumer.cluster}/{consumer.namespace}/{consumer.name}"
+            try:
+                reasons = self._consumer_waiting(consumer, settle_from)
+                reasons += self._pool_waiting(client, consumer, switched_at)
+                waiting.extend(f"{target}: {why}" for why in reasons)
+            except PatrolError as exc:
+                waiting.append(f"{target}: {exc}")
+        return waiting
+
+    def _consumer_waiting(self, consumer: config.KedaConsumer, since: float) -> list[str]:
+        cluster = self.world.cluster(consumer.cluster)
+        scaler = cluster.get_scaler(consumer.namespace, _resource(consumer), consumer.name)
+        waiting = []
+        if scaler.ready is not True:
+            waiting.append(f"Ready is {scaler.ready} ({scaler.ready_reason or 'no reason'})")
+        selector = (f"involvedObject.kind={consumer.k8s_kind},involvedObject.name={consumer.name},"
+                    f"reason={KEDA_FAILURE_REASON}")
+        events, _ = cluster.list_events(consumer.namespace, field_selector=selector)
+        recent = [e for e in events if e.last_timestamp is not None and is_auth_failure(e.message)
+                  and e.last_timestamp.timestamp() > int(since)]
+        if recent:
+            waiting.append(f"{len(recent)} authentication failure event(s) since "
+                           f"{datetime.fromtimestamp(since, UTC):%H:%M:%S}")
+        return waiting
+
+    def _pool_waiting(self, client: OrganizationApi, consumer: config.KedaConsumer,
+                      switched_at: float) -> list[str]:
+        pool = client.find_pool(consumer.pool)
+        jobs = client.list_job_requests(pool.id)
+        stuck = [j for j in jobs if j.is_queued and j.queue_time is not None
+                 and j.queue_time.timestamp() <= switched_at]
+        if not stuck:
+            return []
+        agents = client.list_agents(pool.id)
+        if any(a.enabled and a.status == "online" for a in agents):
+            return []
+        return [f"pool {consumer.pool}: {len(stuck)} job(s) queued before the switch still wait, "
+                "no agent online"]
+
+    # -- 6. revoke --------------------------------------------------------------------------------
+
+    def _revoke(self, run: _Run) -> str:
+        assert run.new is not None and run.value is not None
+        new_id = run.new.authorization_id
+        # Never revoke the only working token: every sink must hold the new PAT right now.
+        for spec in run.token.sinks:
+            sink = self.world.sink(spec)
+            state, _ = self._retry(sink.read, f"read {sink.id}")
+            if state.authorization_id != new_id or state.fingerprint != run.value.fingerprint:
+                raise PermanentError(
+                    f"{sink.id} no longer holds the new PAT {new_id} (holds "
+                    f"{state.authorization_id or 'unknown'}): the previous PAT was not revoked")
+        targets = set(run.old_ids)
+        targets.update(p.authorization_id for p in self._patrol_pats(run.token))
+        targets.discard(new_id)
+        if not targets:
+            return ("no previous PAT known (none in sink metadata, no earlier patrol PAT): "
+                    "revoke the hand-made PAT in Azure DevOps by hand")
+        pats = self.world.pats(run.token.organization)
+        for auth_id in sorted(targets):
+            self._retry(partial(pats.revoke, auth_id), f"revoke PAT {auth_id}")
+            self.journal.set_target(run.rotation_id, "revoke", auth_id, "done")
+        return f"revoked {', '.join(sorted(targets))}"
+
+    # -- 7. record --------------------------------------------------------------------------------
+
+    def _record(self, run: _Run) -> str:
+        assert run.new is not None
+        message = (f"patrol rotated PAT {run.token.name} (rotation {run.rotation_id}): now "
+                   f"{run.new.authorization_id}, valid to {run.new.valid_to:%Y-%m-%dT%H:%M:%SZ}")
+        recorded = self._events(run, EVENT_REASON_ROTATED, message, "Normal")
+        return f"{recorded} event(s) recorded"
+
+    def _events(self, run: _Run, reason: str, message: str, type_: str) -> int:
+        recorded = 0
+        for consumer in run.token.consumers:
+            try:
+                cluster = self.world.cluster(consumer.cluster)
+                scaler = cluster.get_scaler(consumer.namespace, _resource(consumer), consumer.name)
+                cluster.create_event(consumer.namespace, involved_kind=consumer.k8s_kind,
+                                     involved_name=consumer.name, involved_uid=scaler.uid,
+                                     api_version=KEDA_API_VERSION, reason=reason, message=message,
+                                     type_=type_, now=self._now())
+                recorded += 1
+            except PatrolError as exc:
+                log.warning("could not record a %s event on %s/%s: %s", reason, consumer.namespace,
+                            consumer.name, exc, extra=self._extra(run, "record"))
+        return recorded
+
+    def _fail(self, run: _Run, step: str, exc: PatrolError) -> None:
+        error = f"{step}: {exc}"
+        if isinstance(exc, PolicyViolationError):
+            if exc.code not in error:
+                error += f" (patTokenError={exc.code})"
+            error += ("; an Azure DevOps PAT policy refused it: check the tenant/organization PAT "
+                      "policies (lifespan, scopes, creation allow-list) against this token's config")
+        self.journal.finish(run.rotation_id, "failed", error)
+        self._events(run, EVENT_REASON_FAILED,
+                     f"patrol could not rotate PAT {run.token.name} (rotation {run.rotation_id}): {error}",
+                     "Warning")
+        log.error("rotation %s of %s failed at %s: %s", run.rotation_id, run.token.name, step, exc,
+                  extra=self._extra(run, step, status="failed"))
+
+
+def _resource(consumer: config.KedaConsumer) -> ScalerResource:
+    return "scaledjobs" if consumer.kind == "keda-scaledjob" else "scaledobjects"

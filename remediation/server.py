@@ -1,0 +1,176 @@
+"""The worker's HTTP face: the Alertmanager webhook, metrics, health and rotation history.
+
+The webhook answers fast and does nothing on a bad request: authentication (constant-time
+Bearer compare), content type, size and schema are checked before anything is planned, so a
+401/413/415/400 leaves no trace but a counter. An accepted delivery gets 202 at once and the
+rotation continues in the background (:mod:`remediation.dispatch`). 503 is reserved for "cannot
+accept work now" (not the Lease holder, shutting down), the only answer that makes
+Alertmanager retry (API-CONTRACTS §5.2).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from core.secret import Secret
+from remediation.alerts import PayloadError, parse_body
+from remediation.dispatch import Dispatcher
+from remediation.journal import Journal
+from remediation.metrics import WorkerMetrics
+from remediation.planner import Planner
+
+log = logging.getLogger("patrol.webhook")
+
+MAX_BODY = 1024 * 1024
+WEBHOOK_PATH = "/webhook/alertmanager"
+_JSON_TYPES = ("application/json",)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _reply(status: int, reason: str, **extra: Any) -> web.Response:
+    body = {"status": status, "reason": reason, **extra}
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+
+
+class WorkerServer:
+    """Builds the aiohttp application; every collaborator is a constructor argument.
+
+    ``accepting`` returns ``None`` when work can be accepted, else a short reason for a 503
+    (e.g. "not the lease holder"); it also drives ``/readyz``.
+    """
+
+    def __init__(
+        self,
+        *,
+        planner: Planner,
+        dispatcher: Dispatcher,
+        journal: Journal,
+        metrics: WorkerMetrics,
+        webhook_token: Secret | str | None,
+        insecure_no_auth: bool = False,
+        accepting: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        if isinstance(webhook_token, str):
+            webhook_token = Secret(webhook_token)
+        if not webhook_token and not insecure_no_auth:
+            raise ValueError(
+                "the webhook needs a bearer token: set PATROL_WEBHOOK_TOKEN or worker.webhook_token_file"
+                " (or pass --insecure-no-auth for a local test)")
+        self._expected = webhook_token.reveal().encode() if webhook_token else None
+        self.planner = planner
+        self.dispatcher = dispatcher
+        self.journal = journal
+        self.metrics = metrics
+        self._accepting = accepting
+        for code in ("202", "400", "401", "413", "415", "503"):
+            metrics.webhook_requests.labels(code=code)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_post(WEBHOOK_PATH, self._counted(self.webhook))
+        app.router.add_get("/metrics", self.metrics_page)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/rotations", self.rotations)
+        return app
+
+    def not_accepting_reason(self) -> str | None:
+        if not self.dispatcher.accepting:
+            return "shutting down"
+        return self._accepting()
+
+    # -- webhook ----------------------------------------------------------------------------------
+
+    def _counted(self, handler: Handler) -> Handler:
+        async def wrapper(request: web.Request) -> web.StreamResponse:
+            try:
+                response = await handler(request)
+            except Exception:
+                # e.g. the journal's disk is full: nothing was admitted; ask for a retry.
+                log.exception("webhook delivery could not be handled")
+                response = _reply(503, "internal error; retry later")
+            self.metrics.webhook_requests.labels(code=str(response.status)).inc()
+            return response
+        return wrapper
+
+    def _authorized(self, request: web.Request) -> bool:
+        if self._expected is None:
+            return True
+        header = request.headers.get("Authorization", "")
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() != "bearer" or not credentials:
+            return False
+        return hmac.compare_digest(credentials.strip().encode(), self._expected)
+
+    async def webhook(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            response = _reply(401, "missing or bad bearer token")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="patrol"'
+            return response
+        if request.content_type not in _JSON_TYPES:
+            return _reply(415, "content type must be application/json")
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            return _reply(413, f"body larger than {MAX_BODY} bytes")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _reply(413, f"body larger than {MAX_BODY} bytes")
+        try:
+            notification = parse_body(body)
+        except PayloadError as exc:
+            return _reply(400, exc.reason)
+        unavailable = self.not_accepting_reason()
+        if unavailable is not None:
+            return _reply(503, unavailable)
+        plan = self.planner.plan(notification)
+        for index, rotation in enumerate(plan.requests):
+            if not self.dispatcher.submit(rotation):
+                for pending in plan.requests[index:]:
+                    self.planner.abandon(pending, "worker stopping; Alertmanager will retry")
+                return _reply(503, "shutting down")
+        skipped = {d.token for d in plan.decisions if d.reason in ("already-running", "cooldown")}
+        for token in sorted(t for t in skipped if t):
+            self.metrics.rotations.labels(token=token, result="skipped").inc()
+        return _reply(202, "accepted", decisions=[d.to_json() for d in plan.decisions])
+
+    # -- the rest ---------------------------------------------------------------------------------
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        reason = self.not_accepting_reason()
+        if reason is not None:
+            return web.Response(status=503, text=f"not ready: {reason}\n")
+        return web.Response(text="ready\n")
+
+    async def rotations(self, request: web.Request) -> web.Response:
+        token = request.query.get("token") or None
+        try:
+            limit = max(1, min(500, int(request.query.get("limit", "50"))))
+        except ValueError:
+            return _reply(400, "limit must be an integer")
+        records = self.journal.recent(token=token, limit=limit)
+        decisions = [d for d in self.journal.decisions(limit=limit) if token is None or d.token == token]
+        body = {
+            "running": sorted(self.planner.locks.running()),
+            "rotations": [r.to_json() for r in records],
+            "decisions": [
+                {"at": d.at, "token": d.token, "alertname": d.alertname, "fingerprint": d.fingerprint,
+                 "action": d.action, "reason": d.reason, "rotation_id": d.rotation_id}
+                for d in decisions
+            ],
+        }
+        return web.json_response(body)

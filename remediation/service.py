@@ -1,0 +1,201 @@
+"""The worker assembled: one object that owns every part and their lifecycles.
+
+:class:`WorkerService` wires planner, saga, dispatcher, recovery, leadership and the HTTP server
+from a :class:`core.config.Config` and a :class:`remediation.world.World`, so the command line
+(``patrol worker``), the end-to-end tests and the benchmarks build the very same thing.
+:class:`WorkerThread` serves it on loopback from a background thread for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from aiohttp import web
+
+from core import config
+from core.secret import Secret
+from remediation.dispatch import Dispatcher
+from remediation.journal import Journal
+from remediation.leadership import Leadership, Lock
+from remediation.metrics import WorkerMetrics
+from remediation.planner import Planner, TokenLocks
+from remediation.recovery import DEFAULT_ORPHAN_GRACE, Recovery, RecoveryReport
+from remediation.saga import RotationSaga, SagaSettings, StepEvent
+from remediation.server import WorkerServer
+from remediation.world import World
+
+log = logging.getLogger("patrol.worker")
+
+
+class WorkerService:
+    def __init__(
+        self,
+        cfg: config.Config,
+        world: World,
+        *,
+        state_dir: str | Path,
+        webhook_token: Secret | str | None,
+        insecure_no_auth: bool = False,
+        lease: Lock | None = None,
+        settings: SagaSettings | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        max_workers: int = 4,
+        orphan_grace: float = DEFAULT_ORPHAN_GRACE,
+        reconcile_interval: float | None = None,
+        on_step: Callable[[StepEvent], None] | None = None,
+        after_step: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.config = cfg
+        self.world = world
+        self.state_dir = Path(state_dir)
+        self._stopping = threading.Event()
+        self.journal = Journal.in_state_dir(self.state_dir, clock=clock)
+        self.metrics = WorkerMetrics()
+        self.metrics.declare_tokens([t.name for t in cfg.tokens])
+        self.planner = Planner([t.name for t in cfg.tokens], self.journal, cooldown=cfg.worker.cooldown,
+                               locks=TokenLocks(self.state_dir / "locks"), clock=clock)
+        self.leadership = Leadership(lease)
+        self.saga = RotationSaga(cfg, world, self.journal, settings=settings, clock=clock, sleep=sleep,
+                                 may_continue=self.may_rotate, on_step=on_step, after_step=after_step)
+        self.dispatcher = Dispatcher(self.saga.run, locks=self.planner.locks, journal=self.journal,
+                                     metrics=self.metrics, max_workers=max_workers, clock=clock)
+        self.recovery = Recovery(cfg, world, self.journal, self.planner, submit=self.dispatcher.submit,
+                                 may_act=self.may_rotate, clock=clock, sleep=sleep, orphan_grace=orphan_grace)
+        self.server = WorkerServer(planner=self.planner, dispatcher=self.dispatcher, journal=self.journal,
+                                   metrics=self.metrics, webhook_token=webhook_token,
+                                   insecure_no_auth=insecure_no_auth, accepting=self.not_accepting_reason)
+        self.reconcile_interval = (reconcile_interval if reconcile_interval is not None
+                                   else cfg.worker.reconcile_interval.total_seconds())
+        self._reconcile_now = threading.Event()
+        self._reconciler: threading.Thread | None = None
+        self.leadership.on_change(lambda held: self._reconcile_now.set() if held else None)
+        self.last_report: RecoveryReport | None = None
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def may_rotate(self) -> bool:
+        return not self._stopping.is_set() and self.leadership.is_leader()
+
+    def not_accepting_reason(self) -> str | None:
+        if self._stopping.is_set():
+            return "shutting down"
+        if not self.leadership.is_leader():
+            return "not the lease holder"
+        return None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the lease renewals and the reconcile loop (recovery runs at once, then periodically)."""
+        self.leadership.start()
+        if self.leadership.lock is None:
+            self._reconcile_now.set()
+        self._reconciler = threading.Thread(target=self._reconcile_loop, name="patrol-reconcile", daemon=True)
+        self._reconciler.start()
+
+    def reconcile(self) -> RecoveryReport:
+        self.last_report = self.recovery.reconcile()
+        return self.last_report
+
+    def _reconcile_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._reconcile_now.wait(self.reconcile_interval)
+            self._reconcile_now.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                self.reconcile()
+            except Exception:
+                log.exception("reconcile failed")
+
+    def stop(self) -> None:
+        """Stop accepting, let running steps reach a boundary, release the lease, close."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._reconcile_now.set()
+        self.dispatcher.shutdown(wait=True)
+        if self._reconciler is not None:
+            self._reconciler.join(timeout=30)
+        self.leadership.stop()
+        self.journal.close()
+
+    async def serve(self, host: str, port: int, *, started: Callable[[int], None] | None = None,
+                    stop: asyncio.Event | None = None) -> None:
+        """Serve HTTP until ``stop`` is set; calls ``started(port)`` once listening."""
+        runner = web.AppRunner(self.server.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0][1] if runner.addresses else port
+        log.info("worker listening on %s:%d", host, bound)
+        if started is not None:
+            started(bound)
+        try:
+            await (stop or asyncio.Event()).wait()
+        finally:
+            await runner.cleanup()
+
+
+class WorkerThread:
+    """Run a :class:`WorkerService` (started, serving on 127.0.0.1:0) in a background thread."""
+
+    def __init__(self, service: WorkerService, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.service = service
+        self._host = host
+        self._port = port
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="patrol-worker-http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+
+            def started(port: int) -> None:
+                self.port = port
+                self._ready.set()
+
+            await self.service.serve(self._host, self._port, started=started, stop=self._stop)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+
+    def start(self) -> WorkerThread:
+        self.service.start()
+        self._thread.start()
+        if not self._ready.wait(30) or self._error is not None:
+            raise RuntimeError(f"worker did not start: {self._error!r}")
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, then stop the service (idempotent)."""
+        if self._thread.is_alive() and self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(timeout=30)
+        self.service.stop()
+
+    def __enter__(self) -> WorkerThread:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
