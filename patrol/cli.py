@@ -107,6 +107,16 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                       help="seconds between reports")
     _common(demo, env, config=False)
 
+    # exporter
+    from exporter import cli as exporter_cli
+
+    exporter_cli.add_parser(sub, env)
+
+    # worker, rotate, history
+    from remediation import cli as remediation_cli
+
+    remediation_cli.add_parsers(sub, env, common=lambda p: _common(p, env))
+
     # login
     login = _sub(sub, "login", "sign in once as the bot account (device code) for silent refresh later",
                  "For bot accounts protected by MFA: run once interactively; the worker then refreshes\n"

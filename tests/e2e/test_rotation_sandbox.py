@@ -182,11 +182,6 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    # azure-keyvault-secrets caches each vault's 401 challenge (its tenant) per host:port for the
-    # whole process; a later sandbox reusing a port would inherit an earlier sandbox's tenant.
-    from azure.keyvault.secrets._shared import http_challenge_cache
-
-    http_challenge_cache.clear()
     with SandboxThread(str(tmp_path / "sandbox"), scenario("default")) as sb:
         w = World(sb, tmp_path)
         try:

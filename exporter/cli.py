@@ -1,0 +1,105 @@
+"""``patrol exporter``: serve the metrics of DESIGN §4 for a configuration.
+
+    patrol exporter --config patrol.yaml --listen 0.0.0.0:9877
+    patrol exporter --config patrol.yaml --once        # refresh once, print the exposition
+
+The configuration is validated before anything starts (a token without sinks, a consumer in an
+unknown cluster: rejected with the file, key and fix, exit 2). The refresher then runs in
+background threads and the HTTP server in the main thread's event loop until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+
+from core.config import load_config
+from core.errors import ConfigError
+from exporter.assembly import CoreClients, Exporter, build
+from exporter.server import DEFAULT_PORT, make_app, parse_listen, start
+
+log = logging.getLogger("patrol.exporter")
+
+EXIT_OK, EXIT_USAGE = 0, 2
+SWITCH_INTERVAL = 0.001
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+               env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """Add ``exporter`` with its options; the handler is set as both ``handler`` and ``func``."""
+    env = {} if env is None else env
+    parser = subparsers.add_parser(
+        "exporter", help="serve Prometheus metrics about PATs, KEDA, agent pools and pipelines",
+        description="Serve /metrics, /healthz and /readyz. A background refresher reads every "
+                    "source on its own interval; a scrape only reads memory.",
+        epilog="examples:\n  patrol exporter --config patrol.yaml\n"
+               "  patrol exporter --config patrol.yaml --listen 127.0.0.1:9877\n"
+               "  patrol exporter --config patrol.yaml --once | promtool check metrics",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE", default=env.get("PATROL_CONFIG"),
+                        help="patrol configuration file (env PATROL_CONFIG)")
+    parser.add_argument("--listen", metavar="HOST:PORT", default=env.get("PATROL_EXPORTER_LISTEN"),
+                        help=f"address to serve on (default: exporter.listen from the config, "
+                             f"else 0.0.0.0:{DEFAULT_PORT}; env PATROL_EXPORTER_LISTEN)")
+    parser.add_argument("--once", action="store_true",
+                        help="refresh every source once, print the exposition and exit")
+    parser.add_argument("--log-format", choices=["text", "json"],
+                        default=env.get("PATROL_LOG_FORMAT", "text"),
+                        help="log output format (env PATROL_LOG_FORMAT)")
+    parser.add_argument("--log-level", default=env.get("PATROL_LOG_LEVEL", "INFO"),
+                        help="log level (env PATROL_LOG_LEVEL)")
+    parser.set_defaults(handler=run, func=run)
+    return parser
+
+
+def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
+    """Run the exporter until interrupted. Configuration errors propagate (the CLI exits 2)."""
+    if not args.config:
+        raise ConfigError("(none)", "", "no configuration file given",
+                          "pass --config FILE or set PATROL_CONFIG")
+    cfg = load_config(args.config)
+    try:
+        host, port = parse_listen(args.listen or cfg.exporter.listen)
+    except ValueError as exc:
+        raise ConfigError(args.config, "exporter.listen", str(exc),
+                          "write HOST:PORT, e.g. 0.0.0.0:9877") from None
+    exporter = build(cfg, CoreClients(cfg, os.environ if env is None else env), watch=not args.once)
+    try:
+        if args.once:
+            exporter.refresher.refresh_once()
+            sys.stdout.buffer.write(exporter.exposition.body())
+            sys.stdout.flush()
+            return EXIT_OK
+        # The refresher's threads parse JSON and render between scrapes; a shorter GIL switch
+        # interval (default 5 ms) lets the event loop answer a scrape without queueing behind them.
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        exporter.start()
+        asyncio.run(serve(exporter, host, port))
+        return EXIT_OK
+    finally:
+        exporter.close()
+
+
+async def serve(exporter: Exporter, host: str, port: int, stop: asyncio.Event | None = None) -> None:
+    """Serve until ``stop`` is set (or SIGINT/SIGTERM when run from the command line)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    runner, bound = await start(make_app(exporter.exposition, lambda: exporter.refresher.pending), host, port)
+    log.info("exporter serving on http://%s:%d/metrics", host, bound, extra={"port": bound})
+    try:
+        await stop.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()

@@ -1,0 +1,187 @@
+"""A local monitoring stack around the sandbox: real Prometheus and Alertmanager processes.
+
+``make demo`` and the end-to-end tests both need the same thing: the Debian ``prometheus`` and
+``prometheus-alertmanager`` binaries, configured to scrape patrol's exporter and worker, to
+evaluate the shipped rules (with short ``for`` so a loop fits in a minute), and to deliver
+``remediation="rotate"`` alerts to the worker's webhook with bearer authentication, exactly as
+``alerts/alertmanager.example.yml`` does in production.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alerts.rules import render_rules_file
+
+PROMETHEUS = "prometheus"
+ALERTMANAGER = "prometheus-alertmanager"
+
+
+def free_port() -> int:
+    """A loopback port free right now (Prometheus and Alertmanager cannot bind port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_binary(*names: str) -> str | None:
+    for name in names:
+        path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+        if path:
+            return path
+    return None
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s ({last})")
+
+
+def get_json(url: str, timeout: float = 5.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+        return json.loads(resp.read())
+
+
+@dataclass
+class MonitoringStack:
+    """Prometheus + Alertmanager in ``directory``, scraping ``targets`` (job name → host:port)."""
+
+    directory: Path
+    targets: dict[str, str]
+    webhook_url: str
+    webhook_token_file: str
+    interval: str = "1s"
+    alert_for: str = "3s"
+    prometheus_port: int = field(default_factory=free_port)
+    alertmanager_port: int = field(default_factory=free_port)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.prometheus_port}"
+
+    @property
+    def alertmanager_url(self) -> str:
+        return f"http://127.0.0.1:{self.alertmanager_port}"
+
+    @staticmethod
+    def available() -> bool:
+        return find_binary(PROMETHEUS) is not None and find_binary(ALERTMANAGER, "alertmanager") is not None
+
+    def write_configs(self) -> tuple[Path, Path]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        rules = self.directory / "patrol.rules.yml"
+        rules.write_text(render_rules_file(for_override=self.alert_for))
+        prom = {
+            "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
+            "rule_files": [str(rules)],
+            "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{self.alertmanager_port}"]}]}]},
+            "scrape_configs": [
+                {"job_name": job, "static_configs": [{"targets": [target]}]}
+                for job, target in sorted(self.targets.items())
+            ],
+        }
+        am = {
+            "route": {
+                "receiver": "humans",
+                "group_by": ["alertname"],
+                "group_wait": "1s", "group_interval": "2s", "repeat_interval": "1m",
+                "routes": [{
+                    "receiver": "patrol-worker",
+                    "matchers": ['remediation="rotate"'],
+                    "group_by": ["alertname", "token"],
+                    "group_wait": "1s", "group_interval": "2s", "repeat_interval": "30s",
+                }],
+            },
+            "receivers": [
+                {"name": "humans"},
+                {"name": "patrol-worker", "webhook_configs": [{
+                    "url": self.webhook_url, "send_resolved": True, "max_alerts": 0,
+                    "http_config": {"authorization": {"type": "Bearer",
+                                                      "credentials_file": self.webhook_token_file}},
+                }]},
+            ],
+        }
+        prom_file = self.directory / "prometheus.yml"
+        am_file = self.directory / "alertmanager.yml"
+        prom_file.write_text(yaml.safe_dump(prom, sort_keys=False))
+        am_file.write_text(yaml.safe_dump(am, sort_keys=False))
+        return prom_file, am_file
+
+    def start(self, log_dir: Path | None = None) -> None:
+        prometheus = find_binary(PROMETHEUS)
+        alertmanager = find_binary(ALERTMANAGER, "alertmanager")
+        if prometheus is None or alertmanager is None:
+            raise RuntimeError("prometheus/prometheus-alertmanager are not installed "
+                               "(make test installs them: apt-get install prometheus prometheus-alertmanager)")
+        prom_file, am_file = self.write_configs()
+        logs = log_dir or self.directory
+        am_log = (logs / "alertmanager.log").open("wb")
+        prom_log = (logs / "prometheus.log").open("wb")
+        try:
+            self.procs.append(subprocess.Popen(
+                [alertmanager, f"--config.file={am_file}", f"--storage.path={self.directory / 'am-data'}",
+                 f"--web.listen-address=127.0.0.1:{self.alertmanager_port}", "--cluster.listen-address="],
+                stdout=am_log, stderr=subprocess.STDOUT))
+            self.procs.append(subprocess.Popen(
+                [prometheus, f"--config.file={prom_file}", f"--storage.tsdb.path={self.directory / 'prom-data'}",
+                 f"--web.listen-address=127.0.0.1:{self.prometheus_port}"],
+                stdout=prom_log, stderr=subprocess.STDOUT))
+        finally:
+            am_log.close()
+            prom_log.close()
+        wait_http(f"{self.alertmanager_url}/-/ready", proc=self.procs[0])
+        wait_http(f"{self.prometheus_url}/-/ready", proc=self.procs[1])
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        from urllib.parse import urlencode
+
+        doc = get_json(f"{self.prometheus_url}/api/v1/query?{urlencode({'query': expr})}")
+        if doc.get("status") != "success":
+            raise RuntimeError(f"query failed: {expr}: {doc}")
+        return list(doc["data"]["result"])
+
+    def firing_alerts(self) -> list[dict[str, Any]]:
+        doc = get_json(f"{self.prometheus_url}/api/v1/alerts")
+        return [a for a in doc["data"]["alerts"] if a.get("state") == "firing"]
+
+    def __enter__(self) -> MonitoringStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

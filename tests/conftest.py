@@ -1,0 +1,19 @@
+"""Fixtures shared by every test directory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keyvault_challenges() -> Iterator[None]:
+    """azure-keyvault-secrets caches each vault's 401 challenge (its tenant) per host:port for the
+    whole process. Every test's sandbox has a new tenant and may reuse an earlier sandbox's port,
+    so a stale entry would send the next test to the wrong tenant. Real vaults never change
+    tenant, so production code keeps the cache; only tests clear it."""
+    from azure.keyvault.secrets._shared import http_challenge_cache
+
+    http_challenge_cache.clear()
+    yield
