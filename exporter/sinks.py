@@ -26,14 +26,11 @@ from prometheus_client.metrics_core import Metric
 from core import config
 from core.errors import NotFoundError
 from core.keyvault import SecretVersion
-from core.kube import KubeSecret, parse_time
+from core.kube import KubeSecret
 from core.secret import Secret
+from core.sinkmeta import from_secret, from_vault
 from exporter.fanout import Fanout
 from exporter.source import SourceCollector
-
-ANNOTATION_AUTHORIZATION_ID = "patrol.io/authorization-id"
-ANNOTATION_EXPIRY = "patrol.io/expiry"
-TAG_AUTHORIZATION_ID = "authorizationId"
 
 ExpirySource = Literal["keyvault", "annotation"]
 
@@ -127,8 +124,8 @@ class KeyVaultSinks(_SinkSource):
             props, value = self._vault.get_secret(sink.secret)
         except NotFoundError:
             return SinkReading(sink.id, None, None, None, "keyvault")
-        return SinkReading(sink.id, value if value else None, props.tags.get(TAG_AUTHORIZATION_ID) or None,
-                           props.expires_on, "keyvault")
+        meta = from_vault(props)
+        return SinkReading(sink.id, value if value else None, meta.authorization_id, meta.expires_at, "keyvault")
 
 
 class KubernetesSinks(_SinkSource):
@@ -149,7 +146,5 @@ class KubernetesSinks(_SinkSource):
         except NotFoundError:
             return SinkReading(sink.id, None, None, None, "annotation")
         value = secret.data.get(sink.key)
-        annotations = secret.annotations
-        return SinkReading(sink.id, value if value else None,
-                           annotations.get(ANNOTATION_AUTHORIZATION_ID) or None,
-                           parse_time(annotations.get(ANNOTATION_EXPIRY)), "annotation")
+        meta = from_secret(secret)
+        return SinkReading(sink.id, value if value else None, meta.authorization_id, meta.expires_at, "annotation")

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 from core import config
@@ -26,14 +26,10 @@ from core.keyvault import SecretVersion
 from core.kube import FLUX_MANAGER, FLUX_NAME_LABEL, FLUX_SSA_ANNOTATION, KubeSecret
 from core.retry import Backoff, call_with_retry
 from core.secret import Secret
+from core.sinkmeta import from_secret, from_vault, secret_annotations, vault_tags
 
 log = logging.getLogger("patrol.sinks")
 
-ANNOTATION_AUTHORIZATION_ID = "patrol.io/authorization-id"
-ANNOTATION_EXPIRY = "patrol.io/expiry"
-ANNOTATION_ROTATION = "patrol.io/rotation"
-TAG_AUTHORIZATION_ID = "authorizationId"
-TAG_ROTATION = "rotation"
 FLUX_SSA_IF_NOT_PRESENT = "IfNotPresent"
 CONFLICT_BACKOFF = Backoff(delays=(0.05, 0.1, 0.2, 0.4, 0.8), retry_on=(ConflictError,))
 
@@ -89,20 +85,6 @@ class VaultApi(Protocol):
                    tags: Mapping[str, str]) -> SecretVersion: ...
 
 
-def format_expiry(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_expiry(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def flux_refusal(secret: KubeSecret, spec: config.KubernetesSecretSink) -> str | None:
     """Why writing this Secret would be undone by Flux, or None if it is safe (or accepted)."""
     reasons = []
@@ -142,12 +124,12 @@ class KubernetesSecretSink:
 
     def _state(self, secret: KubeSecret) -> tuple[SinkState, Secret | None]:
         value = secret.data.get(self.spec.key)
-        annotations = secret.annotations
+        meta = from_secret(secret)
         return SinkState(
             sink_id=self.id, exists=True,
-            authorization_id=annotations.get(ANNOTATION_AUTHORIZATION_ID) or None,
-            expires_at=parse_expiry(annotations.get(ANNOTATION_EXPIRY)),
-            rotation_id=annotations.get(ANNOTATION_ROTATION) or None,
+            authorization_id=meta.authorization_id,
+            expires_at=meta.expires_at,
+            rotation_id=meta.rotation_id,
             fingerprint=value.fingerprint if value else None,
             version=secret.resource_version,
         ), (value or None)
@@ -177,9 +159,8 @@ class KubernetesSecretSink:
 
     def write(self, value: Secret, *, authorization_id: str, expires_at: datetime,
               rotation_id: str) -> SinkState:
-        annotations = {ANNOTATION_AUTHORIZATION_ID: authorization_id,
-                       ANNOTATION_EXPIRY: format_expiry(expires_at),
-                       ANNOTATION_ROTATION: rotation_id}
+        annotations = secret_annotations(authorization_id=authorization_id, expires_at=expires_at,
+                                         rotation_id=rotation_id)
 
         def attempt() -> SinkState:
             secret = self._read_checked()
@@ -215,11 +196,12 @@ class KeyVaultSink:
         return self._state(props, value), (value or None)
 
     def _state(self, props: SecretVersion, value: Secret | None) -> SinkState:
+        meta = from_vault(props)
         return SinkState(
             sink_id=self.id, exists=True,
-            authorization_id=props.tags.get(TAG_AUTHORIZATION_ID) or None,
-            expires_at=props.expires_on,
-            rotation_id=props.tags.get(TAG_ROTATION) or None,
+            authorization_id=meta.authorization_id,
+            expires_at=meta.expires_at,
+            rotation_id=meta.rotation_id,
             fingerprint=value.fingerprint if value else None,
             version=props.version,
         )
@@ -234,6 +216,6 @@ class KeyVaultSink:
         if current == value and state.authorization_id == authorization_id:
             return state
         props = self._vault.set_secret(self.spec.secret, value, expires_on=expires_at,
-                                       tags={TAG_AUTHORIZATION_ID: authorization_id,
-                                             TAG_ROTATION: rotation_id})
+                                       tags=vault_tags(authorization_id=authorization_id,
+                                                       rotation_id=rotation_id))
         return self._state(props, value)
