@@ -1,6 +1,7 @@
 # patrol — the two commands a new user needs: `make demo` and `make test`.
-# Each installs what it needs itself: a virtualenv with the project, and (for tests) the Debian
-# packages prometheus + prometheus-alertmanager (promtool/amtool and the end-to-end servers).
+# Each installs what it needs itself: a virtualenv with the project, and the Debian packages
+# prometheus + prometheus-alertmanager (promtool/amtool, the end-to-end tests, and the demo's
+# alerting loop).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -55,7 +56,7 @@ test: venv system-deps lint
 test-fast: venv
 	$(BIN)/pytest -q tests/unit
 
-demo: venv
+demo: venv system-deps
 	$(BIN)/patrol demo $(DEMO_ARGS)
 
 bench: venv

@@ -108,9 +108,11 @@ def render(status: Status) -> list[str]:
                      f"agents={k.get('agents_running', 0):<2} auth-failures={k.get('auth_failures', 0)}")
     lines.append("          alerts firing: " + (", ".join(status.alerts) if status.alerts else "none"))
     for rot in status.rotations[:3]:
-        lines.append(f"          rotation {rot.get('id', '?')} of {rot.get('token', '?')}: "
-                     f"{rot.get('outcome') or rot.get('state') or 'running'}"
-                     + (f" at {rot['step']}" if rot.get("step") else ""))
+        outcome = rot.get("outcome")
+        text = f"{outcome}" if outcome else f"running, step {rot.get('state') or '?'}"
+        if rot.get("error"):
+            text += f" ({rot['error']})"
+        lines.append(f"          rotation {rot.get('id', '?')} of {rot.get('token', '?')}: {text}")
     return lines
 
 

@@ -36,14 +36,16 @@ def test_render_says_what_is_due_invalid_and_unknown() -> None:
     status.keda = {"cft-ptl/azure-devops/agent": {"ready": "False", "queue_length": 3, "agents_running": 0,
                                                   "auth_failures": 4}}
     status.alerts = ["PatInvalid{token=keda}"]
-    status.rotations = [{"id": "abc", "token": "keda", "state": "running", "step": "deliver"}]
+    status.rotations = [{"id": "abc", "token": "keda", "state": "deliver", "outcome": None},
+                        {"id": "def", "token": "keda", "state": "done", "outcome": "failed", "error": "scope mismatch"}]
     text = "\n".join(render(status))
     assert "keda" in text and "expires in   8m20s" in text and "renewal DUE" in text
     assert "cft-ptl=NO" in text
     assert "daily-checks" in text and "expiry unknown" in text and "keyvault=yes" in text
     assert "ready=False" in text and "queue=3" in text and "auth-failures=4" in text
     assert "alerts firing: PatInvalid{token=keda}" in text
-    assert "rotation abc of keda: running at deliver" in text
+    assert "rotation abc of keda: running, step deliver" in text
+    assert "rotation def of keda: failed (scope mismatch)" in text
 
 
 def test_short_sink_names() -> None:
