@@ -21,7 +21,6 @@ that HTML page (``invalid character '<' looking for beginning of value``, which 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -32,6 +31,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from core import config
 from core.errors import NotFoundError, PatrolError
+from core.keda import is_auth_failure
 from core.kube import KedaScaler, KubeEvent, ResourceExpiredError, ScalerResource
 from exporter.fanout import Fanout
 from exporter.source import SourceCollector
@@ -44,18 +44,8 @@ CONSUMER_INFO = "patrol_consumer_info"
 REASON = "KEDAScalerFailed"
 FIELD_SELECTOR = f"reason={REASON}"
 
-AUTH_FAILURE_PATTERNS: tuple[re.Pattern[str], ...] = (
-    re.compile(r"\bstatus:?\s*(401|403|203)\b"),              # KEDA's "REST API returned error" text
-    re.compile(r"invalid character '<' looking for beginning of value"),   # decoding the HTML page
-    re.compile(r"Cannot unmarshal ADO JobRequests API response"),        # KEDA's own wording of it
-)
 
 Object = tuple[str, str]                  # (kind, name), kind = ScaledJob | ScaledObject
-
-
-def is_auth_failure(message: str) -> bool:
-    """Whether a ``KEDAScalerFailed`` message says ADO did not accept the credential."""
-    return any(p.search(message) for p in AUTH_FAILURE_PATTERNS)
 
 
 class KedaApi(Protocol):

@@ -10,8 +10,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from core.errors import UnavailableError
+from core.keda import is_auth_failure
 from exporter.fanout import Fanout
-from exporter.keda import ConsumerInfo, EventTally, Keda, is_auth_failure
+from exporter.keda import ConsumerInfo, EventTally, Keda
 from tests.unit.exporter_world import CONSUMERS, FakeCluster, daily_token, keda_token
 
 LABELS = {"cluster": "cft-ptl", "namespace": "azure-devops", "kind": "ScaledJob", "name": "azure-devops-agent"}
@@ -37,6 +38,10 @@ def fanout() -> Iterator[Fanout]:
     (KEDA_500, False), ("agent pool with name `x` not found", False),
     ("json: cannot unmarshal array into Go value of type scalers.JobRequests", False),
     ("error getting pipelines queue length: context deadline exceeded", False),
+    ("status: 401 response: {\"message\":\"TF400813: The user '' is not authorized\"}", True),
+    ("VS30063: You are not authorized to access https://dev.azure.com", True),
+    ("Access Denied: The Personal Access Token used has expired.", True),
+    ("status: 500 response: oops", False),
 ])
 def test_classifies_authentication_failures(message: str, auth: bool) -> None:
     assert is_auth_failure(message) is auth
