@@ -15,12 +15,20 @@ things ADO gets wrong in surprising ways are handled once:
   :func:`core.retry.call_with_retry` retries the transient ones per the :class:`Backoff`.
 
 ``requests_made`` counts every attempt on the wire, retries included, for benchmarks.
+
+The HTTP client is an :class:`AdoPool` (one httpx connection pool) and a credential rides on
+each :class:`AdoSession` made from it, so many PATs can be sent over one pool (the exporter
+probes every PAT it watches; one client per PAT cost a TLS context and a pool per probe). That
+is safe only because the pool never keeps cookies: ADO may set a session cookie for one
+identity, and a cookie jar would send it back beside another PAT's ``Authorization``. Every
+httpx client patrol creates comes from :func:`http_client`, whose jar refuses every cookie.
 """
 
 from __future__ import annotations
 
 import contextlib
 import email.utils
+import http.cookiejar
 import json
 import logging
 import threading
@@ -71,34 +79,64 @@ class NotSentError(UnavailableError):
     """The connection failed before the request left: safe to retry even a non-idempotent call."""
 
 
-class AdoSession:
-    """Sends requests with one credential scheme and turns answers into data or errors."""
+def _refuse_cookies() -> http.cookiejar.CookieJar:
+    """A jar whose policy accepts no cookie from any domain, so none is ever sent back."""
+    return http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+
+
+def http_client(*, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """An httpx client for ADO that never stores (and so never sends) a cookie."""
+    return httpx.Client(timeout=DEFAULT_TIMEOUT, transport=transport, cookies=_refuse_cookies())
+
+
+class AdoPool:
+    """One connection pool and what every credential sent over it shares.
+
+    Shared: the request count, and ADO's "slow down" (``Retry-After``/``X-RateLimit-Delay`` on
+    a success): ADO throttles per identity, and the PATs sent over one pool are the bot's.
+    A pool made without ``client`` owns a cookie-refusing client from :func:`http_client` and
+    closes it; a passed-in ``client`` is the caller's (and so are its cookies).
+    """
 
     def __init__(
         self,
-        authorization: Callable[[], str],
         *,
         service: str,
-        client: httpx.Client | None,
+        client: httpx.Client | None = None,
+        transport: httpx.BaseTransport | None = None,
         backoff: Backoff,
         sleep: Callable[[float], None],
         clock: Callable[[], float],
     ) -> None:
-        self._authorization = authorization
+        if client is not None and transport is not None:
+            raise ValueError("pass client or transport, not both")
         self.service = service
         self._own_client = client is None
-        self._client = client if client is not None else httpx.Client(timeout=DEFAULT_TIMEOUT)
+        self.client = client if client is not None else http_client(transport=transport)
         self.backoff = backoff
-        self._sleep = sleep
-        self._clock = clock
-        self._lock = threading.Lock()
+        self.sleep = sleep
+        self.clock = clock
+        self.lock = threading.Lock()
         self.requests_made = 0
         self.throttle_until = 0.0                 # clock() time before which no request is sent
         self.rate_limit_remaining: int | None = None
 
+    def session(self, authorization: Callable[[], str]) -> AdoSession:
+        """Send over this pool with ``authorization`` (called per request for the header)."""
+        return AdoSession(self, authorization)
+
     def close(self) -> None:
         if self._own_client:
-            self._client.close()
+            self.client.close()
+
+
+class AdoSession:
+    """Sends requests with one credential scheme and turns answers into data or errors."""
+
+    def __init__(self, pool: AdoPool, authorization: Callable[[], str]) -> None:
+        self.pool = pool
+        self._authorization = authorization
+        self.service = pool.service
 
     # -- the one public verb -------------------------------------------------------------------
 
@@ -117,14 +155,14 @@ class AdoSession:
         A non-idempotent call (a PAT create) is retried only when the server surely did not act
         on it: a 429, or a connection that never opened.
         """
-        backoff = self.backoff
+        backoff = self.pool.backoff
         if not idempotent:
             backoff = replace(backoff, retry_on=(ThrottledError, NotSentError))
         path = urllib.parse.urlsplit(url).path
         return call_with_retry(
             lambda: self._send_once(method, url, path=path, params=params, body=body,
                                     error_hook=error_hook),
-            backoff, what=f"{self.service} {method} {path}", sleep=self._sleep, logger=log)
+            backoff, what=f"{self.service} {method} {path}", sleep=self.pool.sleep, logger=log)
 
     # -- one attempt ---------------------------------------------------------------------------
 
@@ -138,11 +176,12 @@ class AdoSession:
             "Authorization": self._authorization(),
         }
         what = f"{self.service} {method} {path}"
-        with self._lock:
-            self.requests_made += 1
+        pool = self.pool
+        with pool.lock:
+            pool.requests_made += 1
         started = time.perf_counter()
         try:
-            response = self._client.request(method, url, params=dict(params or {}), json=body,
+            response = pool.client.request(method, url, params=dict(params or {}), json=body,
                                             headers=headers)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise NotSentError(self._safe(f"{what}: cannot connect: {type(exc).__name__}: {exc}"),
@@ -160,25 +199,26 @@ class AdoSession:
         return response
 
     def _wait_for_throttle(self) -> None:
-        wait = self.throttle_until - self._clock()
+        wait = self.pool.throttle_until - self.pool.clock()
         if wait > 0:
             log.info("%s asked us to slow down; waiting %.2fs before the next request",
                      self.service, wait, extra={"service": self.service, "delay": wait})
-            self._sleep(wait)
+            self.pool.sleep(wait)
 
     def _note_rate_limit(self, response: httpx.Response) -> None:
+        pool = self.pool
         remaining = response.headers.get("X-RateLimit-Remaining")
         if remaining is not None:
             with contextlib.suppress(ValueError):
-                self.rate_limit_remaining = int(float(remaining))
+                pool.rate_limit_remaining = int(float(remaining))
         if not response.is_success:
             return                                # failures carry their delay in the error
         delays = [d for d in (_retry_after(response), _seconds(response.headers.get("X-RateLimit-Delay")))
                   if d is not None and d > 0]
         if delays:
-            delay = min(max(delays), self.backoff.max_delay)
-            with self._lock:
-                self.throttle_until = max(self.throttle_until, self._clock() + delay)
+            delay = min(max(delays), pool.backoff.max_delay)
+            with pool.lock:
+                pool.throttle_until = max(pool.throttle_until, pool.clock() + delay)
 
     # -- status → error ------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """patrol's Azure DevOps clients.
 
-Two clients, because ADO has two kinds of caller:
+Two clients, because ADO has two kinds of caller, and a prober:
 
 - :class:`PatLifecycleClient` talks to the PAT Lifecycle API on ``vssps`` with a *user's* Entra
   access token (a PAT cannot manage PATs, and service principals cannot either; API-CONTRACTS
@@ -8,9 +8,13 @@ Two clients, because ADO has two kinds of caller:
 - :class:`AdoClient` reads the organization (agent pools, job queue, builds, releases) with a PAT
   (``Basic`` with an empty user name, exactly as KEDA sends it) or a bearer token, and probes
   whether a PAT still authenticates for each of its scopes.
+- :class:`Prober` checks many PATs of one organization over one connection pool: the same
+  probe as :meth:`AdoClient.probe`, each sent with the PAT it checks. The pool keeps no
+  cookies, so no session cookie set for one PAT is ever sent with another.
 
-Both send every request through :class:`core._ado_session.AdoSession` (error translation,
-``Retry-After``, retries) and parse answers with the pure functions of :mod:`core._ado_models`.
+All send every request through :class:`core._ado_session.AdoSession` (error translation,
+``Retry-After``, retries) over a cookie-free :class:`core._ado_session.AdoPool`, and parse
+answers with the pure functions of :mod:`core._ado_models`.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from core._ado_models import (
     parse_scopes,
     pat_token_error,
 )
-from core._ado_session import AdoSession, Params, json_body
+from core._ado_session import AdoPool, AdoSession, Params, json_body
 from core.errors import (
     NotFoundError,
     PatrolError,
@@ -78,6 +82,7 @@ __all__ = [
     "PatLifecycleClient",
     "Pool",
     "ProbeResult",
+    "Prober",
     "parse_ado_time",
     "parse_scopes",
 ]
@@ -95,28 +100,28 @@ DEFAULT_BACKOFF = Backoff()
 
 
 class _Client:
-    """What both clients share: the session, its counters, and closing."""
+    """What every client shares: its pool's counters, closing, and reading answers."""
 
-    _session: AdoSession
+    _pool: AdoPool
 
     @property
     def requests_made(self) -> int:
         """Requests put on the wire so far, retries included."""
-        return self._session.requests_made
+        return self._pool.requests_made
 
     @property
     def throttle_until(self) -> float:
         """``clock()`` time before which requests wait: ADO asked us to slow down (0 = never)."""
-        return self._session.throttle_until
+        return self._pool.throttle_until
 
     @property
     def rate_limit_remaining(self) -> int | None:
         """The last ``X-RateLimit-Remaining`` ADO sent (TSTUs left), if any."""
-        return self._session.rate_limit_remaining
+        return self._pool.rate_limit_remaining
 
     def close(self) -> None:
         """Close the HTTP client if this object created it (a passed-in client is the caller's)."""
-        self._session.close()
+        self._pool.close()
 
     def __enter__(self) -> Self:
         return self
@@ -128,14 +133,14 @@ class _Client:
     def _json(self, response: httpx.Response) -> Any:
         doc = json_body(response)
         if doc is None:
-            raise ServerError(f"{self._session.service}: HTTP {response.status_code}: expected a JSON body",
-                              service=self._session.service, status=response.status_code)
+            raise ServerError(f"{self._pool.service}: HTTP {response.status_code}: expected a JSON body",
+                              service=self._pool.service, status=response.status_code)
         return doc
 
     def _malformed(self, response: httpx.Response, exc: ValueError) -> ServerError:
-        return ServerError(f"{self._session.service}: malformed answer to "
+        return ServerError(f"{self._pool.service}: malformed answer to "
                            f"{response.request.method} {response.request.url.path}: {exc}",
-                           service=self._session.service, status=response.status_code)
+                           service=self._pool.service, status=response.status_code)
 
 
 # =============================================================================================
@@ -146,7 +151,9 @@ class PatLifecycleClient(_Client):
     """The PAT Lifecycle API (``{vssps_url}/_apis/tokens/pats``) with a user's Entra token.
 
     ``token_provider`` returns an access token for the Azure DevOps resource; it is called for
-    every request so a refreshed token is picked up. A ``patTokenError`` other than ``none``
+    every request so a refreshed token is picked up. ``client`` (the caller's, closed by the
+    caller) or ``transport`` (for tests) replace the cookie-free client made here. A
+    ``patTokenError`` other than ``none``
     raises :class:`~core.errors.PolicyViolationError` with that code, whether ADO sent it with
     HTTP 200 or with a 4xx (which one it uses is UNVERIFIED; API-CONTRACTS §1.3).
     """
@@ -157,6 +164,7 @@ class PatLifecycleClient(_Client):
         token_provider: Callable[[], Secret],
         *,
         client: httpx.Client | None = None,
+        transport: httpx.BaseTransport | None = None,
         backoff: Backoff = DEFAULT_BACKOFF,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -164,8 +172,9 @@ class PatLifecycleClient(_Client):
     ) -> None:
         self._url = vssps_url.rstrip("/") + "/_apis/tokens/pats"
         self._api_version = api_version
-        self._session = AdoSession(lambda: "Bearer " + token_provider().reveal(), service="ado-pats",
-                                   client=client, backoff=backoff, sleep=sleep, clock=clock)
+        self._pool = AdoPool(service="ado-pats", client=client, transport=transport, backoff=backoff,
+                             sleep=sleep, clock=clock)
+        self._session = self._pool.session(lambda: "Bearer " + token_provider().reveal())
 
     def list(self, display_filter: DisplayFilter = "active", *,
              name_prefix: str | None = None) -> builtins.list[PatInfo]:
@@ -291,43 +300,35 @@ class PatLifecycleClient(_Client):
 # Organization reads and token probes
 
 
-class AdoClient(_Client):
-    """Reads an organization (``https://dev.azure.com/{org}``) with a PAT or a bearer token.
+def _authorization(credential: Secret | Callable[[], Secret],
+                   auth: Literal["pat", "bearer"]) -> Callable[[], str]:
+    """The ``Authorization`` header for a credential, built per request (never stored)."""
+    provider: Callable[[], Secret] = credential if callable(credential) else (lambda: credential)
 
-    ``credential`` is a :class:`Secret` or a callable returning one (called per request).
-    ``auth="pat"`` sends ``Authorization: Basic base64(":" + pat)`` — an empty user name and a
-    trailing newline trimmed, as KEDA does — and ``auth="bearer"`` an Entra access token.
-    Classic-release calls go to ``vsrm_url``, derived from a ``dev.azure.com`` or
-    ``visualstudio.com`` URL when not given.
+    def header() -> str:
+        value = provider().reveal()
+        if auth == "bearer":
+            return "Bearer " + value
+        value = value.removesuffix("\n")
+        return "Basic " + base64.b64encode(b":" + value.encode()).decode("ascii")
+
+    return header
+
+
+class _Organization(_Client):
+    """Every read of an organization and the token probe, over whatever session it is given.
+
+    :class:`AdoClient` is this with its own pool and credential; :class:`Prober` makes one per
+    probe, over its shared pool, with the PAT being probed.
     """
 
-    def __init__(
-        self,
-        organization_url: str,
-        credential: Secret | Callable[[], Secret],
-        *,
-        auth: Literal["pat", "bearer"] = "pat",
-        vsrm_url: str | None = None,
-        client: httpx.Client | None = None,
-        backoff: Backoff = DEFAULT_BACKOFF,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        api_version: str = API_VERSION,
-    ) -> None:
+    def __init__(self, organization_url: str, session: AdoSession, *, vsrm_url: str | None,
+                 api_version: str) -> None:
         self._url = organization_url.rstrip("/")
         self._vsrm_url = (vsrm_url or _derive_vsrm_url(self._url) or "").rstrip("/") or None
         self._api_version = api_version
-        provider: Callable[[], Secret] = credential if callable(credential) else (lambda: credential)
-
-        def authorization() -> str:
-            value = provider().reveal()
-            if auth == "bearer":
-                return "Bearer " + value
-            value = value.removesuffix("\n")
-            return "Basic " + base64.b64encode(b":" + value.encode()).decode("ascii")
-
-        self._session = AdoSession(authorization, service="ado", client=client, backoff=backoff,
-                                   sleep=sleep, clock=clock)
+        self._pool = session.pool
+        self._session = session
 
     # -- agent pools ---------------------------------------------------------------------------
 
@@ -505,6 +506,71 @@ class AdoClient(_Client):
     @staticmethod
     def _project_url(base: str, project: str) -> str:
         return f"{base}/{urllib.parse.quote(project, safe='')}"
+
+
+class AdoClient(_Organization):
+    """Reads an organization (``https://dev.azure.com/{org}``) with a PAT or a bearer token.
+
+    ``credential`` is a :class:`Secret` or a callable returning one (called per request).
+    ``auth="pat"`` sends ``Authorization: Basic base64(":" + pat)`` — an empty user name and a
+    trailing newline trimmed, as KEDA does — and ``auth="bearer"`` an Entra access token.
+    Classic-release calls go to ``vsrm_url``, derived from a ``dev.azure.com`` or
+    ``visualstudio.com`` URL when not given. ``client`` (the caller's, closed by the caller) or
+    ``transport`` (for tests) replace the cookie-free client made here.
+    """
+
+    def __init__(
+        self,
+        organization_url: str,
+        credential: Secret | Callable[[], Secret],
+        *,
+        auth: Literal["pat", "bearer"] = "pat",
+        vsrm_url: str | None = None,
+        client: httpx.Client | None = None,
+        transport: httpx.BaseTransport | None = None,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        api_version: str = API_VERSION,
+    ) -> None:
+        pool = AdoPool(service="ado", client=client, transport=transport, backoff=backoff,
+                       sleep=sleep, clock=clock)
+        super().__init__(organization_url, pool.session(_authorization(credential, auth)),
+                         vsrm_url=vsrm_url, api_version=api_version)
+
+
+class Prober(_Client):
+    """Probes many PATs of one organization over one connection pool (thread-safe).
+
+    :meth:`probe` is :meth:`AdoClient.probe` sent with the PAT it checks: same calls, same
+    result. What one client per PAT would each hold is shared instead: the connection pool
+    (and its TLS setup), the request count, and ADO's "slow down" (ADO throttles per identity,
+    and every PAT probed here is the bot's). The pool refuses cookies, so a session cookie
+    ADO sets while one PAT is probed can never ride along with another PAT.
+    """
+
+    def __init__(
+        self,
+        organization_url: str,
+        *,
+        vsrm_url: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        api_version: str = API_VERSION,
+    ) -> None:
+        self._url = organization_url
+        self._vsrm_url = vsrm_url
+        self._api_version = api_version
+        self._pool = AdoPool(service="ado", transport=transport, backoff=backoff, sleep=sleep, clock=clock)
+
+    def probe(self, token: Secret, scopes: str | Iterable[str], *,
+              project: str | None = None) -> ProbeResult:
+        """Whether ``token`` (a PAT) authenticates for each scope: see :meth:`AdoClient.probe`."""
+        organization = _Organization(self._url, self._pool.session(_authorization(token, "pat")),
+                                     vsrm_url=self._vsrm_url, api_version=self._api_version)
+        return organization.probe(scopes, project=project)
 
 
 def _derive_vsrm_url(organization_url: str) -> str | None:

@@ -83,6 +83,7 @@ class CoreClients:
         self._tokens: dict[str, TokenProvider] = {}
         self._pats: dict[str, PatLifecycleClient] = {}
         self._ado: dict[str, AdoClient] = {}
+        self._probers: dict[str, AdoProber] = {}
         self._clusters: dict[str, KubeCluster] = {}
 
     def _key_vault_reader(self) -> KeyVaultReader:
@@ -115,7 +116,9 @@ class CoreClients:
         return self._ado[org.name]
 
     def prober(self, org: config.Organization) -> Prober:
-        return AdoProber(org, backoff=self._probe_backoff)
+        if org.name not in self._probers:
+            self._probers[org.name] = AdoProber(org, backoff=self._probe_backoff)
+        return self._probers[org.name]
 
     def build_api(self, org: config.Organization, value: Secret) -> BuildApi:
         return AdoClient(org.url, value, auth="pat", vsrm_url=org.vsrm_url, backoff=self._probe_backoff)
@@ -137,6 +140,7 @@ class CoreClients:
     def close(self) -> None:
         closers: list[Callable[[], None]] = [
             *(c.close for c in self._pats.values()), *(c.close for c in self._ado.values()),
+            *(p.close for p in self._probers.values()),
             *(t.close for t in self._tokens.values()),
             *(k.close for k in self._clusters.values())]
         if self._reader is not None:
@@ -151,6 +155,7 @@ class CoreClients:
                 log.warning("closing a client failed", exc_info=True)
         self._pats.clear()
         self._ado.clear()
+        self._probers.clear()
         self._tokens.clear()
         self._clusters.clear()
         self._reader = None

@@ -6,6 +6,10 @@
 The configuration is validated before anything starts (a token without sinks, a consumer in an
 unknown cluster: rejected with the file, key and fix, exit 2). The refresher then runs in
 background threads and the HTTP server in the main thread's event loop until SIGINT/SIGTERM.
+
+``patrol/cli.py`` (the composition root) owns the top-level parser, reads the environment once
+and adds the flags every command shares (``--config``, logging) through ``common``; the
+environment reaches :func:`run` as ``args.env``, never from ``os.environ`` here.
 """
 
 from __future__ import annotations
@@ -14,10 +18,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from core.config import load_config
 from core.errors import ConfigError
@@ -31,8 +34,13 @@ SWITCH_INTERVAL = 0.001
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-               env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
-    """Add ``exporter`` with its options; the handler is set as both ``handler`` and ``func``."""
+               env: Mapping[str, str] | None = None,
+               common: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.ArgumentParser:
+    """Add ``exporter`` with its options; the handler is set as both ``handler`` and ``func``.
+
+    ``common`` adds the shared flags (``--config``, logging); without it only ``--config`` is
+    added here (default env ``PATROL_CONFIG``). ``env`` is stored as ``args.env`` for :func:`run`.
+    """
     env = {} if env is None else env
     parser = subparsers.add_parser(
         "exporter", help="serve Prometheus metrics about PATs, KEDA, agent pools and pipelines",
@@ -42,24 +50,27 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
                "  patrol exporter --config patrol.yaml --listen 127.0.0.1:9877\n"
                "  patrol exporter --config patrol.yaml --once | promtool check metrics",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", metavar="FILE", default=env.get("PATROL_CONFIG"),
-                        help="patrol configuration file (env PATROL_CONFIG)")
     parser.add_argument("--listen", metavar="HOST:PORT", default=env.get("PATROL_EXPORTER_LISTEN"),
                         help=f"address to serve on (default: exporter.listen from the config, "
                              f"else 0.0.0.0:{DEFAULT_PORT}; env PATROL_EXPORTER_LISTEN)")
     parser.add_argument("--once", action="store_true",
                         help="refresh every source once, print the exposition and exit")
-    parser.add_argument("--log-format", choices=["text", "json"],
-                        default=env.get("PATROL_LOG_FORMAT", "text"),
-                        help="log output format (env PATROL_LOG_FORMAT)")
-    parser.add_argument("--log-level", default=env.get("PATROL_LOG_LEVEL", "INFO"),
-                        help="log level (env PATROL_LOG_LEVEL)")
-    parser.set_defaults(handler=run, func=run)
+    if common is not None:
+        common(parser)
+    else:
+        parser.add_argument("--config", metavar="FILE", default=env.get("PATROL_CONFIG"),
+                            help="patrol configuration file (env PATROL_CONFIG)")
+    parser.set_defaults(handler=run, func=run, env=env)
     return parser
 
 
 def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
-    """Run the exporter until interrupted. Configuration errors propagate (the CLI exits 2)."""
+    """Run the exporter until interrupted. Configuration errors propagate (the CLI exits 2).
+
+    The environment (for credentials of kind ``environment``, Azure identity settings) is
+    ``args.env`` as :func:`add_parser` stored it; ``env`` overrides it (tests). Neither given:
+    an empty environment, never ``os.environ``.
+    """
     if not args.config:
         raise ConfigError("(none)", "", "no configuration file given",
                           "pass --config FILE or set PATROL_CONFIG")
@@ -69,7 +80,9 @@ def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     except ValueError as exc:
         raise ConfigError(args.config, "exporter.listen", str(exc),
                           "write HOST:PORT, e.g. 0.0.0.0:9877") from None
-    exporter = build(cfg, CoreClients(cfg, os.environ if env is None else env), watch=not args.once)
+    if env is None:
+        env = getattr(args, "env", None) or {}
+    exporter = build(cfg, CoreClients(cfg, env), watch=not args.once)
     try:
         if args.once:
             exporter.refresher.refresh_once()

@@ -1,11 +1,14 @@
 """Token validity per sink: does the token a sink holds authenticate now?
 
 Each sink's current token (from the :class:`~exporter.sinks.SinkBoard`) is probed with a call
-its scopes must allow (:meth:`core.ado.AdoClient.probe`, which sends
-``X-TFS-FedAuthRedirect: Suppress`` so a bad token is a 401, not a sign-in page). The same token
-often sits in several sinks (one Secret per cluster), so probes are keyed by the token's
-fingerprint and cached for less than one validity interval: each distinct token is probed once
-per cycle, however many sinks hold it.
+its scopes must allow (:meth:`core.ado.Prober.probe`, which sends
+``X-TFS-FedAuthRedirect: Suppress`` so a bad token is a 401, not a sign-in page). One
+:class:`core.ado.Prober` per organization sends every probe over one connection pool, each
+with the PAT it checks; it keeps no cookies, so one PAT's session never answers for another.
+
+The same token often sits in several sinks (one Secret per cluster), so probes are keyed by
+the token's fingerprint and cached for less than one validity interval: each distinct token is
+probed once per cycle, however many sinks hold it.
 
 A sink that holds nothing is 0. A probe that cannot run (ADO unreachable, throttled) says
 nothing about the token: the sink keeps its last value and the source is marked down — it
@@ -21,8 +24,8 @@ from dataclasses import dataclass
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from core import config
-from core.ado import AdoClient, ProbeResult
+from core import ado, config
+from core.ado import ProbeResult
 from core.retry import Backoff
 from core.secret import Secret
 from exporter.fanout import Fanout
@@ -37,19 +40,20 @@ PROBE_BACKOFF = Backoff(delays=(0.5, 1.0))
 
 
 class AdoProber:
-    """The production :data:`Prober`: a short-lived :class:`AdoClient` authenticating with the PAT."""
+    """The production :data:`Prober` of one organization: a :class:`core.ado.Prober` (one
+    connection pool for every PAT it probes), closed with :meth:`close`."""
 
     def __init__(self, organization: config.Organization, *, backoff: Backoff = PROBE_BACKOFF,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        self._org = organization
-        self._backoff = backoff
-        self._sleep = sleep
+        self._prober = ado.Prober(organization.url, vsrm_url=organization.vsrm_url, backoff=backoff,
+                                  sleep=sleep)
 
     def __call__(self, token: config.Token, value: Secret) -> ProbeResult:
         project = token.pipeline.project if token.pipeline else None
-        with AdoClient(self._org.url, value, auth="pat", vsrm_url=self._org.vsrm_url,
-                       backoff=self._backoff, sleep=self._sleep) as client:
-            return client.probe(token.scopes, project=project)
+        return self._prober.probe(value, token.scopes, project=project)
+
+    def close(self) -> None:
+        self._prober.close()
 
 
 @dataclass(frozen=True)

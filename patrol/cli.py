@@ -110,7 +110,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     # exporter
     from exporter import cli as exporter_cli
 
-    exporter_cli.add_parser(sub, env)
+    exporter_cli.add_parser(sub, env, common=lambda p: _common(p, env))
 
     # worker, rotate, history
     from remediation import cli as remediation_cli

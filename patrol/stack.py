@@ -64,6 +64,16 @@ def get_json(url: str, timeout: float = 5.0) -> Any:
         return json.loads(resp.read())
 
 
+def send_json(method: str, url: str, body: Any = None, timeout: float = 5.0) -> Any:
+    """``method`` with a JSON body (or none); the decoded JSON answer, or None when empty."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method,  # noqa: S310 - loopback only
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - loopback only
+        text = resp.read()
+    return json.loads(text) if text else None
+
+
 @dataclass
 class MonitoringStack:
     """Prometheus + Alertmanager in ``directory``, scraping ``targets`` (job name → host:port)."""
@@ -175,9 +185,28 @@ class MonitoringStack:
             raise RuntimeError(f"query failed: {expr}: {doc}")
         return list(doc["data"]["result"])
 
+    def rules(self) -> list[dict[str, Any]]:
+        """Prometheus's rule groups as loaded, each rule with its ``health`` and ``lastError``."""
+        doc = get_json(f"{self.prometheus_url}/api/v1/rules")
+        return list(doc["data"]["groups"])
+
     def firing_alerts(self) -> list[dict[str, Any]]:
         doc = get_json(f"{self.prometheus_url}/api/v1/alerts")
         return [a for a in doc["data"]["alerts"] if a.get("state") == "firing"]
+
+    def silence(self, matchers: dict[str, str], comment: str, seconds: float = 600.0) -> str:
+        """Silence notifications of alerts with these label values (they still fire in
+        Prometheus); returns the silence id for :meth:`expire_silence`."""
+        now = time.time()
+        doc = send_json("POST", f"{self.alertmanager_url}/api/v2/silences", {
+            "matchers": [{"name": k, "value": v, "isRegex": False, "isEqual": True} for k, v in matchers.items()],
+            "startsAt": _rfc3339(now), "endsAt": _rfc3339(now + seconds),
+            "createdBy": "patrol", "comment": comment})
+        return str(doc["silenceID"])
+
+    def expire_silence(self, silence_id: str) -> None:
+        """End a silence now: Alertmanager delivers what it held back at the group's next flush."""
+        send_json("DELETE", f"{self.alertmanager_url}/api/v2/silence/{silence_id}")
 
     def __enter__(self) -> MonitoringStack:
         self.start()
@@ -185,3 +214,7 @@ class MonitoringStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _rfc3339(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when % 1 * 1000):03d}Z"

@@ -3,9 +3,12 @@
 ``default`` is the platform team's world in miniature (DESIGN §1): one ADO org, a bot user that
 owns the PATs, two AKS clusters whose KEDA ScaledJobs poll their agent pools with a short-lived
 PAT kept in a Secret, a daily-checks pipeline whose PAT lives in Key Vault, and the bot's
-username/password in Key Vault as the real seed keeps them. Lifetimes are minutes instead of
-days so a whole rotation fits in a test. ``large`` is mostly static data sized for exporter
-benchmarks (1,000 PATs, 100 pools, 10 clusters), with the actors slowed right down.
+username/password in Key Vault as the real seed keeps them. The seed is *adopted*: the Secrets
+are annotated with the PAT's id and expiry and the Key Vault secret tagged with its id, as an
+operator does when adopting patrol (``annotate_seed=False`` gives the hand-pasted, un-annotated
+world). Lifetimes are minutes instead of days so a whole rotation fits in a test. ``large`` is
+mostly static data sized for exporter benchmarks (1,000 PATs, 100 pools, 10 clusters), with the
+actors slowed right down.
 
 Every knob is a field of :class:`ScenarioParams` so a test can shorten or lengthen it
 (``scenario("default", keda_pat_lifetime=30)``).
@@ -14,6 +17,7 @@ Every knob is a field of :class:`ScenarioParams` so a test can shorten or length
 from __future__ import annotations
 
 import secrets
+import time
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -62,6 +66,9 @@ class ScenarioParams:
                                          ClusterSpec("sds-ptl", "sds-agents"))
     keda_pat_name: str = "keda-seed"
     keda_pat_lifetime: float = 600.0             # the seeded KEDA PAT (short: rotation is due soon)
+    # True: the seeded Secrets carry the seeded PAT's id and expiry, as after adopting patrol
+    # (docs/rotation.md); False: pasted by hand and never annotated (the un-adopted world).
+    annotate_seed: bool = True
     daily_pat_name: str = "daily-checks-seed"
     daily_pat_lifetime: float = 600.0
     keda_polling_interval: int = 2               # ScaledJob pollingInterval
@@ -148,10 +155,11 @@ def seed(params: ScenarioParams, *, ado: AdoWorld, entra: Entra, kv: KeyVaultSto
     # One KEDA PAT, pasted by hand into every cluster's Secret (today's practice).
     keda_id, keda_token = ado.issue_pat(bot_oid, params.keda_pat_name, list(KEDA_SCOPES),
                                         now + params.keda_pat_lifetime)
+    annotations = _adopted(keda_id, ado.pat(keda_id).valid_to) if params.annotate_seed else None
     for spec in params.clusters:
         cluster = clusters[spec.name]
         cluster.create_namespace(spec.namespace)
-        cluster.put_secret(spec.namespace, spec.secret, {spec.key: keda_token})
+        cluster.put_secret(spec.namespace, spec.secret, {spec.key: keda_token}, annotations=annotations)
         cluster.put_scaledjob(spec.namespace, spec.scaledjob, organization_url=organization_url,
                               pool_name=spec.pool, secret_name=spec.secret, secret_key=spec.key,
                               polling_interval=params.keda_polling_interval)
@@ -174,6 +182,15 @@ def seed(params: ScenarioParams, *, ado: AdoWorld, entra: Entra, kv: KeyVaultSto
     return Seeded(bot_oid=bot_oid, bot_password=password, bot_client_id=bot_client_id,
                   patrol_client_id=patrol_client_id, patrol_client_secret=patrol_secret,
                   keda_pat_id=keda_id, daily_pat_id=daily_id, pools=pools, definition_id=definition_id)
+
+
+def _adopted(authorization_id: str, valid_to: float) -> dict[str, str]:
+    """The annotations a Secret carries once its deployment adopted patrol (docs/rotation.md):
+    the id of the PAT it holds and that PAT's expiry. Written out literally: the sandbox is the
+    outside world and imports nothing of patrol's, so these are the names an operator types in
+    ``kubectl annotate`` (patrol's own names live in core/sinkmeta.py)."""
+    return {"patrol.io/authorization-id": authorization_id,
+            "patrol.io/expiry": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(valid_to))}
 
 
 def _seed_bulk(params: ScenarioParams, ado: AdoWorld, bot_oid: str, now: float) -> None:

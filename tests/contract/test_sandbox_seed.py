@@ -1,0 +1,49 @@
+"""The default scenario seeds an adopted world; ``annotate_seed=False`` the hand-pasted one.
+
+Read back with the real ``kubernetes`` client (what patrol uses), and checked against the
+PAT Lifecycle truth of the sandbox: the annotations name the PAT each Secret holds and its
+validTo, so the exporter can match the KEDA token from its first refresh.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from kubernetes import client as kube_client
+from kubernetes import config as kube_config
+
+from sandbox.app import SandboxThread
+from sandbox.scenarios import scenario
+
+pytestmark = pytest.mark.contract
+
+
+def secret_annotations(sb: SandboxThread, cluster: str) -> dict[str, str]:
+    api_client = kube_config.new_client_from_config(config_file=sb.ready["kubeconfig"], context=cluster)
+    try:
+        secret = kube_client.CoreV1Api(api_client).read_namespaced_secret("azure-devops-token", "azure-devops")
+        return dict(secret.metadata.annotations or {})
+    finally:
+        api_client.close()
+
+
+def test_the_default_seed_is_annotated_as_an_adopted_deployment(sandbox: SandboxThread) -> None:
+    seeded = sandbox.world.seeded
+    pat = next(p for p in sandbox.call(sandbox.world.ado.pats) if p["authorizationId"] == seeded.keda_pat_id)
+    expiry = datetime.fromtimestamp(int(pat["valid_to"]), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for cluster in ("cft-ptl", "sds-ptl"):
+        assert secret_annotations(sandbox, cluster) == {"patrol.io/authorization-id": seeded.keda_pat_id,
+                                                 "patrol.io/expiry": expiry}
+    daily = sandbox.call(sandbox.world.kv.latest, "azure-devops-token")
+    assert daily["tags"] == {"authorizationId": seeded.daily_pat_id}
+    assert daily["attributes"]["exp"] == int(sandbox.call(lambda: sandbox.world.ado.pat(seeded.daily_pat_id).valid_to))
+
+
+def test_annotate_seed_false_leaves_the_secrets_bare(tmp_path: Path) -> None:
+    params = scenario("default", annotate_seed=False, job_interval=None, pipeline_interval=None)
+    with SandboxThread(str(tmp_path), params) as sb:
+        assert secret_annotations(sb, "cft-ptl") == {}
+        assert sb.call(sb.world.kv.latest, "azure-devops-token")["tags"] == {
+            "authorizationId": sb.world.seeded.daily_pat_id}
