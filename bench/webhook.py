@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import host
 
 TOKEN = "bench-webhook-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
@@ -170,8 +171,9 @@ def main() -> int:
         info = json.loads(child.stdout.readline())
         url = f"http://127.0.0.1:{info['port']}/webhook/alertmanager"
         try:
-            print(f"worker pid {info['pid']} on {url}; CPUs {os.cpu_count()}; "
-                  f"concurrency {args.concurrency}")
+            print(f"machine: {host.describe()}")
+            print(f"receiver pid {info['pid']} on {url}; concurrency {args.concurrency}; client and "
+                  "receiver share the machine's CPUs")
             asyncio.run(load(url, [payload("warm", token="warm-up")] * 500, args.concurrency))
             dup = asyncio.run(load(url, [payload("dup")] * 1000, args.concurrency))
             report("1,000 duplicate deliveries", *dup)
@@ -182,12 +184,16 @@ def main() -> int:
                              *asyncio.run(load(url, [payload("dup")] * args.requests, args.concurrency)))
             bodies = [payload(f"new-{i}") for i in range(min(args.requests, 2000))]
             report("new episodes, token running", *asyncio.run(load(url, bodies, args.concurrency)))
-            print(f"worker RSS {rss_mb(info['pid']):.1f} MB")
+            print(f"receiver process RSS {rss_mb(info['pid']):.1f} MB (WorkerServer + planner + journal with a "
+                  "stand-in saga; the real worker's RSS: bench/rotation.py)")
         finally:
             child.stdin.write("\n")
             child.stdin.flush()
             child.wait(30)
         ok = dup_rotations == 1 and figures["rate"] >= 1000 and figures["p99_ms"] <= 20
+        print(f"against the targets: {figures['rate']:.0f} req/s = {figures['rate'] / 1000:.1f}x the 1,000/s floor; "
+              f"p99 {figures['p99_ms']:.2f} ms = {figures['p99_ms'] / 20:.2f}x the 20 ms ceiling; "
+              f"rotations from 1,000 duplicates: {dup_rotations}")
         print("targets (>= 1000 req/s, p99 <= 20 ms, one rotation): " + ("met" if ok else "NOT met"))
         return 0 if ok else 1
 

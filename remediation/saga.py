@@ -386,9 +386,14 @@ class RotationSaga:
                                         new_valid_to=info.valid_to.timestamp())
         problem = self._check_created(token, info)
         if problem is not None:
-            self._retry(partial(pats.revoke, info.authorization_id),
-                        f"revoke rejected PAT {info.authorization_id}")
-            raise problem
+            try:
+                self._retry(partial(pats.revoke, info.authorization_id),
+                            f"revoke rejected PAT {info.authorization_id}")
+            except PatrolError as exc:
+                # Keep the reason: the PAT is in no sink, so recovery revokes it as an orphan.
+                raise type(problem)(f"{problem}; revoking it failed too ({exc}): the next "
+                                    "reconcile revokes it, as no sink holds it") from exc
+            raise type(problem)(f"{problem}; it was revoked")
         run.new, run.value = info, created.token
         notes = [f"created {info.authorization_id} ({name}), scopes {' '.join(info.scopes)}, "
                  f"validTo {info.valid_to:%Y-%m-%dT%H:%M:%SZ}"]
@@ -402,13 +407,13 @@ class RotationSaga:
         if set(info.scopes) != set(token.scopes):
             return ScopeMismatchError(
                 f"PAT {info.authorization_id} came back with scopes {' '.join(sorted(info.scopes)) or '-'}, "
-                f"asked for {' '.join(sorted(token.scopes))}; it was revoked")
+                f"asked for {' '.join(sorted(token.scopes))}")
         if info.is_global:
             return PermanentError(f"PAT {info.authorization_id} came back valid for all organizations "
-                                  "(allOrgs was false); it was revoked")
+                                  "(allOrgs was false)")
         if info.valid_to <= self._now():
             return PermanentError(f"PAT {info.authorization_id} came back already expired "
-                                  f"(validTo {info.valid_to:%Y-%m-%dT%H:%M:%SZ}); it was revoked")
+                                  f"(validTo {info.valid_to:%Y-%m-%dT%H:%M:%SZ})")
         return None
 
     def _resume_created(self, run: _Run, new_id: str) -> str | None:

@@ -165,11 +165,15 @@ class PatPolicy:
     restrict_full_scope: bool = False                   # app_token → fullScopePatPolicyViolation
     restrict_global: bool = False                       # allOrgs → globalPatPolicyViolation
     error_status: Literal[200, 400] = 200               # how patTokenError answers come (UNVERIFIED)
+    # Simulation knob, not a documented ADO policy: a created PAT gets these scopes instead of the
+    # requested ones (as if an org policy narrowed them), so clients' scope read-back is tested.
+    scope_override: str | None = None                   # space-separated scopes; None = off
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_lifespan": self.max_lifespan, "lifespan_mode": self.lifespan_mode,
                 "restrict_full_scope": self.restrict_full_scope,
-                "restrict_global": self.restrict_global, "error_status": self.error_status}
+                "restrict_global": self.restrict_global, "error_status": self.error_status,
+                "scope_override": self.scope_override}
 
 
 @dataclass
@@ -407,6 +411,12 @@ class AdoWorld:
             raise ValueError("error_status must be 200 or 400")
         if changes.get("max_lifespan") is not None and float(changes["max_lifespan"]) <= 0:
             raise ValueError("max_lifespan must be positive seconds or null")
+        override = changes.get("scope_override")
+        if override is not None:
+            scopes = override.split() if isinstance(override, str) else []
+            if not scopes or not all(_SCOPE_RX.match(s) for s in scopes):
+                raise ValueError("scope_override must be space-separated scopes (e.g. 'vso.agentpools') or null")
+            changes["scope_override"] = " ".join(scopes)
         self.policy = replace(self.policy, **changes)
         return self.policy
 
@@ -1370,7 +1380,8 @@ class _AdoApp:
                                               display_name=display)
         if error is not None:
             return self._pat_error(error)
-        auth_id, token = self.w.issue_pat(principal.oid, display, scope.split(), valid_to, all_orgs)
+        granted = (self.w.policy.scope_override or scope).split()
+        auth_id, token = self.w.issue_pat(principal.oid, display, granted, valid_to, all_orgs)
         return _json({"patToken": self._pat_json(self.w._pats[auth_id], token), "patTokenError": "none"})
 
     def _update_pat(self, principal: PrincipalLike, body: dict[str, Any]) -> web.Response:

@@ -180,14 +180,25 @@ class World:
         return held
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    with SandboxThread(str(tmp_path / "sandbox"), scenario("default")) as sb:
+def _world(tmp_path: Path, **params: Any) -> Iterator[World]:
+    with SandboxThread(str(tmp_path / "sandbox"), scenario("default", **params)) as sb:
         w = World(sb, tmp_path)
         try:
             yield w
         finally:
             w.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    yield from _world(tmp_path)
+
+
+@pytest.fixture
+def unadopted_world(tmp_path: Path) -> Iterator[World]:
+    """The hand-pasted seed: Secrets with no ``patrol.io/*`` annotations (the default scenario
+    seeds an adopted world), for what patrol does before an operator annotates anything."""
+    yield from _world(tmp_path, annotate_seed=False)
 
 
 def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> None:
@@ -242,7 +253,8 @@ def test_daily_checks_rotation_in_key_vault(world: World) -> None:
     assert world.pats()[old]["status"] == "revoked"
 
 
-def test_second_rotation_revokes_the_first_patrol_pat_without_annotations(world: World) -> None:
+def test_second_rotation_revokes_the_first_patrol_pat_without_annotations(unadopted_world: World) -> None:
+    world = unadopted_world                # the seed must be un-annotated for the first rotation
     first = world.rotate()                 # the hand-made PAT carries no id: not revoked, reported
     assert first.outcome == "succeeded"
     assert "by hand" in first.step("revoke").detail
@@ -348,6 +360,51 @@ def test_policy_violation_creates_nothing(world: World, error_status: int) -> No
     assert "policy" in record.error
     assert world.pats()[seed]["status"] == "active"
     assert not [p for p in world.pats().values() if p["displayName"].startswith("patrol-")]
+
+
+def test_scope_mismatch_revokes_the_new_pat_and_delivers_nothing(world: World) -> None:
+    seed = world.annotate_seed()
+    before = {c: world.sink_value(c) for c in CLUSTERS}
+    kv_versions = len(world.call(world.sb.world.kv.versions, SECRET))
+    failures = world.auth_failures()
+    # An org policy narrows the scopes of the PAT ADO returns (sandbox simulation knob).
+    world.call(world.sb.world.ado.set_policy, scope_override="vso.agentpools")
+    world.journal.close()
+    service = world.service()
+    with WorkerThread(service) as worker:
+        assert asyncio.run(deliver(worker.url, alert_payload()))[0][0] == 202
+        assert service.dispatcher.wait_idle(60)
+        [record] = service.journal.recent("keda")
+        status, metrics = asyncio.run(fetch(worker.url, "/metrics"))
+    world.reopen()
+    assert record.outcome == "failed" and record.step("create").status == "failed", record.error
+    assert [s.status for s in record.steps] == ["done", "failed"] + ["skipped"] * (len(STEPS) - 2)
+    assert "came back with scopes vso.agentpools, asked for vso.agentpools_manage" in record.error
+    assert "it was revoked" in record.error
+    assert status == 200
+    assert 'patrol_rotations_total{result="failed",token="keda"} 1.0' in metrics
+    assert 'patrol_rotations_total{result="succeeded",token="keda"} 0.0' in metrics
+    # The PAT ADO returned was revoked at once: no orphan left active (DESIGN §6).
+    pats = world.pats()
+    new_id = str(record.new_authorization_id)
+    assert pats[new_id]["scope"] == "vso.agentpools" and pats[new_id]["status"] == "revoked"
+    assert not [p for p in pats.values() if p["displayName"].startswith("patrol-") and p["status"] == "active"]
+    # Nothing was delivered: no sink write, every sink still holds the seed, which stays valid.
+    for cluster in CLUSTERS:
+        assert world.statuses(f"kube:{cluster}", "PATCH", f"secrets/{SECRET}") == []
+        assert world.statuses(f"kube:{cluster}", "PUT", f"secrets/{SECRET}") == []
+    assert {c: world.sink_value(c) for c in CLUSTERS} == before
+    assert len(world.call(world.sb.world.kv.versions, SECRET)) == kv_versions
+    assert world.statuses("keyvault", "PUT", "/secrets/") == []
+    assert pats[seed]["status"] == "active" and world.pat_id(before["cft-ptl"]) == seed
+    # KEDA never lost a working token: two more polls, no authentication failure.
+    polls = {k: s["polls"] for k, s in world.keda().items()}
+    wait_for(lambda: all(s["polls"] >= polls[k] + 2 for k, s in world.keda().items()), timeout=15)
+    assert world.auth_failures() == failures
+    assert all(s["ready"] == "True" for s in world.keda().values())
+    for cluster in CLUSTERS:
+        events = world.call(world.sb.world.clusters[cluster].events, NS)
+        assert any(e["reason"] == "PatRotationFailed" and record.id in e["message"] for e in events)
 
 
 def test_clamped_lifetime_is_read_back(world: World) -> None:

@@ -194,6 +194,20 @@ def test_scope_mismatch_revokes_the_new_pat(journal: Journal, clock: Clock) -> N
     assert old.value in world.pats_api.active_values()
 
 
+def test_scope_mismatch_keeps_its_reason_when_the_revoke_fails(journal: Journal, clock: Clock) -> None:
+    cfg, world = make_config(), FakeWorld(clock)
+    old = seed(world, cfg)
+    world.pats_api.drop_scope = "vso.agentpools_manage"
+    world.pats_api.faults["revoke"] = [ServerError("503", status=503) for _ in range(3)]
+    assert saga(cfg, world, journal, clock).run(start(journal, clock)) == "failed"
+    record = journal.get("0123456789ab")
+    assert record.step("create").status == "failed"
+    assert "came back with scopes" in record.error and "revoking it failed too" in record.error
+    assert record.new_authorization_id == world.pats_api.created[0]     # journaled: recovery finds it
+    assert world.pats_api.revoked == [] and world.pats_api.calls.count("revoke") == 3
+    assert set(sink_values(world, cfg)) == {old.value}
+
+
 def test_clamped_validto_is_read_back_and_noted(journal: Journal, clock: Clock) -> None:
     cfg, world = make_config(), FakeWorld(clock)
     seed(world, cfg)
