@@ -21,11 +21,14 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from core.config import load_config
 from core.errors import ConfigError
-from exporter.assembly import CoreClients, Exporter, build
 from exporter.server import DEFAULT_PORT, make_app, parse_listen, start
+
+if TYPE_CHECKING:
+    from exporter.assembly import Exporter
 
 log = logging.getLogger("patrol.exporter")
 
@@ -82,6 +85,10 @@ def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
                           "write HOST:PORT, e.g. 0.0.0.0:9877") from None
     if env is None:
         env = getattr(args, "env", None) or {}
+    # imported here: every patrol command builds this parser, and only the exporter needs the
+    # sources and their clients (the worker and the CLI stay lighter for it)
+    from exporter.assembly import CoreClients, build
+
     exporter = build(cfg, CoreClients(cfg, env), watch=not args.once)
     try:
         if args.once:

@@ -40,6 +40,7 @@ from core.errors import (
     ScopeMismatchError,
     TransientError,
 )
+from core.keda import is_auth_failure
 from core.kube import ScalerResource
 from core.retry import Backoff, call_with_retry
 from core.secret import Secret
@@ -56,10 +57,6 @@ KEDA_API_VERSION = "keda.sh/v1alpha1"
 EVENT_REASON_ROTATED = "PatRotated"
 EVENT_REASON_FAILED = "PatRotationFailed"
 KEDA_FAILURE_REASON = "KEDAScalerFailed"
-# KEDA's error text for a refused credential (API-CONTRACTS §2.3, §4.2).
-_AUTH_FAILURE = re.compile(
-    r"status: (401|403|203)\b|unauthori[sz]ed|TF400813|VS30063|has expired|"
-    r"Cannot unmarshal ADO JobRequests", re.IGNORECASE)
 _PAT_NOT_FOUND = frozenset({"authorizationNotFound", "tokenNotFound"})
 API_BACKOFF = Backoff(delays=(0.5, 1.0, 2.0, 4.0))
 DELIVER_BACKOFF = Backoff(delays=(1.0, 2.0, 4.0, 8.0, 16.0))
@@ -72,10 +69,6 @@ def display_name(token: str, rotation_id: str) -> str:
 def patrol_pat_pattern(token: str) -> re.Pattern[str]:
     """Display names of PATs patrol created for ``token`` (rotation ids are 12 hex digits)."""
     return re.compile(rf"^patrol-{re.escape(token)}-(?P<rotation>[0-9a-f]{{12}})$")
-
-
-def is_auth_failure(message: str) -> bool:
-    return bool(_AUTH_FAILURE.search(message))
 
 
 class SagaStopped(Exception):

@@ -11,7 +11,8 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("remediation.journal", "remediation.planner", "remediation.saga", "remediation.service")
+HEAVY = ("remediation.journal", "remediation.planner", "remediation.saga", "remediation.service",
+         "exporter.assembly", "exporter.validity", "exporter.keda")
 
 PROBE = """
 import json, sys

@@ -20,7 +20,6 @@ from remediation.saga import (
     SagaSettings,
     StepEvent,
     display_name,
-    is_auth_failure,
     patrol_pat_pattern,
 )
 
@@ -424,6 +423,3 @@ def test_names_and_patterns() -> None:
     assert pattern.match("patrol-keda-0123456789ab")
     assert not pattern.match("patrol-keda-extra-0123456789ab")
     assert not pattern.match("patrol-keda-0123456789ab-x")
-    assert is_auth_failure("the Azure DevOps REST API returned error. urlString: u status: 401 response: ")
-    assert is_auth_failure("Cannot unmarshal ADO JobRequests API response")
-    assert not is_auth_failure("status: 500 response: oops")
