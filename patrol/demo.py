@@ -116,6 +116,14 @@ def render(status: Status) -> list[str]:
     return lines
 
 
+def alert_name(labels: Mapping[str, str]) -> str:
+    """``PatInvalid{token=keda}``: the alert with the label that says what it is about."""
+    for key in ("token", "pool", "pipeline", "source"):
+        if key in labels:
+            return f"{labels.get('alertname', '?')}{{{key}={labels[key]}}}"
+    return labels.get("alertname", "?")
+
+
 def _fetch_text(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback only
         return str(resp.read().decode())
@@ -205,7 +213,7 @@ class Demo:
                 targets={"patrol-exporter": f"127.0.0.1:{exporter_port}",
                          "patrol-worker": f"127.0.0.1:{worker_port}"},
                 webhook_url=f"{self.worker_url}/webhook/alertmanager",
-                webhook_token_file=self.ready["webhook_token_file"])
+                webhook_token_file=self.ready["webhook_token_file"], fast="rotate")
             self.stack.start()
             self.say(f"Prometheus {self.stack.prometheus_url} (shipped rules) and Alertmanager "
                      f"{self.stack.alertmanager_url} (rotate alerts -> worker) are running")
@@ -223,8 +231,7 @@ class Demo:
             status.keda = dict(actors.get("scaledjobs") or {})
         if self.stack is not None:
             with contextlib.suppress(OSError, ValueError, RuntimeError):
-                status.alerts = sorted({f"{a['labels'].get('alertname')}{{token={a['labels'].get('token', '-')}}}"
-                                        for a in self.stack.firing_alerts()})
+                status.alerts = sorted({alert_name(a["labels"]) for a in self.stack.firing_alerts()})
         with contextlib.suppress(OSError, ValueError):
             doc = get_json(f"{self.worker_url}/rotations")
             status.rotations = list(doc.get("rotations", doc) if isinstance(doc, dict) else doc)

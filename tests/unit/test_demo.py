@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from patrol.demo import Status, parse_exporter, render, short_sink, synthetic_webhook
+import yaml
+
+from patrol.demo import Status, alert_name, parse_exporter, render, short_sink, synthetic_webhook
+from patrol.stack import MonitoringStack
 from remediation.alerts import parse_body
 
 EXPOSITION = """\
@@ -59,3 +63,20 @@ def test_the_synthetic_webhook_is_a_valid_alertmanager_v4_body() -> None:
     [alert] = parsed.alerts
     assert alert.labels["token"] == "keda" and alert.labels["remediation"] == "rotate"
     assert alert.status == "firing"
+
+
+def test_alert_names_say_what_they_are_about() -> None:
+    assert alert_name({"alertname": "PatInvalid", "token": "keda", "sink": "x"}) == "PatInvalid{token=keda}"
+    starved = {"alertname": "AgentPoolStarved", "pool": "hmcts-agents"}
+    assert alert_name(starved) == "AgentPoolStarved{pool=hmcts-agents}"
+    assert alert_name({"alertname": "Other"}) == "Other"
+
+
+def test_the_demo_speeds_up_only_the_alerts_that_drive_a_rotation(tmp_path: Path) -> None:
+    stack = MonitoringStack(directory=tmp_path, targets={}, webhook_url="http://x", webhook_token_file="f",
+                            alert_for="3s", fast="rotate")
+    rules = [r for g in yaml.safe_load(stack.rules_text())["groups"] for r in g["rules"] if "alert" in r]
+    fast = {r["alert"] for r in rules if r.get("for") == "3s"}
+    assert fast == {r["alert"] for r in rules if r.get("labels", {}).get("remediation") == "rotate"}
+    assert {"PatInvalid", "KedaScalerAuthFailing", "PatRenewalDue"} <= fast
+    assert "PatrolRotationStuck" not in fast
