@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import statistics
 import subprocess
@@ -46,6 +44,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import host  # noqa: E402  (bench/host.py, beside this file)
 
 from sandbox.app import SandboxThread  # noqa: E402
 
@@ -276,20 +276,6 @@ def import_rss() -> list[tuple[str, float]]:
     return steps
 
 
-def machine() -> str:
-    """nproc, memory (``free -h``), CPU model and Python version."""
-    cpus = len(os.sched_getaffinity(0))
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown CPU")
-    try:
-        free = subprocess.run(["free", "-h"], capture_output=True, text=True, timeout=10, check=True).stdout
-        memory = next(line.split()[1] for line in free.splitlines() if line.startswith("Mem:"))
-    except (OSError, subprocess.SubprocessError, StopIteration):
-        memory = "unknown"
-    return (f"`nproc` {cpus}, {memory} RAM (`free -h`), {model}, Python {platform.python_version()}, "
-            f"{platform.system()} {platform.release()}")
-
-
 def report(sizes: dict[str, dict[str, int]], cycles: dict[str, tuple[Tally[str], float]], *,
            scraped: dict[str, Any], floor: list[float], series: int, command: str,
            imports: list[tuple[str, float]], kubernetes_alone: float) -> str:
@@ -304,7 +290,7 @@ def report(sizes: dict[str, dict[str, int]], cycles: dict[str, tuple[Tally[str],
         "## Exporter",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {machine()}  ",
+        f"Machine: {host.describe()}  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
         "Sandbox scenario `large` (10 clusters, 100 pools, ~2,000 bot PATs in the listing). The exporter runs "

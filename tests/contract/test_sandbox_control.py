@@ -172,7 +172,7 @@ def test_keda_and_the_pipeline_run(sandbox: SandboxThread, http: httpx.Client) -
             and state["actors"]["pipeline"]["runs"] >= 1
         )
 
-    wait_for(healthy)
+    assert wait_for(healthy)
 
 
 # ---------------------------------------------------------------- control API
