@@ -7,7 +7,6 @@ refresh token observable (otherwise MSAL would answer from its cached access tok
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import re
@@ -38,13 +37,6 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxThread]
     with SandboxThread(str(tmp_path_factory.mktemp("sandbox")), params) as sb:
         yield sb
 
-
-@pytest.fixture(scope="module", autouse=True)
-def collect_before_the_sandbox_stops(sandbox: SandboxThread) -> Iterator[None]:
-    """Error responses kept alive by caught exceptions hold client sockets until collected; free
-    them while the sandbox still runs, or its side of those connections is left unclosed."""
-    yield
-    gc.collect()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -22,13 +21,6 @@ pytestmark = pytest.mark.contract
 VALUE_ONE = "first-secret-value-0123456789"
 VALUE_TWO = "second-secret-value-9876543210"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def collect_before_the_sandbox_stops(sandbox: SandboxThread) -> Iterator[None]:
-    """Error responses kept alive by caught exceptions hold client sockets until collected; free
-    them while the sandbox still runs, or its side of those connections is left unclosed."""
-    yield
-    gc.collect()
 
 
 @pytest.fixture(scope="module")

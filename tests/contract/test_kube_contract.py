@@ -3,7 +3,6 @@ context per cluster): Secrets, Events list/watch, KEDA ScaledJobs, errors."""
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,13 +21,6 @@ pytestmark = pytest.mark.contract
 NS = "azure-devops"
 NEW_PAT = "newpatvalue234567abcdefghijklmnopqrstuvwxyz234567abcd"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def collect_before_the_sandbox_stops(sandbox: SandboxThread) -> Iterator[None]:
-    """Error responses kept alive by caught exceptions hold client sockets until collected; free
-    them while the sandbox still runs, or its side of those connections is left unclosed."""
-    yield
-    gc.collect()
 
 
 @pytest.fixture(scope="module")

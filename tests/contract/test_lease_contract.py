@@ -3,7 +3,6 @@ as strictly as the real one (exactly six fractional digits)."""
 
 from __future__ import annotations
 
-import gc
 import re
 import time
 from collections.abc import Iterator
@@ -36,13 +35,6 @@ class Clock:
     def __call__(self) -> float:
         return self.now
 
-
-@pytest.fixture(scope="module", autouse=True)
-def collect_before_the_sandbox_stops(sandbox: SandboxThread) -> Iterator[None]:
-    """Error responses kept alive by caught exceptions hold client sockets until collected; free
-    them while the sandbox still runs, or its side of those connections is left unclosed."""
-    yield
-    gc.collect()
 
 
 @pytest.fixture(scope="module")
