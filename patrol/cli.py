@@ -25,6 +25,10 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
     pass
 
 
+# Commands that print their own progress for a person: their logs default to warnings only.
+_INTERACTIVE = frozenset({"rotate", "history", "check", "example", "login"})
+
+
 def _common(parser: argparse.ArgumentParser, env: Mapping[str, str], *, config: bool = True) -> None:
     if config:
         parser.add_argument(
@@ -34,8 +38,9 @@ def _common(parser: argparse.ArgumentParser, env: Mapping[str, str], *, config: 
     parser.add_argument(
         "--log-format", choices=["text", "json"], default=env.get("PATROL_LOG_FORMAT", "text"),
         help="log output format (env PATROL_LOG_FORMAT)")
+    quiet = parser.prog.rsplit(" ", 1)[-1] in _INTERACTIVE
     parser.add_argument(
-        "--log-level", default=env.get("PATROL_LOG_LEVEL", "INFO"),
+        "--log-level", default=env.get("PATROL_LOG_LEVEL", "WARNING" if quiet else "INFO"),
         help="log level (env PATROL_LOG_LEVEL)")
 
 

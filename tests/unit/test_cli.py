@@ -66,3 +66,11 @@ def test_the_installed_console_script_runs() -> None:
                             check=False, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "patrol" in result.stdout
+
+
+def test_interactive_commands_log_warnings_only_unless_asked() -> None:
+    parser = build_parser({})
+    assert parser.parse_args(["rotate", "keda"]).log_level == "WARNING"
+    assert parser.parse_args(["worker"]).log_level == "INFO"
+    assert parser.parse_args(["rotate", "keda", "--log-level", "DEBUG"]).log_level == "DEBUG"
+    assert build_parser({"PATROL_LOG_LEVEL": "INFO"}).parse_args(["history"]).log_level == "INFO"
