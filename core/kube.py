@@ -104,6 +104,11 @@ class KubeEvent:
     resource_version: str
 
 
+ROLLOUT_DEFAULT = "default"
+ROLLOUT_GRADUAL = "gradual"
+ROLLOUT_NOT_APPLICABLE = "n/a"
+
+
 @dataclass(frozen=True)
 class KedaScaler:
     name: str
@@ -115,6 +120,10 @@ class KedaScaler:
     ready_message: str | None
     pod_template_annotations: Mapping[str, str] = field(default_factory=dict)
     resource_version: str = ""
+    # What KEDA does to a ScaledJob's running Jobs when its spec changes: "default" deletes
+    # them all, "gradual" lets them finish (keda-docs, ScaledJob spec, "Rollout Strategy").
+    # Whatever the object says is kept verbatim; ScaledObjects have no Jobs: ROLLOUT_NOT_APPLICABLE.
+    rollout_strategy: str = ROLLOUT_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -236,9 +245,12 @@ def parse_scaler(obj: Mapping[str, Any], resource: str) -> KedaScaler:
             reason = cond.get("reason") or None
             message = cond.get("message") or None
     annotations: dict[str, str] = {}
+    rollout = ROLLOUT_NOT_APPLICABLE
     if resource == "scaledjobs":
-        template = (((obj.get("spec") or {}).get("jobTargetRef") or {}).get("template") or {})
+        spec = obj.get("spec") or {}
+        template = ((spec.get("jobTargetRef") or {}).get("template") or {})
         annotations = _str_map((template.get("metadata") or {}).get("annotations"))
+        rollout = _rollout_strategy(spec)
     return KedaScaler(
         name=str(meta.get("name", "")),
         namespace=str(meta.get("namespace", "")),
@@ -249,7 +261,15 @@ def parse_scaler(obj: Mapping[str, Any], resource: str) -> KedaScaler:
         ready_message=str(message) if message is not None else None,
         pod_template_annotations=annotations,
         resource_version=str(meta.get("resourceVersion", "")),
+        rollout_strategy=rollout,
     )
+
+
+def _rollout_strategy(spec: Mapping[str, Any]) -> str:
+    """``spec.rollout.strategy``, else the deprecated ``spec.rolloutStrategy``, else KEDA's default."""
+    rollout = spec.get("rollout")
+    strategy = rollout.get("strategy") if isinstance(rollout, Mapping) else None
+    return str(strategy or spec.get("rolloutStrategy") or ROLLOUT_DEFAULT)
 
 
 def parse_lease(obj: Mapping[str, Any]) -> LeaseRecord:

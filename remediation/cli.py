@@ -225,11 +225,15 @@ def print_preview(preview: RotationPreview, out: TextIO) -> None:
         c = consumer.consumer
         state = (f"problem: {consumer.problem}" if consumer.problem else
                  f"generation {consumer.generation}, Ready {consumer.ready}")
+        if consumer.rollout_strategy is not None and not consumer.problem:
+            state += f", rollout strategy {consumer.rollout_strategy}"
         print(f"    {c.k8s_kind} {c.cluster}/{c.namespace}/{c.name} (pool {c.pool}): {state}", file=out)
     if not preview.consumers:
         print("    (no consumers: verification probes the new token only)", file=out)
     print("  revoke after verification: " + (", ".join(preview.would_revoke) or
           "nothing known (no authorizationId in the sinks, no earlier patrol PAT)"), file=out)
+    for warning in preview.warnings:
+        print(f"  WARNING: {warning}", file=out)
     for problem in preview.problems:
         print(f"  PROBLEM: {problem}", file=out)
 

@@ -41,7 +41,7 @@ from core.errors import (
     TransientError,
 )
 from core.keda import is_auth_failure
-from core.kube import ScalerResource
+from core.kube import ROLLOUT_GRADUAL, KedaScaler, ScalerResource
 from core.retry import Backoff, call_with_retry
 from core.secret import Secret
 from remediation.journal import Journal, Outcome, RotationRecord
@@ -60,6 +60,21 @@ KEDA_FAILURE_REASON = "KEDAScalerFailed"
 _PAT_NOT_FOUND = frozenset({"authorizationNotFound", "tokenNotFound"})
 API_BACKOFF = Backoff(delays=(0.5, 1.0, 2.0, 4.0))
 DELIVER_BACKOFF = Backoff(delays=(1.0, 2.0, 4.0, 8.0, 16.0))
+
+
+def rollout_warning(consumer: config.KedaConsumer, scaler: KedaScaler) -> str | None:
+    """Why switching this consumer would abandon builds in flight, or None if it would not.
+
+    The switch step changes a ScaledJob's spec. With any rollout strategy but ``gradual``
+    (KEDA's default is ``default``), KEDA then deletes every running Job of the ScaledJob, so
+    the agents running builds die mid-build (keda-docs, ScaledJob spec, "Rollout Strategy").
+    patrol still switches (it is the only way KEDA re-reads the Secret); it says so first.
+    """
+    if consumer.kind != "keda-scaledjob" or scaler.rollout_strategy == ROLLOUT_GRADUAL:
+        return None
+    return (f"ScaledJob {consumer.cluster}/{consumer.namespace}/{consumer.name} uses rollout strategy "
+            f"'{scaler.rollout_strategy}': the switch step makes KEDA delete its running agent Jobs "
+            "(builds in flight are abandoned); set spec.rollout.strategy: gradual on it")
 
 
 def display_name(token: str, rotation_id: str) -> str:
@@ -127,6 +142,7 @@ class ConsumerPreview:
     generation: int | None
     ready: bool | None
     problem: str | None
+    rollout_strategy: str | None = None           # ScaledJobs: what KEDA does to running Jobs on a switch
 
 
 @dataclass(frozen=True)
@@ -140,6 +156,7 @@ class RotationPreview:
     consumers: tuple[ConsumerPreview, ...]
     would_revoke: tuple[str, ...]
     problems: tuple[str, ...]
+    warnings: tuple[str, ...] = ()                # the rotation would proceed, but read these first
 
 
 @dataclass
@@ -241,11 +258,16 @@ class RotationSaga:
                 sinks.append(SinkPreview(sink.id, None, str(exc)))
                 problems.append(f"{sink.id}: {exc}")
         consumers: list[ConsumerPreview] = []
+        warnings: list[str] = []
         for consumer in token.consumers:
             try:
                 scaler = self.world.cluster(consumer.cluster).get_scaler(
                     consumer.namespace, _resource(consumer), consumer.name)
-                consumers.append(ConsumerPreview(consumer, scaler.generation, scaler.ready, None))
+                strategy = scaler.rollout_strategy if consumer.kind == "keda-scaledjob" else None
+                consumers.append(ConsumerPreview(consumer, scaler.generation, scaler.ready, None, strategy))
+                warning = rollout_warning(consumer, scaler)
+                if warning is not None:
+                    warnings.append(warning)
             except PatrolError as exc:
                 consumers.append(ConsumerPreview(consumer, None, None, str(exc)))
                 where = f"{consumer.cluster}/{consumer.namespace}/{consumer.name}"
@@ -258,7 +280,8 @@ class RotationSaga:
         valid_to = datetime.fromtimestamp(self._clock(), UTC) + token.lifetime
         return RotationPreview(token=token, display_name=display_name(token.name, "<rotation id>"),
                                valid_to=valid_to, sinks=tuple(sinks), consumers=tuple(consumers),
-                               would_revoke=tuple(sorted(would_revoke)), problems=tuple(problems))
+                               would_revoke=tuple(sorted(would_revoke)), problems=tuple(problems),
+                               warnings=tuple(warnings))
 
     # -- step plumbing ----------------------------------------------------------------------------
 
@@ -323,15 +346,25 @@ class RotationSaga:
             held.append(f"{sink.id}={state.authorization_id or ('unknown' if state.exists else 'empty')}")
         if refusals:
             raise FluxManagedError(" | ".join(refusals))
+        warnings: list[str] = []
         for consumer in token.consumers:
             cluster = self.world.cluster(consumer.cluster)
-            self._retry(partial(cluster.get_scaler, consumer.namespace, _resource(consumer), consumer.name),
-                        f"read {consumer.k8s_kind} {consumer.namespace}/{consumer.name}")
+            scaler = self._retry(
+                partial(cluster.get_scaler, consumer.namespace, _resource(consumer), consumer.name),
+                f"read {consumer.k8s_kind} {consumer.namespace}/{consumer.name}")
+            warning = rollout_warning(consumer, scaler)
+            if warning is not None:
+                warnings.append(warning)
+                log.warning("rotation %s of %s: %s", run.rotation_id, token.name, warning,
+                            extra=self._extra(run, "plan", cluster=consumer.cluster,
+                                              namespace=consumer.namespace, consumer=consumer.name,
+                                              rollout_strategy=scaler.rollout_strategy))
         if run.old_ids:
             self.journal.set_authorizations(run.rotation_id, old=",".join(sorted(run.old_ids)))
         previous = ",".join(sorted(run.old_ids)) or "unknown"
-        return (f"{len(token.sinks)} sink(s) writable ({'; '.join(held)}); "
-                f"{len(token.consumers)} consumer(s) found; previous PAT: {previous}")
+        return "; ".join([f"{len(token.sinks)} sink(s) writable ({'; '.join(held)})",
+                          f"{len(token.consumers)} consumer(s) found", f"previous PAT: {previous}",
+                          *(f"WARNING: {w}" for w in warnings)])
 
     # -- 2. create --------------------------------------------------------------------------------
 

@@ -860,14 +860,18 @@ class ClusterState:
 
     def put_scaledjob(self, ns: str, name: str, *, organization_url: str, pool_name: str, secret_name: str,
                       secret_key: str, polling_interval: int, max_replica_count: int = 10,
-                      field_manager: str = "kubectl") -> JSON:
-        """Create or replace an azure-pipelines ScaledJob shaped like a real agent deployment."""
+                      field_manager: str = "kubectl", rollout_strategy: str | None = None) -> JSON:
+        """Create or replace an azure-pipelines ScaledJob shaped like a real agent deployment.
+
+        ``rollout_strategy`` sets ``spec.rollout.strategy``; None leaves it out (KEDA's ``default``).
+        """
         body: JSON = {
             "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledJob",
             "metadata": {"name": name, "namespace": ns, "labels": {"app.kubernetes.io/name": name}},
             "spec": scaledjob_spec(name=name, organization_url=organization_url, pool_name=pool_name,
                                    secret_name=secret_name, secret_key=secret_key,
-                                   polling_interval=polling_interval, max_replica_count=max_replica_count),
+                                   polling_interval=polling_interval, max_replica_count=max_replica_count,
+                                   rollout_strategy=rollout_strategy),
         }
         self.create_namespace(ns)
         existing = self._objects[SCALEDJOBS.key].get((ns, name))
@@ -1570,9 +1574,14 @@ class ClusterState:
 
 
 def scaledjob_spec(*, name: str, organization_url: str, pool_name: str, secret_name: str, secret_key: str,
-                   polling_interval: int, max_replica_count: int = 10) -> JSON:
-    """A ScaledJob spec as platform teams write it for ephemeral ``--once`` ADO agents."""
-    return {
+                   polling_interval: int, max_replica_count: int = 10,
+                   rollout_strategy: str | None = None) -> JSON:
+    """A ScaledJob spec as platform teams write it for ephemeral ``--once`` ADO agents.
+
+    Without ``rollout_strategy`` there is no ``rollout`` field, as in most real manifests: KEDA
+    then uses ``default`` and deletes running Jobs whenever the spec changes.
+    """
+    spec: JSON = {
         "jobTargetRef": {
             "parallelism": 1, "completions": 1, "activeDeadlineSeconds": 14400, "backoffLimit": 0,
             "template": {
@@ -1610,6 +1619,9 @@ def scaledjob_spec(*, name: str, organization_url: str, pool_name: str, secret_n
             },
         }],
     }
+    if rollout_strategy is not None:
+        spec["rollout"] = {"strategy": rollout_strategy}
+    return spec
 
 
 def _watch_frame_type(change: _Change, matches: Callable[[JSON | None], bool]) -> str | None:

@@ -39,7 +39,8 @@ class ClusterSeedable(Protocol):
                    labels: dict[str, str] | None = ..., annotations: dict[str, str] | None = ...,
                    field_manager: str = ...) -> dict[str, Any]: ...
     def put_scaledjob(self, ns: str, name: str, *, organization_url: str, pool_name: str,
-                      secret_name: str, secret_key: str, polling_interval: int) -> dict[str, Any]: ...
+                      secret_name: str, secret_key: str, polling_interval: int,
+                      rollout_strategy: str | None = ...) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class ClusterSpec:
     secret: str = "azure-devops-token"
     key: str = "token"
     scaledjob: str = "azure-devops-agent"
+    # spec.rollout.strategy of the ScaledJob; None leaves it out, so KEDA uses "default" and
+    # deletes the running agent Jobs whenever patrol's switch step changes the spec.
+    rollout_strategy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,8 @@ def seed(params: ScenarioParams, *, ado: AdoWorld, entra: Entra, kv: KeyVaultSto
         cluster.put_secret(spec.namespace, spec.secret, {spec.key: keda_token}, annotations=annotations)
         cluster.put_scaledjob(spec.namespace, spec.scaledjob, organization_url=organization_url,
                               pool_name=spec.pool, secret_name=spec.secret, secret_key=spec.key,
-                              polling_interval=params.keda_polling_interval)
+                              polling_interval=params.keda_polling_interval,
+                              rollout_strategy=spec.rollout_strategy)
 
     daily_id, daily_token = ado.issue_pat(bot_oid, params.daily_pat_name, list(DAILY_CHECKS_SCOPES),
                                           now + params.daily_pat_lifetime)

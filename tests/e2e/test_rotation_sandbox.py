@@ -43,7 +43,7 @@ from remediation.service import WorkerService, WorkerThread
 from remediation.world import CoreWorld
 from sandbox.app import SandboxThread
 from sandbox.http import Fault
-from sandbox.scenarios import scenario
+from sandbox.scenarios import ClusterSpec, scenario
 
 E2E = SagaSettings(verify_deadline=30, verify_interval=0.5, verify_settle=2.5,
                    api_backoff=Backoff(delays=(0.2, 0.5, 1.0)),
@@ -201,6 +201,13 @@ def unadopted_world(tmp_path: Path) -> Iterator[World]:
     yield from _world(tmp_path, annotate_seed=False)
 
 
+@pytest.fixture
+def mixed_rollout_world(tmp_path: Path) -> Iterator[World]:
+    """cft-ptl's ScaledJob without a rollout field (KEDA's ``default``), sds-ptl's ``gradual``."""
+    yield from _world(tmp_path, clusters=(ClusterSpec("cft-ptl", "hmcts-agents"),
+                                          ClusterSpec("sds-ptl", "sds-agents", rollout_strategy="gradual")))
+
+
 def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -263,6 +270,26 @@ def test_second_rotation_revokes_the_first_patrol_pat_without_annotations(unadop
     assert second.outcome == "succeeded", second.error
     assert second.old_authorization_id == first.new_authorization_id
     assert world.pats()[str(first.new_authorization_id)]["status"] == "revoked"
+    world.assert_converged()
+
+
+def test_default_rollout_strategy_is_warned_about_and_gradual_is_not(mixed_rollout_world: World) -> None:
+    """KEDA deletes a ScaledJob's running Jobs when its spec changes unless ``rollout.strategy``
+    is ``gradual``: the plan says so for cft-ptl (no rollout field, as the default scenario seeds
+    it) and not for sds-ptl (gradual); the switch still bumps both."""
+    world = mixed_rollout_world
+    world.annotate_seed()
+    record = world.rotate()
+    assert record.outcome == "succeeded", record.error
+    plan = record.step("plan").detail
+    assert (f"WARNING: ScaledJob cft-ptl/{NS}/{SCALEDJOB} uses rollout strategy 'default': the switch "
+            "step makes KEDA delete its running agent Jobs (builds in flight are abandoned); set "
+            "spec.rollout.strategy: gradual on it") in plan
+    assert f"sds-ptl/{NS}/{SCALEDJOB}" not in plan
+    assert plan.count("WARNING") == 1
+    assert {t.target: t.status for t in record.targets if t.step == "switch"} == {
+        f"{c}/{NS}/{SCALEDJOB}": "done" for c in CLUSTERS}
+    assert world.keda()[f"sds-ptl/{NS}/{SCALEDJOB}"]["agents_killed"] == 0     # gradual: none deleted
     world.assert_converged()
 
 

@@ -131,6 +131,7 @@ class Scaler:
     generation: int = 1
     ready: bool | None = True
     annotations: dict[str, str] = field(default_factory=dict)
+    rollout_strategy: str = "default"           # KEDA's default: a bump kills running Jobs
 
 
 class FakeCluster:
@@ -183,7 +184,8 @@ class FakeCluster:
             raise NotFoundError(f"{resource} {ns}/{name} not found", status=404)
         return KedaScaler(name=name, namespace=ns, uid=scaler.uid, generation=scaler.generation,
                           ready=scaler.ready, ready_reason=None if scaler.ready else "TriggerError",
-                          ready_message=None, pod_template_annotations=dict(scaler.annotations))
+                          ready_message=None, pod_template_annotations=dict(scaler.annotations),
+                          rollout_strategy=scaler.rollout_strategy if resource == "scaledjobs" else "n/a")
 
     def bump_scaler(self, ns: str, resource: str, name: str, *, annotation: str, value: str) -> KedaScaler:
         _fault(self.faults, "bump_scaler")

@@ -140,6 +140,26 @@ def test_scaler_readiness_unknown_or_missing_is_none() -> None:
     assert kube.parse_scaler(SCALED_JOB_JSON, "scaledobjects").pod_template_annotations == {}
 
 
+@pytest.mark.parametrize(("spec", "expected"), [
+    ({}, "default"),                                                      # KEDA's default
+    ({"rollout": {"strategy": "gradual"}}, "gradual"),
+    ({"rollout": {"strategy": "default", "propagationPolicy": "foreground"}}, "default"),
+    ({"rolloutStrategy": "gradual"}, "gradual"),                          # the deprecated field
+    ({"rollout": {"propagationPolicy": "foreground"}, "rolloutStrategy": "gradual"}, "gradual"),
+    ({"rollout": {"strategy": "default"}, "rolloutStrategy": "gradual"}, "default"),   # rollout wins
+    ({"rollout": None}, "default"),
+    ({"rollout": {"strategy": "Gradual"}}, "Gradual"),                    # kept verbatim
+])
+def test_scaled_job_rollout_strategy(spec: dict[str, Any], expected: str) -> None:
+    doc = dict(SCALED_JOB_JSON, spec={**SCALED_JOB_JSON["spec"], **spec})
+    assert kube.parse_scaler(doc, "scaledjobs").rollout_strategy == expected
+
+
+def test_scaled_object_has_no_rollout_strategy() -> None:
+    doc = dict(SCALED_JOB_JSON, spec={"rollout": {"strategy": "gradual"}})
+    assert kube.parse_scaler(doc, "scaledobjects").rollout_strategy == kube.ROLLOUT_NOT_APPLICABLE
+
+
 def test_micro_time_has_six_digits_even_on_a_whole_second() -> None:
     whole = datetime(2026, 3, 1, 10, 0, 0, tzinfo=UTC)
     assert kube.format_micro_time(whole) == "2026-03-01T10:00:00.000000Z"

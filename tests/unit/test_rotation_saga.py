@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -415,6 +416,56 @@ def test_preview_changes_nothing(journal: Journal, clock: Clock) -> None:
     assert preview.display_name == "patrol-keda-<rotation id>"
     assert world.pats_api.created == [] and world.pats_api.revoked == []
     assert journal.count() == 0
+
+
+def test_default_rollout_strategy_is_warned_about_in_the_plan_and_the_switch_still_happens(
+        journal: Journal, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    cfg, world = make_config(), FakeWorld(clock)
+    seed(world, cfg)
+    world.clusters["c2"].scalers[("ado", "scaledjobs", "agent")].rollout_strategy = "gradual"
+    with caplog.at_level(logging.WARNING, logger="patrol.saga"):
+        outcome = saga(cfg, world, journal, clock).run(start(journal, clock))
+    assert outcome == "succeeded"
+    detail = journal.get("0123456789ab").step("plan").detail
+    expected = ("ScaledJob c1/ado/agent uses rollout strategy 'default': the switch step makes KEDA delete "
+                "its running agent Jobs (builds in flight are abandoned); set spec.rollout.strategy: "
+                "gradual on it")
+    assert f"WARNING: {expected}" in detail
+    assert "c2/ado/agent" not in detail                          # gradual: nothing to say
+    warned = [r for r in caplog.records if r.name == "patrol.saga" and "rollout strategy" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+    assert expected in warned[0].getMessage()
+    context = vars(warned[0])
+    assert (context["token"], context["rotation_id"], context["step"]) == ("keda", "0123456789ab", "plan")
+    assert (context["cluster"], context["consumer"], context["rollout_strategy"]) == ("c1", "agent", "default")
+    # only a warning: both ScaledJobs were still bumped
+    for name in ("c1", "c2"):
+        scaler = world.clusters[name].scalers[("ado", "scaledjobs", "agent")]
+        assert scaler.annotations["patrol.io/rotation"] == "0123456789ab" and scaler.generation == 2
+
+
+def test_unknown_rollout_strategy_is_warned_about_verbatim(journal: Journal, clock: Clock) -> None:
+    cfg, world = make_config(), FakeWorld(clock)
+    seed(world, cfg)
+    for name in ("c1", "c2"):
+        world.clusters[name].scalers[("ado", "scaledjobs", "agent")].rollout_strategy = "gradual"
+    assert saga(cfg, world, journal, clock).run(start(journal, clock, "00000000000a")) == "succeeded"
+    assert "WARNING" not in journal.get("00000000000a").step("plan").detail
+    world.clusters["c1"].scalers[("ado", "scaledjobs", "agent")].rollout_strategy = "Gradual"
+    clock.sleep(3600)
+    assert saga(cfg, world, journal, clock).run(start(journal, clock, "00000000000b")) == "succeeded"
+    assert "ScaledJob c1/ado/agent uses rollout strategy 'Gradual'" in journal.get("00000000000b").step("plan").detail
+
+
+def test_preview_warns_about_default_rollout_strategy(journal: Journal, clock: Clock) -> None:
+    cfg, world = make_config(), FakeWorld(clock)
+    seed(world, cfg)
+    world.clusters["c1"].scalers[("ado", "scaledjobs", "agent")].rollout_strategy = "gradual"
+    preview = saga(cfg, world, journal, clock).preview("keda")
+    assert [c.rollout_strategy for c in preview.consumers] == ["gradual", "default"]
+    assert len(preview.warnings) == 1 and preview.warnings[0].startswith(
+        "ScaledJob c2/ado/agent uses rollout strategy 'default': the switch step makes KEDA delete")
+    assert preview.problems == ()                                 # a warning does not refuse the plan
 
 
 def test_names_and_patterns() -> None:

@@ -8,10 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+from rotation_fakes import Clock, FakeWorld, make_config, seed
 
 from core.errors import ConfigError
 from remediation import cli
 from remediation.journal import Journal
+from remediation.saga import RotationSaga
 
 CONFIG = """\
 organizations:
@@ -145,3 +147,22 @@ def test_history(tmp_path: Path) -> None:
 def test_history_needs_a_state_dir() -> None:
     with pytest.raises(ConfigError, match="state dir"):
         cli.run_history(parser({}).parse_args(["history"]))
+
+
+def test_dry_run_warns_about_scaledjobs_that_would_lose_their_running_jobs(tmp_path: Path) -> None:
+    clock = Clock()
+    cfg, world = make_config(), FakeWorld(clock)
+    seed(world, cfg)
+    world.clusters["c2"].scalers[("ado", "scaledjobs", "agent")].rollout_strategy = "gradual"
+    with Journal(tmp_path / "journal.sqlite3", clock=clock) as journal:
+        preview = RotationSaga(cfg, world, journal, clock=clock, sleep=clock.sleep).preview("keda")
+    out = io.StringIO()
+    cli.print_preview(preview, out)
+    lines = out.getvalue().splitlines()
+    assert "    ScaledJob c1/ado/agent (pool pool1): generation 1, Ready True, rollout strategy default" in lines
+    assert "    ScaledJob c2/ado/agent (pool pool2): generation 1, Ready True, rollout strategy gradual" in lines
+    warnings = [line for line in lines if line.startswith("  WARNING: ")]
+    assert warnings == ["  WARNING: ScaledJob c1/ado/agent uses rollout strategy 'default': the switch step "
+                        "makes KEDA delete its running agent Jobs (builds in flight are abandoned); set "
+                        "spec.rollout.strategy: gradual on it"]
+    assert not any(line.startswith("  PROBLEM") for line in lines)
