@@ -33,15 +33,23 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Debian packages for the end-to-end tests. Installed without recommends and without starting
-# their services (policy-rc.d answers 101 while apt runs): tests start their own instances.
+# their services (a policy-rc.d answering 101 while apt runs, unless the machine has its own):
+# tests start their own instances. A package removed but not purged ("deinstall ok
+# config-files") counts as missing.
 system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  echo ">> installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null && $$SUDO chmod +x /usr/sbin/policy-rc.d; \
+	  own_policy=""; \
+	  if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null && $$SUDO chmod +x /usr/sbin/policy-rc.d; \
+	    own_policy=1; \
+	  fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
-	  rc=$$?; $$SUDO rm -f /usr/sbin/policy-rc.d; exit $$rc; \
+	  rc=$$?; [ -z "$$own_policy" ] || $$SUDO rm -f /usr/sbin/policy-rc.d; exit $$rc; \
 	fi
 
 lint: venv
