@@ -662,6 +662,14 @@ class Entra:
         self._check_enabled(user)
         return self._user_tokens(user, client, scope, request)
 
+    def _grantable_user(self, oid: str) -> _User:
+        """The user a device-code or refresh grant was issued to, still existing and enabled."""
+        user = self._user_by_oid(oid)
+        if user is None:
+            raise OAuthError(400, "invalid_grant", 50034, "The user account does not exist in the directory.")
+        self._check_enabled(user)
+        return user
+
     @staticmethod
     def _check_enabled(user: _User) -> None:
         if not user.enabled:
@@ -697,10 +705,7 @@ class Entra:
                 70016,
                 "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
             )
-        user = self._user_by_oid(flow.approved_oid)
-        if user is None:
-            raise OAuthError(400, "invalid_grant", 50034, "The user account does not exist in the directory.")
-        self._check_enabled(user)
+        user = self._grantable_user(flow.approved_oid)
         flow.redeemed = True
         return self._user_tokens(user, client, flow.scope, request)
 
@@ -733,10 +738,7 @@ class Entra:
                 70000,
                 "Provided grant is invalid or malformed. The refresh token was issued to a different client.",
             )
-        user = self._user_by_oid(entry.user_oid)
-        if user is None:
-            raise OAuthError(400, "invalid_grant", 50034, "The user account does not exist in the directory.")
-        self._check_enabled(user)
+        user = self._grantable_user(entry.user_oid)
         return self._user_tokens(user, client, scope, request)
 
     def _client_credentials_grant(self, form: Mapping[str, Any], request: web.Request) -> dict[str, Any]:

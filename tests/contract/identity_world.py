@@ -63,6 +63,16 @@ class IdentityWorld:
 
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=10)
 
+    def credential_kwargs(self) -> dict[str, Any]:
+        """The settings every azure-identity credential needs against this local authority
+        (API-CONTRACTS §11), without azure-core's retries so failures show at once."""
+        return {
+            "authority": self.authority,
+            "disable_instance_discovery": True,
+            "connection_verify": self.tls.ca_pem_path,
+            "retry_total": 0,
+        }
+
     def requests(self, service: str, method: str | None = None, contains: str = "") -> list[Seen]:
         return [
             s

@@ -58,15 +58,6 @@ def http(world: IdentityWorld) -> Iterator[httpx.Client]:
         yield client
 
 
-def common(world: IdentityWorld) -> dict[str, Any]:
-    """The settings every credential needs against a local authority (API-CONTRACTS §11)."""
-    return {
-        "authority": world.authority,
-        "disable_instance_discovery": True,
-        "connection_verify": world.tls.ca_pem_path,
-        "retry_total": 0,
-    }
-
 
 def password_credential(
     world: IdentityWorld, password: str = PASSWORD, **extra: Any
@@ -75,7 +66,7 @@ def password_credential(
         # UsernamePasswordCredential warns with stacklevel=2, i.e. attributed to *this* module.
         warnings.simplefilter("ignore", DeprecationWarning)
         return UsernamePasswordCredential(
-            PUBLIC_CLIENT, USER, password, tenant_id=TENANT, **common(world), **extra
+            PUBLIC_CLIENT, USER, password, tenant_id=TENANT, **world.credential_kwargs(), **extra
         )
 
 
@@ -267,7 +258,7 @@ def test_wrong_password_raises_client_authentication_error(world: IdentityWorld)
 
 
 def test_client_secret_credential_gets_app_tokens_for_the_vault(world: IdentityWorld) -> None:
-    with ClientSecretCredential(TENANT, APP_CLIENT, APP_SECRET, **common(world)) as credential:
+    with ClientSecretCredential(TENANT, APP_CLIENT, APP_SECRET, **world.credential_kwargs()) as credential:
         token = credential.get_token(VAULT_SCOPE)
 
     principal = world.call(world.entra.principal_for, token.token)
@@ -277,7 +268,7 @@ def test_client_secret_credential_gets_app_tokens_for_the_vault(world: IdentityW
 
 def test_wrong_client_secret_is_invalid_client(world: IdentityWorld) -> None:
     with (
-        ClientSecretCredential(TENANT, APP_CLIENT, "not-the-secret", **common(world)) as credential,
+        ClientSecretCredential(TENANT, APP_CLIENT, "not-the-secret", **world.credential_kwargs()) as credential,
         pytest.raises(ClientAuthenticationError) as caught,
     ):
         credential.get_token(VAULT_SCOPE)
@@ -293,7 +284,7 @@ def test_device_code_credential_declined_login_fails(world: IdentityWorld) -> No
 
     with (
         DeviceCodeCredential(
-            PUBLIC_CLIENT, tenant_id=TENANT, prompt_callback=decline, **common(world)
+            PUBLIC_CLIENT, tenant_id=TENANT, prompt_callback=decline, **world.credential_kwargs()
         ) as credential,
         pytest.raises(ClientAuthenticationError, match="declined"),
     ):
@@ -366,7 +357,7 @@ def test_device_code_login_then_silent_use_from_a_new_process(
         tenant_id=TENANT,
         prompt_callback=approve,
         cache_persistence_options=persistence,
-        **common(world),
+        **world.credential_kwargs(),
     ) as credential:
         record = credential.authenticate(scopes=[ADO_SCOPE])
         signed_in = credential.get_token(ADO_SCOPE)

@@ -6,7 +6,6 @@ import datetime
 import re
 import warnings
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -43,19 +42,11 @@ def http(world: IdentityWorld) -> Iterator[httpx.Client]:
         yield client
 
 
-def credential_kwargs(world: IdentityWorld) -> dict[str, Any]:
-    return {
-        "authority": world.authority,
-        "disable_instance_discovery": True,
-        "connection_verify": world.tls.ca_pem_path,
-        "retry_total": 0,
-    }
-
 
 @pytest.fixture
 def client(world: IdentityWorld) -> Iterator[SecretClient]:
     """A SecretClient authenticated as patrol's own app (client credentials), as production does."""
-    credential = ClientSecretCredential(TENANT, APP_CLIENT, APP_SECRET, **credential_kwargs(world))
+    credential = ClientSecretCredential(TENANT, APP_CLIENT, APP_SECRET, **world.credential_kwargs())
     with (
         credential,
         SecretClient(
@@ -78,7 +69,7 @@ def password_client(world: IdentityWorld, password: str) -> tuple[UsernamePasswo
             password,
             tenant_id=TENANT,
             raw_request_hook=authority_port_hook(world.authority),
-            **credential_kwargs(world),
+            **world.credential_kwargs(),
         )
     return credential, SecretClient(
         world.vault_url,
