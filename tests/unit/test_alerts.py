@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+
+from alerts import rules
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_FILE = ROOT / "alerts" / "patrol.rules.yml"
@@ -29,21 +29,6 @@ DESIGN_ALERTS = ROTATE_ALERTS | {
     "PatrolSourceDown", "PatrolRotationFailed", "PatrolRotationStuck",
 }
 
-
-def _load_rules_module() -> ModuleType:
-    """alerts/ is a checkout tool, not an installed package: load it from its file."""
-    name = "alerts.rules"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "alerts" / "rules.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module          # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-rules = _load_rules_module()
 
 
 def _tool(name: str) -> str:

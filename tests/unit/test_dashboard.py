@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -10,11 +9,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+
+from dashboards import build
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_FILE = ROOT / "dashboards" / "patrol.json"
@@ -22,21 +22,6 @@ PROVISIONING_EXAMPLE = ROOT / "dashboards" / "provisioning.example.yml"
 METRICS_DOC = ROOT / "docs" / "metrics.md"
 PANEL_KINDS = {"row", "stat", "timeseries", "table", "state-timeline"}
 
-
-def _load_build_module() -> ModuleType:
-    """dashboards/ is a checkout tool, not an installed package: load it from its file."""
-    name = "dashboards.build"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "dashboards" / "build.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module          # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-build = _load_build_module()
 
 
 def _committed() -> dict[str, Any]:
