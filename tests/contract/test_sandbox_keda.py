@@ -131,6 +131,16 @@ def _start_world(lt: LoopThread, ado: Any, ado_app: web.Application, secret_valu
     return cluster, lt.run(_setup()), org_url
 
 
+def _make_ado(urls: dict[str, str]) -> tuple[AdoWorld, str]:
+    """The real sandbox AdoWorld with one pool and one KEDA PAT, answering a bad Basic PAT with the
+    203 sign-in page (its default is 401; ``world401`` covers that path). Run on the loop thread."""
+    ado = AdoWorld(ORG, _NoEntra(), base_url_getter=lambda: urls["ado"])
+    ado.basic_pat_failure = "sign-in-page"
+    ado.add_pool(POOL)
+    _, token = ado.issue_pat("bot-oid", "keda", ["vso.agentpools_manage"], valid_to=time.time() + 86400)
+    return ado, token
+
+
 @pytest.fixture
 def world() -> Iterator[World]:
     """The real sandbox AdoWorld, switched to answer a bad Basic PAT with 203 + a sign-in page
@@ -140,14 +150,7 @@ def world() -> Iterator[World]:
     raw_auth: list[str] = []
     urls: dict[str, str] = {}
 
-    def _make() -> tuple[AdoWorld, str]:
-        ado = AdoWorld(ORG, _NoEntra(), base_url_getter=lambda: urls["ado"])
-        ado.basic_pat_failure = "sign-in-page"
-        ado.add_pool(POOL)
-        _, token = ado.issue_pat("bot-oid", "keda", ["vso.agentpools_manage"], valid_to=time.time() + 86400)
-        return ado, token
-
-    ado, token = lt.call(_make)
+    ado, token = lt.call(_make_ado, urls)
     app = ado.app([*middlewares("ado", log, faults), _capture_auth(raw_auth)])
     cluster, actors, org_url = _start_world(lt, ado, app, token, urls=urls)
     w = World(lt, ado, cluster, actors, log, org_url, raw_auth, first_token=token)
@@ -433,14 +436,7 @@ def test_job_generator_keeps_agents_busy() -> None:
     log = RequestLog()
     urls: dict[str, str] = {}
 
-    def _make() -> tuple[AdoWorld, str]:
-        ado = AdoWorld(ORG, _NoEntra(), base_url_getter=lambda: urls["ado"])
-        ado.basic_pat_failure = "sign-in-page"
-        ado.add_pool(POOL)
-        _, token = ado.issue_pat("bot-oid", "keda", ["vso.agentpools_manage"], valid_to=time.time() + 86400)
-        return ado, token
-
-    ado, token = lt.call(_make)
+    ado, token = lt.call(_make_ado, urls)
     _, actors, _ = _start_world(lt, ado, ado.app(middlewares("ado", log, FaultTable())), token,
                                 job_interval=0.3, urls=urls)
     try:
