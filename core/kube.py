@@ -102,6 +102,12 @@ class KubeEvent:
     involved_name: str
     involved_namespace: str
     resource_version: str
+    # events.k8s.io fields (KEDA >= 2.20 records through that API; client-go tools/events):
+    # repeats of one key only raise series.count, and the message stays the first one's.
+    event_time: datetime | None = None
+    series_count: int | None = None
+    reporting_controller: str = ""
+    action: str = ""
 
 
 ROLLOUT_DEFAULT = "default"
@@ -229,6 +235,10 @@ def parse_event(obj: Mapping[str, Any]) -> KubeEvent:
         involved_name=str((involved or {}).get("name") or ""),
         involved_namespace=str((involved or {}).get("namespace") or meta.get("namespace") or ""),
         resource_version=str(meta.get("resourceVersion", "")),
+        event_time=event_time,
+        series_count=series_count if isinstance(series_count := (series or {}).get("count"), int) else None,
+        reporting_controller=str(obj.get("reportingComponent") or obj.get("reportingController") or ""),
+        action=str(obj.get("action") or ""),
     )
 
 
