@@ -48,7 +48,7 @@ from core.config import (
 )
 
 # ADO OAuth/PAT scopes a token may ask for. Sources:
-# - swagger securityDefinitions in ../shared/specs/azure-devops/ (build71, release71, taskAgent71,
+# - swagger securityDefinitions in tests/fixtures/specs/azure-devops/ (build71, release71, taskAgent71,
 #   tokens-7.2 EntraOAuth: vso.pats, vso.pats_manage);
 # - the scope table of learn.microsoft.com/azure/devops/integrate/get-started/authentication/oauth
 #   (MicrosoftDocs/azure-devops-docs docs/integrate/get-started/authentication/oauth.md,

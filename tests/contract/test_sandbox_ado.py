@@ -22,7 +22,7 @@ from sandbox.app import SandboxThread
 
 pytestmark = pytest.mark.contract
 
-SPECS = Path("/work/shared/specs/azure-devops")
+SPECS = Path(__file__).resolve().parents[1] / "fixtures" / "specs" / "azure-devops"
 SUPPRESS = {"X-TFS-FedAuthRedirect": "Suppress"}
 EXPIRED_HEADER = "Access%20Denied%3A%20The%20Personal%20Access%20Token%20used%20has%20expired."
 ADO_DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,7})?Z$")

@@ -554,7 +554,7 @@ def test_orphan_pat_from_another_worker_is_revoked_after_the_grace(world: World)
 
 
 def alert_payload(token: str = "keda", fp: str = "e2e0001", starts: str = "2026-08-01T10:00:00Z") -> bytes:
-    fixture = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "alertmanager"
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "alertmanager"
     doc: dict[str, Any] = json.loads((fixture / "webhook-v4-firing.json").read_text())
     doc["alerts"][0]["labels"] = {"alertname": "PatRenewalDue", "token": token, "remediation": "rotate",
                                   "severity": "warning"}

@@ -28,7 +28,7 @@ from core.errors import (
 from core.retry import Backoff
 from core.secret import Secret
 
-SPECS = (Path(__file__).parents[2] / "../shared/specs/azure-devops").resolve()
+SPECS = Path(__file__).resolve().parents[1] / "fixtures" / "specs" / "azure-devops"
 ORG = "https://dev.azure.com/fabrikam"
 VSSPS = "https://vssps.dev.azure.com/fabrikam"
 PAT_VALUE = "q7zx3k2mnb5vcx4lkjhgfdsapoiuytrewqmnbvcxzlkjhgfdsa42"      # 52 chars, PAT-shaped

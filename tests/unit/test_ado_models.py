@@ -29,7 +29,7 @@ from core._ado_models import (
 )
 from core.secret import Secret
 
-SPECS = (Path(__file__).parents[2] / "../shared/specs/azure-devops").resolve()
+SPECS = Path(__file__).resolve().parents[1] / "fixtures" / "specs" / "azure-devops"
 
 
 def example(name: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import pytest
 
 from remediation.alerts import PayloadError, parse_body, parse_notification, parse_time
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "alertmanager"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "alertmanager"
 
 
 def load(name: str) -> dict[str, Any]:

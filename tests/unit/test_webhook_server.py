@@ -22,7 +22,7 @@ from remediation.metrics import WorkerMetrics
 from remediation.planner import Planner, RotationRequest
 from remediation.server import MAX_BODY, WEBHOOK_PATH, WorkerServer
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "alertmanager"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "alertmanager"
 TOKEN = "s3cret-webhook-token"
 
 
