@@ -19,7 +19,7 @@ from typing import Literal, Protocol
 from core import config
 from core.ado import AdoClient, Agent, CreatedPat, JobRequest, PatInfo, PatLifecycleClient, Pool, ProbeResult
 from core.entra import TokenProvider, azure_credential, close_credential, user_token_provider
-from core.keyvault import KeyVaultReader, reader
+from core.keyvault import KeyVault, KeyVaultReader, reader
 from core.kube import KedaScaler, KubeCluster, KubeEvent, ScalerResource
 from core.retry import Backoff
 from core.secret import Secret
@@ -142,6 +142,11 @@ class CoreWorld:
         with self._lock:
             vault = self._vaults().vault(spec.vault_url)
         return KeyVaultSink(spec, vault)
+
+    def vault(self, vault_url: str) -> KeyVault:
+        """One vault's client (``patrol adopt`` tags a version in place, without a new one)."""
+        with self._lock:
+            return self._vaults().vault(vault_url)
 
     def organization_client(self, organization: str, pat: Secret) -> OrganizationApi:
         org = self.config.organization(organization)
