@@ -61,7 +61,8 @@ def expiry_text(valid_to: float) -> str:
 
 
 def exporter_expiry(cfg: Config) -> dict[str, tuple[str, float]]:
-    """token → (source, value) of patrol_pat_expiry_timestamp_seconds after one refresh."""
+    """token → (source, value) of patrol_pat_expiry_timestamp_seconds after one refresh, and
+    ``managed:<token>`` → ("", patrol_pat_managed)."""
     exporter = build(cfg, CoreClients(cfg, {}, backoff=QUICK, probe_backoff=QUICK), watch_timeout=1)
     try:
         for source in exporter.sources:
@@ -76,6 +77,9 @@ def exporter_expiry(cfg: Config) -> dict[str, tuple[str, float]]:
                 if family.name == "patrol_pat_expiry_timestamp_seconds":
                     for s in family.samples:
                         found[s.labels["token"]] = (s.labels["source"], s.value)
+                if family.name == "patrol_pat_managed":
+                    for s in family.samples:
+                        found["managed:" + s.labels["token"]] = ("", s.value)
         return found
     finally:
         exporter.close()
@@ -88,7 +92,9 @@ def test_adopt_yes_labels_every_sink_and_the_exporter_reports_the_real_expiry(
     keda_pat = sb.call(lambda: sb.world.ado.pat(seeded.keda_pat_id))
     daily_pat = sb.call(lambda: sb.world.ado.pat(seeded.daily_pat_id))
     values_before = {c: sb.call(lambda c=c: sb.world.clusters[c].secret_value(NS, SECRET, KEY)) for c in CLUSTERS}
-    assert "keda" not in exporter_expiry(cfg)          # hand-pasted: patrol cannot tell its expiry
+    before = exporter_expiry(cfg)
+    assert "keda" not in before                        # hand-pasted: patrol cannot tell its expiry
+    assert before["managed:keda"] == ("", 0.0) and before["managed:daily-checks"] == ("", 0.0)
 
     assert adopt(sb, "keda", "--yes") == 0
     out = capsys.readouterr().out
@@ -113,6 +119,7 @@ def test_adopt_yes_labels_every_sink_and_the_exporter_reports_the_real_expiry(
     expiry = exporter_expiry(cfg)
     assert expiry["keda"] == ("lifecycle-api", pytest.approx(keda_pat.valid_to, abs=1))
     assert expiry["daily-checks"] == ("lifecycle-api", pytest.approx(daily_pat.valid_to, abs=1))
+    assert expiry["managed:keda"] == ("", 1.0) and expiry["managed:daily-checks"] == ("", 1.0)
     patrol_pats = [p for p in sb.call(sb.world.ado.pats) if p["displayName"].startswith("patrol-")]
     assert patrol_pats == [], "adoption must not rotate"
 
