@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 
 from core.config import Config, load_config
+from core.errors import ConflictError
 from core.retry import Backoff
 from exporter.assembly import CoreClients, build
 from patrol.cli import main
+from remediation.world import CoreWorld
 from sandbox.app import SandboxThread
 from sandbox.scenarios import KEDA_SCOPES, scenario
 
@@ -196,3 +198,51 @@ def test_no_fitting_pat_is_refused(sb: SandboxThread, capsys: pytest.CaptureFixt
     assert adopt(sb, "keda", "--yes") == 1
     assert "no active PAT of the bot fits" in capsys.readouterr().err
     assert world_state(sb) == state
+
+
+def test_the_core_writes_adoption_uses_touch_only_metadata(sb: SandboxThread) -> None:
+    """KubeCluster.annotate_secret and KeyVault.update_properties over the real clients."""
+    cfg = load_config(sb.ready["config"])
+    with CoreWorld(cfg, env={}) as world:
+        cluster = world.cluster("cft-ptl")
+        before = cluster.read_secret(NS, SECRET)
+        after = cluster.annotate_secret(NS, SECRET, annotations={"patrol.io/authorization-id": "x"},
+                                        resource_version=before.resource_version)
+        assert after.annotations["patrol.io/authorization-id"] == "x"
+        assert after.data == before.data and after.resource_version != before.resource_version
+        with pytest.raises(ConflictError):
+            cluster.annotate_secret(NS, SECRET, annotations={"patrol.io/authorization-id": "y"},
+                                    resource_version=before.resource_version)
+        assert cluster.read_secret(NS, SECRET).annotations["patrol.io/authorization-id"] == "x"
+
+        vault = world.vault(sb.ready["keyvault_url"])
+        props, value = vault.get_secret("azure-devops-token")
+        when = datetime(2027, 1, 2, 3, 4, 5, tzinfo=UTC)
+        updated = vault.update_properties("azure-devops-token", props.version, expires_on=when,
+                                          tags={"authorizationId": "z"})
+        assert updated.version == props.version and updated.expires_on == when
+        latest, latest_value = vault.get_secret("azure-devops-token")
+        assert latest.version == props.version and latest.tags == {"authorizationId": "z"}
+        assert latest_value == value
+        assert len(vault.list_versions("azure-devops-token")) == 1
+
+
+def test_the_exporter_flags_a_global_pat(sb: SandboxThread) -> None:
+    seeded = sb.world.seeded
+    auth_id, value = sb.call(lambda: sb.world.ado.issue_pat(seeded.bot_oid, "keda-global", list(KEDA_SCOPES),
+                                                            time.time() + 3600, all_orgs=True))
+    for cluster in CLUSTERS:
+        sb.call(lambda c=cluster: sb.world.clusters[c].put_secret(
+            NS, SECRET, {KEY: value}, annotations={"patrol.io/authorization-id": auth_id}))
+    cfg = load_config(sb.ready["config"])
+    exporter = build(cfg, CoreClients(cfg, {}, backoff=QUICK, probe_backoff=QUICK), watch_timeout=1)
+    try:
+        for prefix in ("kubernetes/", "pat-lifecycle/"):
+            for source in exporter.sources:
+                if source.name.startswith(prefix):
+                    source.refresh()
+        flags = {s.labels["token"]: s.value for source in exporter.sources for family in source.samples()
+                 if family.name == "patrol_pat_global" for s in family.samples}
+    finally:
+        exporter.close()
+    assert flags == {"keda": 1.0}                     # daily-checks' PAT is unknown: no series
