@@ -18,11 +18,14 @@ Guarantees:
 Why proof is by elimination: the PAT Lifecycle API never returns a token's value, and ADO has
 no "which PAT is this?" call for a PAT. What *can* be checked is checked: the sinks' token
 authenticates with every configured scope (the same probe as the exporter's validity check);
+it authenticates as the bot (``connectionData`` with the token and with the bot's own sign-in
+name the same user; where ADO will not say, the plan says so);
 a candidate is an active PAT of the bot with exactly those scopes, not expired, not a global
 PAT once global PATs stopped authenticating (the sinks' token does authenticate), not already
 recorded in another token's sinks, and with a ``validTo`` matching an expiry a sink already
-records (a Key Vault ``exp`` set by hand). Exactly one such PAT is the one in the sinks unless
-the token belongs to another account — which ``--authorization-id`` lets an operator settle.
+records (a Key Vault ``exp`` set by hand). Exactly one such PAT left is the one in the sinks
+(unless ADO would not say whose the token is and it is not the bot's); ``--authorization-id``
+lets an operator settle what elimination cannot.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
 from core import config
-from core.ado import PatInfo, ProbeResult
+from core.ado import ConnectionData, PatInfo, ProbeResult
 from core.errors import ConflictError, NotFoundError, PatrolError, PermanentError
 from core.keyvault import SecretVersion
 from core.kube import KubeSecret
@@ -64,12 +67,18 @@ class PatReader(Protocol):
              name_prefix: str | None = None) -> builtins.list[PatInfo]: ...
 
 
-class TokenProbe(Protocol):
+class Identity(Protocol):
+    """:class:`core.ado.AdoClient` as adoption asks ADO who a credential belongs to."""
+
+    def connection_data(self) -> ConnectionData: ...
+
+    def close(self) -> None: ...
+
+
+class TokenProbe(Identity, Protocol):
     """:class:`core.ado.AdoClient` authenticated with the sinks' token."""
 
     def probe(self, scopes: str | Iterable[str], *, project: str | None = None) -> ProbeResult: ...
-
-    def close(self) -> None: ...
 
 
 class SecretApi(Protocol):
@@ -100,6 +109,8 @@ class AdoptionWorld(Protocol):
     def vault(self, vault_url: str) -> VaultApi: ...
 
     def organization_client(self, organization: str, pat: Secret) -> TokenProbe: ...
+
+    def bot_client(self, organization: str) -> Identity: ...
 
 
 # -- what a plan holds ----------------------------------------------------------------------------
@@ -231,13 +242,17 @@ class Adopter:
                            f"new one: patrol rotate {token.name}")
         value = holdings[0].value
         assert value is not None
-        probe = self._probe(token, value)
+        probe, owner = self._probe(token, value)
         base = AdoptionPlan(token=token, holdings=holdings, probe=probe)
         if not probe.ok:
             return _refuse(base, f"the token in the sinks does not authenticate ({probe.detail}): "
                            "adopting would label a dead PAT. Replace it with a new one: "
                            f"patrol rotate {token.name}")
         notes: list[str] = []
+        ownership = self._ownership(token, owner)
+        if isinstance(ownership, _Foreign):
+            return _refuse(base, ownership.why)
+        notes.append(ownership)
         if probe.unverified:
             notes.append(f"scopes {' '.join(probe.unverified)} have no read-only call: the probe "
                          "shows only that the token authenticates")
@@ -278,13 +293,41 @@ class Adopter:
         return AdoptionPlan(token=token, holdings=holdings, probe=probe, candidates=candidates,
                             chosen=fitting[0].pat, notes=tuple(notes))
 
-    def _probe(self, token: config.Token, value: Secret) -> ProbeResult:
+    def _probe(self, token: config.Token, value: Secret) -> tuple[ProbeResult, ConnectionData | str]:
+        """The probe, and who ADO says the token belongs to (or why it would not say)."""
         client = self.world.organization_client(token.organization, value)
         try:
             project = token.pipeline.project if token.pipeline else None
-            return client.probe(token.scopes, project=project)
+            result = client.probe(token.scopes, project=project)
+            if not result.ok:
+                return result, "not asked"
+            try:
+                return result, client.connection_data()
+            except PermanentError as exc:      # e.g. VS30063 for an agent-pools-only PAT (§2.4)
+                return result, str(exc)
         finally:
             client.close()
+
+    def _ownership(self, token: config.Token, owner: ConnectionData | str) -> str | _Foreign:
+        """A note on whose token it is, or why it cannot be the bot's (then nothing fits)."""
+        if isinstance(owner, str) or owner.authenticated_user_id is None:
+            why = owner if isinstance(owner, str) else "no authenticated user in the answer"
+            return (f"ADO did not say whom the token belongs to (connectionData: {why}): that it "
+                    "is the bot's rests on the elimination below")
+        bot = self.world.bot_client(token.organization)
+        try:
+            me = bot.connection_data()
+        finally:
+            bot.close()
+        if me.authenticated_user_id is None:
+            return "ADO did not say who the bot is: that the token is the bot's rests on the elimination below"
+        if owner.authenticated_user_id.lower() != me.authenticated_user_id.lower():
+            return _Foreign(
+                f"the token in the sinks belongs to {owner.authenticated_user_name or '?'} "
+                f"({owner.authenticated_user_id}), not to the bot {me.authenticated_user_name or '?'} "
+                f"({me.authenticated_user_id}): patrol manages the bot's PATs only, and the bot cannot "
+                f"see or revoke this one. Replace it with a PAT of the bot: patrol rotate {token.name}")
+        return f"ADO says the token belongs to the bot ({me.authenticated_user_name or me.authenticated_user_id})"
 
     def _candidates(self, token: config.Token, active: Sequence[PatInfo],
                     holdings: Sequence[Holding]) -> Iterable[Candidate]:
@@ -382,6 +425,13 @@ class Adopter:
         if latest.version != holding.version or value.fingerprint != holding.fingerprint:
             raise PermanentError(f"{spec.id}: a new version was written while adopting (version "
                                  f"{latest.version}, adopted {holding.version}): run patrol adopt again")
+
+
+@dataclass(frozen=True)
+class _Foreign:
+    """The sinks' token authenticates as someone other than the bot."""
+
+    why: str
 
 
 def _refuse(plan: AdoptionPlan, why: str) -> AdoptionPlan:

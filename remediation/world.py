@@ -148,9 +148,18 @@ class CoreWorld:
         with self._lock:
             return self._vaults().vault(vault_url)
 
-    def organization_client(self, organization: str, pat: Secret) -> OrganizationApi:
+    def organization_client(self, organization: str, pat: Secret) -> AdoClient:
         org = self.config.organization(organization)
         return AdoClient(org.url, pat, auth="pat", vsrm_url=org.vsrm_url, backoff=PROBE_BACKOFF)
+
+    def bot_client(self, organization: str) -> AdoClient:
+        """A new client signed in as the bot (its Entra token), to ask ADO who the bot is;
+        the caller closes it."""
+        self.pats(organization)                # builds the bot's token provider once
+        org = self.config.organization(organization)
+        with self._lock:
+            provider = self._providers[organization]
+        return AdoClient(org.url, provider, auth="bearer", vsrm_url=org.vsrm_url, backoff=PROBE_BACKOFF)
 
     def close(self) -> None:
         with self._lock:

@@ -139,6 +139,7 @@ def test_dry_run_shows_the_candidate_and_writes_nothing(sb: SandboxThread,
     out = capsys.readouterr().out
     assert sb.world.seeded.keda_pat_id in out
     assert "keda-seed" in out and "fits" in out and "dry run: nothing written" in out
+    assert "ADO says the token belongs to the bot" in out
     assert world_state(sb) == state
 
 
@@ -246,3 +247,19 @@ def test_the_exporter_flags_a_global_pat(sb: SandboxThread) -> None:
     finally:
         exporter.close()
     assert flags == {"keda": 1.0}                     # daily-checks' PAT is unknown: no series
+
+
+def test_a_token_of_another_account_is_refused_even_when_a_bot_pat_would_fit(
+        sb: SandboxThread, capsys: pytest.CaptureFixture[str]) -> None:
+    # A person pasted their own PAT; the bot's seeded PAT has the same scopes and would "fit".
+    alice = sb.call(lambda: sb.world.entra.add_user("alice@sandbox.onmicrosoft.com", "pw-alice-0123456789"))
+    sb.call(lambda: sb.world.ado.register_user(alice, "alice@sandbox.onmicrosoft.com", "Alice"))
+    _, value = sb.call(lambda: sb.world.ado.issue_pat(alice, "alice-keda", list(KEDA_SCOPES), time.time() + 3600))
+    for cluster in CLUSTERS:
+        sb.call(lambda c=cluster: sb.world.clusters[c].put_secret(NS, SECRET, {KEY: value}))
+    state = world_state(sb)
+    assert adopt(sb, "keda", "--yes") == 1
+    err = capsys.readouterr().err
+    assert f"belongs to Alice ({alice}), not to the bot" in err
+    assert value not in err
+    assert world_state(sb) == state

@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 
 import pytest
 
 from core import config
-from core.errors import ConflictError, PermanentError
+from core.ado import ConnectionData, ProbeResult
+from core.errors import ConflictError, PatrolError, PermanentError, UnauthorizedError
 from core.keyvault import SecretVersion
 from core.kube import KubeSecret
 from core.secret import Secret
 from remediation.adopt import GLOBAL_PAT_RETIREMENT, Adopter, AdoptionPlan
 from remediation.cli import print_adoption_plan
-from tests.unit.rotation_fakes import Clock, FakeCluster, FakeVault, FakeWorld, PatRow, StoredSecret, make_config
+from tests.unit.rotation_fakes import (
+    Clock,
+    FakeCluster,
+    FakeOrg,
+    FakeVault,
+    FakeWorld,
+    PatRow,
+    StoredSecret,
+    make_config,
+)
 
 SCOPES = ("vso.agentpools_manage",)
 
@@ -69,6 +79,36 @@ class AdoptWorld(FakeWorld):
         return self.vault
 
 
+BOT = ConnectionData(authenticated_user_id="BOT-OID", authenticated_user_name="Azure DevOps Bot", instance_id=None)
+
+
+class Whoami:
+    """connectionData as ADO answers it: the bot, someone else, or a refusal (VS30063)."""
+
+    def __init__(self, answer: ConnectionData | PatrolError) -> None:
+        self.answer = answer
+        self.closed = False
+
+    def connection_data(self) -> ConnectionData:
+        if isinstance(self.answer, PatrolError):
+            raise self.answer
+        return self.answer
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class OwnedOrg(Whoami):
+    """The fake org client with the PAT's owner: the bot unless the test says otherwise."""
+
+    def __init__(self, org: FakeOrg, answer: ConnectionData | PatrolError) -> None:
+        super().__init__(answer)
+        self.org = org
+
+    def probe(self, scopes: str | Iterable[str], *, project: str | None = None) -> ProbeResult:
+        return self.org.probe(scopes, project=project)
+
+
 class _World:
     """The :class:`remediation.adopt.AdoptionWorld` view of an :class:`AdoptWorld`."""
 
@@ -76,7 +116,14 @@ class _World:
         self.w = world
         self.pats = world.pats
         self.cluster = world.cluster
-        self.organization_client = world.organization_client
+        self.owners: dict[str, ConnectionData | PatrolError] = {}     # token value -> connectionData
+
+    def organization_client(self, organization: str, pat: Secret) -> OwnedOrg:
+        lowered = dataclasses.replace(BOT, authenticated_user_id="bot-oid")      # ids compare case-blind
+        return OwnedOrg(self.w.organization_client(organization, pat), self.owners.get(pat.reveal(), lowered))
+
+    def bot_client(self, organization: str) -> Whoami:
+        return Whoami(BOT)
 
     def vault(self, vault_url: str) -> AdoptVault:
         return self.w.vault_for(vault_url)
@@ -108,8 +155,11 @@ def paste(world: AdoptWorld, cfg: config.Config, row: PatRow, *, vault_exp: date
                                    tags={"owner": "platform"})
 
 
-def adopter(cfg: config.Config, world: AdoptWorld, clock: Clock) -> Adopter:
-    return Adopter(cfg, _World(world), clock=clock, sleep=clock.sleep)
+def adopter(cfg: config.Config, world: AdoptWorld, clock: Clock,
+            owners: dict[str, ConnectionData | PatrolError] | None = None) -> Adopter:
+    view = _World(world)
+    view.owners.update(owners or {})
+    return Adopter(cfg, view, clock=clock, sleep=clock.sleep)
 
 
 def snapshot(world: AdoptWorld) -> object:
@@ -271,3 +321,27 @@ def test_the_plan_printout_names_candidates_and_never_values(cfg: config.Config,
     assert row.info.authorization_id in text and "'keda-by-hand'" in text and "fits" in text
     assert "validTo" in text and "by elimination" in text
     assert row.value not in text
+
+
+def test_a_token_of_another_account_is_refused(cfg: config.Config, world: AdoptWorld, clock: Clock) -> None:
+    row = world.pats_api.add("keda-by-hand", SCOPES)
+    paste(world, cfg, row)
+    someone = ConnectionData(authenticated_user_id="alice-oid", authenticated_user_name="Alice", instance_id=None)
+    before = snapshot(world)
+    plan = adopter(cfg, world, clock, {row.value: someone}).plan("keda")
+    assert plan.refusal is not None
+    assert "belongs to Alice (alice-oid), not to the bot Azure DevOps Bot (BOT-OID)" in plan.refusal
+    assert "patrol rotate keda" in plan.refusal
+    assert snapshot(world) == before
+
+
+def test_when_ado_will_not_say_whose_token_it_is_the_plan_says_so(
+        cfg: config.Config, world: AdoptWorld, clock: Clock) -> None:
+    row = world.pats_api.add("keda-by-hand", SCOPES)
+    paste(world, cfg, row)
+    refused = UnauthorizedError("VS30063: You are not authorized to access https://dev.azure.com", status=401)
+    plan = adopter(cfg, world, clock, {row.value: refused}).plan("keda")
+    assert plan.refusal is None and plan.chosen == row.info
+    assert any("ADO did not say whom the token belongs to" in n and "VS30063" in n for n in plan.notes)
+    own = adopter(cfg, world, clock).plan("keda")
+    assert any("belongs to the bot (Azure DevOps Bot)" in n for n in own.notes)
