@@ -63,8 +63,8 @@ def expiry_text(valid_to: float) -> str:
 
 
 def exporter_expiry(cfg: Config) -> dict[str, tuple[str, float]]:
-    """token → (source, value) of patrol_pat_expiry_timestamp_seconds after one refresh, and
-    ``managed:<token>`` → ("", patrol_pat_managed)."""
+    """token → (source, value) of patrol_pat_expiry_timestamp_seconds after one refresh,
+    ``managed:<token>`` → ("", patrol_pat_managed) and ``valid:<sink>`` → ("", patrol_pat_valid)."""
     exporter = build(cfg, CoreClients(cfg, {}, backoff=QUICK, probe_backoff=QUICK), watch_timeout=1)
     try:
         for source in exporter.sources:
@@ -82,6 +82,9 @@ def exporter_expiry(cfg: Config) -> dict[str, tuple[str, float]]:
                 if family.name == "patrol_pat_managed":
                     for s in family.samples:
                         found["managed:" + s.labels["token"]] = ("", s.value)
+                if family.name == "patrol_pat_valid":
+                    for s in family.samples:
+                        found["valid:" + s.labels["sink"]] = ("", s.value)
         return found
     finally:
         exporter.close()
@@ -97,6 +100,8 @@ def test_adopt_yes_labels_every_sink_and_the_exporter_reports_the_real_expiry(
     before = exporter_expiry(cfg)
     assert "keda" not in before                        # hand-pasted: patrol cannot tell its expiry
     assert before["managed:keda"] == ("", 0.0) and before["managed:daily-checks"] == ("", 0.0)
+    validity = {k: v for k, v in before.items() if k.startswith("valid:")}
+    assert len(validity) == 3 and set(validity.values()) == {("", 1.0)}   # still probed while unmanaged
 
     assert adopt(sb, "keda", "--yes") == 0
     out = capsys.readouterr().out
