@@ -106,6 +106,7 @@ def test_adopt_yes_labels_every_sink_and_the_exporter_reports_the_real_expiry(
     assert adopt(sb, "keda", "--yes") == 0
     out = capsys.readouterr().out
     assert f"keda adopted as {seeded.keda_pat_id}" in out
+    assert not any(v and v in out for v in values_before.values())
     for cluster in CLUSTERS:
         obj = secret(sb, cluster)
         annotations = obj["metadata"]["annotations"]

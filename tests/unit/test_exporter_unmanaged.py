@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from core.errors import UnavailableError
 from exporter.fanout import Fanout
 from tests.unit.exporter_world import ORG, at, pat
 from tests.unit.test_exporter_pats import World
@@ -71,3 +72,19 @@ def test_a_global_pat_is_flagged(fanout: Fanout) -> None:
 
     assert sample(w, GLOBAL, "keda") == 1.0
     assert sample(w, MANAGED, "keda") == 1.0
+
+
+def test_without_the_pat_list_the_recorded_id_still_says_managed(fanout: Fanout) -> None:
+    w = World(fanout)
+    w.pats.fail = UnavailableError("vssps unreachable", service="ado-pats")
+    w.cft.put_secret("azure-devops", "azure-devops-token", {"token": "t1"},
+                     {"patrol.io/authorization-id": "a-keda"})
+    w.sds.put_secret("azure-devops", "azure-devops-token", {"token": "t1"},
+                     {"patrol.io/authorization-id": "a-keda"})
+    w.vault.put("azure-devops-token", "t2")
+    w.refresh()
+
+    assert w.up() == 0.0
+    assert sample(w, MANAGED, "keda") == 1.0
+    assert sample(w, MANAGED, "daily-checks") == 0.0
+    assert sample(w, GLOBAL, "keda") is None                   # cannot tell without the PAT list
