@@ -330,6 +330,44 @@ GROUPS: tuple[Group, ...] = (
             ),
         ),
     ),
+    # Tokens patrol does not own yet, and PATs that can no longer work wherever they sit. Neither
+    # starts a rotation: adoption is the operator's call, and a global PAT may serve other
+    # organizations that a rotation here (which revokes it) would break.
+    Group(
+        "patrol.adopt",
+        (
+            Alert(
+                name="PatUnmanaged",
+                expr="max by (token, organization) (patrol_pat_managed) == 0\n",
+                for_="30m",
+                severity="info",
+                summary="patrol does not know which PAT token {{ $labels.token }} is",
+                description=(
+                    "The sinks of token {{ $labels.token }} (organization {{ $labels.organization }}) "
+                    "hold a PAT pasted by hand: no sink records its authorizationId, so patrol cannot "
+                    "match it to Azure DevOps' list of PATs, reports no expiry for it (unless a sink "
+                    "records one) and no renewal or expiry alert can fire. Run "
+                    "`patrol adopt {{ $labels.token }} --dry-run`, then `patrol adopt "
+                    "{{ $labels.token }}` to record it (the token value is not changed)."
+                ),
+            ),
+            Alert(
+                name="PatGlobal",
+                expr="max by (token, organization) (patrol_pat_global) == 1\n",
+                for_="5m",
+                severity="warning",
+                summary="Token {{ $labels.token }} is a global PAT, which Azure DevOps no longer accepts",
+                description=(
+                    "The PAT in the sinks of token {{ $labels.token }} (organization "
+                    "{{ $labels.organization }}) is valid for all organizations. Global PATs stopped "
+                    "authenticating on 2026-12-01. Replace it with an organization-scoped PAT: "
+                    "`patrol rotate {{ $labels.token }}` (patrol never creates global PATs); if the "
+                    "same PAT serves other organizations, give each its own token first, because the "
+                    "rotation revokes it."
+                ),
+            ),
+        ),
+    ),
 )
 
 

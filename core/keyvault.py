@@ -166,6 +166,15 @@ class KeyVault:
             result = self._client.get_secret(name, version)
         return secret_version(result.properties), Secret(result.value or "")
 
+    def update_properties(self, name: str, version: str, *, expires_on: datetime | None,
+                          tags: Mapping[str, str]) -> SecretVersion:
+        """Set the expiry and tags of one existing version (``PATCH``); the value and the version
+        stay the same, so nothing that reads the secret sees a change of token."""
+        with _translated(f"Key Vault update {name}", self.vault_url):
+            props = self._client.update_secret_properties(name, version, expires_on=expires_on,
+                                                          tags=dict(tags))
+        return secret_version(props)
+
     def get_properties(self, name: str, version: str | None = None) -> SecretVersion:
         """A version's attributes and tags. The REST API has no value-less GET of one version,
         so this reads the secret and drops the value at once."""

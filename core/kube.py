@@ -446,6 +446,15 @@ class KubeCluster:
         doc = self._call(f"patch Secret {ns}/{name}", self._core.patch_namespaced_secret, name, ns, body)
         return parse_secret(doc)
 
+    def annotate_secret(self, ns: str, name: str, *, annotations: Mapping[str, str],
+                        resource_version: str) -> KubeSecret:
+        """Set ``annotations`` (strategic merge patch of metadata only: the data is untouched)
+        only if the Secret is still at ``resource_version``; a stale version raises
+        :class:`ConflictError`. ``patrol adopt`` labels a hand-pasted token this way."""
+        body = {"metadata": {"resourceVersion": resource_version, "annotations": dict(annotations)}}
+        doc = self._call(f"annotate Secret {ns}/{name}", self._core.patch_namespaced_secret, name, ns, body)
+        return parse_secret(doc)
+
     # -- Events -----------------------------------------------------------------------------
 
     def list_events(self, ns: str, *, field_selector: str) -> tuple[list[KubeEvent], str]:

@@ -26,7 +26,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 
 
 # Commands that print their own progress for a person: their logs default to warnings only.
-_INTERACTIVE = frozenset({"rotate", "history", "check", "example", "login"})
+_INTERACTIVE = frozenset({"rotate", "history", "check", "example", "login", "adopt"})
 
 
 def _common(parser: argparse.ArgumentParser, env: Mapping[str, str], *, config: bool = True) -> None:
@@ -61,6 +61,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                "  patrol exporter --config patrol.yaml --listen 0.0.0.0:9877\n"
                "  patrol worker --config patrol.yaml --listen 0.0.0.0:9878\n"
                "  patrol rotate keda --config patrol.yaml --dry-run\n"
+               "  patrol adopt keda --config patrol.yaml --dry-run\n"
                "  patrol sandbox --ready-file /tmp/sandbox.json\n"
                "  patrol demo\n\n"
                "exit codes: 0 ok, 1 failure, 2 usage or configuration error",
@@ -97,7 +98,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
               "  patrol sandbox --ready-file /tmp/sb.json --scenario large --duration 600",
               _run_sandbox)
     sb.add_argument("--ready-file", required=True, metavar="PATH", help="where to write the ready JSON")
-    sb.add_argument("--scenario", default="default", help="scenario: default or large")
+    sb.add_argument("--scenario", default="default", help="scenario: default, large or unadopted")
     sb.add_argument("--dir", default=None, metavar="DIR", help="working directory (default: a new temp dir)")
     sb.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                     help="stop after this long (default: until Ctrl-C)")
@@ -121,6 +122,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     from remediation import cli as remediation_cli
 
     remediation_cli.add_parsers(sub, env, common=lambda p: _common(p, env))
+    remediation_cli.add_adopt_parser(sub, env, common=lambda p: _common(p, env))
 
     # login
     login = _sub(sub, "login", "sign in once as the bot account (device code) for silent refresh later",

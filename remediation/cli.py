@@ -34,6 +34,7 @@ from core.errors import ConfigError
 from core.secret import Secret
 
 if TYPE_CHECKING:
+    from remediation.adopt import AdoptionPlan
     from remediation.journal import RotationRecord
     from remediation.saga import RotationPreview, StepEvent
 
@@ -344,3 +345,112 @@ def run_history(args: argparse.Namespace, out: TextIO | None = None) -> int:
     else:
         print(format_history(records, steps=args.steps), file=out)
     return EXIT_OK
+
+
+# -- patrol adopt ---------------------------------------------------------------------------------
+# Self-contained: its parser, its printing and its handler; patrol/cli.py mounts it with
+# add_adopt_parser. The adoption logic itself lives in remediation/adopt.py.
+
+def add_adopt_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: Mapping[str, str],
+                     common: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """Mount ``adopt`` on ``sub`` (``common`` as for :func:`add_parsers`)."""
+    adopt = sub.add_parser(
+        "adopt", help="take over a hand-pasted PAT: record which PAT the sinks hold",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Find which of the bot's active PATs the sinks of TOKEN hold, prove it as far as\n"
+                    "ADO allows, and write the metadata patrol's worker writes (Secret annotations,\n"
+                    "Key Vault tags and exp) into every sink, without changing the token value.",
+        epilog="examples:\n  patrol adopt keda --config patrol.yaml --dry-run\n"
+               "  patrol adopt keda --config patrol.yaml --yes\n"
+               "  patrol adopt keda --config patrol.yaml --authorization-id 3f2c...\n\n"
+               "exit codes: 0 adopted (or already adopted, or a dry run that would adopt),\n"
+               "1 refused or failed (nothing written), 2 usage or configuration error")
+    adopt.add_argument("token", metavar="TOKEN", help="a token name from the configuration")
+    adopt.add_argument("--authorization-id", metavar="ID", default=None,
+                       help="the PAT the sinks hold, when several fit (or to settle it yourself)")
+    adopt.add_argument("--dry-run", action="store_true", help="show the plan and write nothing")
+    adopt.add_argument("--yes", action="store_true",
+                       help="do not ask: adopt when exactly one PAT fits")
+    adopt.set_defaults(handler=run_adopt)
+    if common is not None:
+        common(adopt)
+    else:
+        adopt.add_argument("--config", metavar="FILE", default=env.get("PATROL_CONFIG"),
+                           help="patrol configuration file (env PATROL_CONFIG)")
+    adopt.set_defaults(env=env)
+
+
+def print_adoption_plan(plan: AdoptionPlan, out: TextIO) -> None:
+    token = plan.token
+    print(f"adopt token {token.name} (organization {token.organization}, scopes "
+          f"{' '.join(token.scopes)})", file=out)
+    print("  sinks:", file=out)
+    for h in plan.holdings:
+        held = "holds a token" if h.value is not None else "holds nothing"
+        recorded = (f", records {h.meta.authorization_id}" if h.meta.authorization_id
+                    else ", no patrol metadata")
+        print(f"    {h.sink_id}: {held}{recorded}", file=out)
+    if plan.probe is not None:
+        print(f"  probe: {'authenticates' if plan.probe.ok else 'REJECTED'} ({plan.probe.detail})", file=out)
+    if plan.candidates:
+        print("  active PATs of the bot with these scopes:", file=out)
+        for c in plan.candidates:
+            p = c.pat
+            mark = "fits" if c.fits else "ruled out: " + "; ".join(c.objections)
+            scope = "all organizations" if p.is_global else "this organization"
+            print(f"    {p.authorization_id}  {p.display_name!r}  scopes {' '.join(p.scopes)}  validTo "
+                  f"{p.valid_to:%Y-%m-%dT%H:%M:%SZ}  ({scope}) — {mark}", file=out)
+    elif plan.probe is not None and plan.probe.ok:
+        print("  active PATs of the bot with these scopes: none", file=out)
+    for note in plan.notes:
+        print(f"  note: {note}", file=out)
+    if plan.chosen is not None and not plan.already_adopted:
+        print(f"  plan: record {plan.chosen.authorization_id} (validTo "
+              f"{plan.chosen.valid_to:%Y-%m-%dT%H:%M:%SZ}) in every sink; token values unchanged", file=out)
+
+
+def _ask(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in {"y", "yes"}
+    except EOFError:
+        return False
+
+
+def run_adopt(args: argparse.Namespace, out: TextIO | None = None,
+              confirm: Callable[[str], bool] = _ask) -> int:
+    from remediation.adopt import Adopter
+    from remediation.world import CoreWorld
+
+    out = out or sys.stdout
+    cfg = _config(args)
+    if args.token not in {t.name for t in cfg.tokens}:
+        known = ", ".join(t.name for t in cfg.tokens) or "none"
+        print(f"patrol: no token named {args.token!r} in {cfg.source} (configured: {known})", file=sys.stderr)
+        return EXIT_USAGE
+    with CoreWorld(cfg, env=_env(args)) as world:
+        adopter = Adopter(cfg, world)
+        plan = adopter.plan(args.token, authorization_id=args.authorization_id)
+        print_adoption_plan(plan, out)
+        if plan.refusal is not None:
+            print(f"patrol: adopt {args.token} refused, nothing written: {plan.refusal}", file=sys.stderr)
+            return EXIT_FAILURE
+        assert plan.chosen is not None
+        if plan.already_adopted:
+            print(f"{args.token} is already adopted: every sink records {plan.chosen.authorization_id}; "
+                  "nothing changed", file=out)
+            return EXIT_OK
+        if args.dry_run:
+            print("dry run: nothing written", file=out)
+            return EXIT_OK
+        if not (args.yes or args.authorization_id or
+                confirm(f"record {plan.chosen.authorization_id} in {len(plan.holdings)} sink(s)?")):
+            print(f"patrol: adopt {args.token}: not confirmed, nothing written (pass --yes to adopt "
+                  "without asking)", file=sys.stderr)
+            return EXIT_FAILURE
+        for line in adopter.apply(plan):
+            print(f"  {line}", file=out)
+        print(f"{args.token} adopted as {plan.chosen.authorization_id}: the exporter reports its expiry "
+              "from the PAT Lifecycle API from its next refresh", file=out)
+        return EXIT_OK

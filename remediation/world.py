@@ -19,7 +19,7 @@ from typing import Literal, Protocol
 from core import config
 from core.ado import AdoClient, Agent, CreatedPat, JobRequest, PatInfo, PatLifecycleClient, Pool, ProbeResult
 from core.entra import TokenProvider, azure_credential, close_credential, user_token_provider
-from core.keyvault import KeyVaultReader, reader
+from core.keyvault import KeyVault, KeyVaultReader, reader
 from core.kube import KedaScaler, KubeCluster, KubeEvent, ScalerResource
 from core.retry import Backoff
 from core.secret import Secret
@@ -143,9 +143,23 @@ class CoreWorld:
             vault = self._vaults().vault(spec.vault_url)
         return KeyVaultSink(spec, vault)
 
-    def organization_client(self, organization: str, pat: Secret) -> OrganizationApi:
+    def vault(self, vault_url: str) -> KeyVault:
+        """One vault's client (``patrol adopt`` tags a version in place, without a new one)."""
+        with self._lock:
+            return self._vaults().vault(vault_url)
+
+    def organization_client(self, organization: str, pat: Secret) -> AdoClient:
         org = self.config.organization(organization)
         return AdoClient(org.url, pat, auth="pat", vsrm_url=org.vsrm_url, backoff=PROBE_BACKOFF)
+
+    def bot_client(self, organization: str) -> AdoClient:
+        """A new client signed in as the bot (its Entra token), to ask ADO who the bot is;
+        the caller closes it."""
+        self.pats(organization)                # builds the bot's token provider once
+        org = self.config.organization(organization)
+        with self._lock:
+            provider = self._providers[organization]
+        return AdoClient(org.url, provider, auth="bearer", vsrm_url=org.vsrm_url, backoff=PROBE_BACKOFF)
 
     def close(self) -> None:
         with self._lock:

@@ -6,9 +6,9 @@ PAT kept in a Secret, a daily-checks pipeline whose PAT lives in Key Vault, and 
 username/password in Key Vault as the real seed keeps them. The seed is *adopted*: the Secrets
 are annotated with the PAT's id and expiry and the Key Vault secret tagged with its id, as an
 operator does when adopting patrol (``annotate_seed=False`` gives the hand-pasted, un-annotated
-world). Lifetimes are minutes instead of days so a whole rotation fits in a test. ``large`` is
-mostly static data sized for exporter benchmarks (1,000 PATs, 100 pools, 10 clusters), with the
-actors slowed right down.
+world, also named scenario ``unadopted``). Lifetimes are minutes instead of days so a whole
+rotation fits in a test. ``large`` is mostly static data sized for exporter benchmarks (1,000
+PATs, 100 pools, 10 clusters), with the actors slowed right down.
 
 Every knob is a field of :class:`ScenarioParams` so a test can shorten or lengthen it
 (``scenario("default", keda_pat_lifetime=30)``).
@@ -70,8 +70,9 @@ class ScenarioParams:
                                          ClusterSpec("sds-ptl", "sds-agents"))
     keda_pat_name: str = "keda-seed"
     keda_pat_lifetime: float = 600.0             # the seeded KEDA PAT (short: rotation is due soon)
-    # True: the seeded Secrets carry the seeded PAT's id and expiry, as after adopting patrol
-    # (docs/rotation.md); False: pasted by hand and never annotated (the un-adopted world).
+    # True: the seeded Secrets carry the seeded PAT's id and expiry and the Key Vault secret its
+    # id tag and exp, as after adopting patrol (docs/adopt.md); False: pasted by hand, no
+    # metadata anywhere (the un-adopted world, scenario ``unadopted``).
     annotate_seed: bool = True
     daily_pat_name: str = "daily-checks-seed"
     daily_pat_lifetime: float = 600.0
@@ -105,7 +106,7 @@ def _large() -> ScenarioParams:
     )
 
 
-SCENARIOS = ("default", "large")
+SCENARIOS = ("default", "large", "unadopted")
 
 
 def scenario(name: str = "default", **overrides: Any) -> ScenarioParams:
@@ -114,6 +115,8 @@ def scenario(name: str = "default", **overrides: Any) -> ScenarioParams:
         base = ScenarioParams()
     elif name == "large":
         base = _large()
+    elif name == "unadopted":                    # the default world as a team has it before patrol
+        base = ScenarioParams(name="unadopted", annotate_seed=False)
     else:
         raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
     return replace(base, **overrides)
@@ -171,8 +174,11 @@ def seed(params: ScenarioParams, *, ado: AdoWorld, entra: Entra, kv: KeyVaultSto
 
     daily_id, daily_token = ado.issue_pat(bot_oid, params.daily_pat_name, list(DAILY_CHECKS_SCOPES),
                                           now + params.daily_pat_lifetime)
-    kv.set_secret("azure-devops-token", daily_token, exp=int(ado.pat(daily_id).valid_to),
-                  tags={"authorizationId": daily_id})
+    if params.annotate_seed:
+        kv.set_secret("azure-devops-token", daily_token, exp=int(ado.pat(daily_id).valid_to),
+                      tags={"authorizationId": daily_id})
+    else:                                        # pasted by hand: no expiry, no tags
+        kv.set_secret("azure-devops-token", daily_token)
 
     definition_id = ado.add_definition(params.project, params.definition)
     period = params.pipeline_interval or 86400.0

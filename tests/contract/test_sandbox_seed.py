@@ -41,9 +41,12 @@ def test_the_default_seed_is_annotated_as_an_adopted_deployment(sandbox: Sandbox
     assert daily["attributes"]["exp"] == int(sandbox.call(lambda: sandbox.world.ado.pat(seeded.daily_pat_id).valid_to))
 
 
-def test_annotate_seed_false_leaves_the_secrets_bare(tmp_path: Path) -> None:
-    params = scenario("default", annotate_seed=False, job_interval=None, pipeline_interval=None)
+def test_the_unadopted_scenario_leaves_secrets_and_vault_bare(tmp_path: Path) -> None:
+    params = scenario("unadopted", job_interval=None, pipeline_interval=None)
+    assert params.annotate_seed is False
     with SandboxThread(str(tmp_path), params) as sb:
         assert secret_annotations(sb, "cft-ptl") == {}
-        assert sb.call(sb.world.kv.latest, "azure-devops-token")["tags"] == {
-            "authorizationId": sb.world.seeded.daily_pat_id}
+        assert secret_annotations(sb, "sds-ptl") == {}
+        daily = sb.call(sb.world.kv.latest, "azure-devops-token")
+        assert not daily.get("tags")
+        assert "exp" not in daily["attributes"]

@@ -27,6 +27,7 @@ ROTATE_ALERTS = {"PatRenewalDue", "PatInvalid", "KedaScalerAuthFailing"}
 DESIGN_ALERTS = ROTATE_ALERTS | {
     "PatExpiringSoon", "PatExpired", "AgentPoolStarved", "DailyChecksStale", "DailyChecksFailing",
     "PatrolSourceDown", "PatrolRotationFailed", "PatrolRotationStuck",
+    "PatUnmanaged", "PatGlobal",                   # issue 8: adopt a hand-pasted PAT, flag global PATs
 }
 
 

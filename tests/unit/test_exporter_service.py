@@ -130,7 +130,8 @@ def test_one_refresh_fills_every_metric_of_the_contract(exporter: Exporter) -> N
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert set(families) == {
         "patrol_pat_expiry_timestamp_seconds", "patrol_pat_renewal_timestamp_seconds", "patrol_pat_valid",
-        "patrol_keda_scaler_auth_failures", "patrol_keda_scaler_ready", "patrol_consumer_info",
+        "patrol_pat_managed", "patrol_pat_global", "patrol_keda_scaler_auth_failures", "patrol_keda_scaler_ready",
+        "patrol_consumer_info",
         "patrol_agent_pool_agents", "patrol_agent_pool_queued_jobs",
         "patrol_agent_pool_oldest_queued_job_age_seconds", "patrol_pipeline_last_run_timestamp_seconds",
         "patrol_pipeline_last_success_timestamp_seconds", "patrol_source_up",
