@@ -34,6 +34,7 @@ class ClusterLike(Protocol):
 
 class ActorsLike(Protocol):
     def snapshot(self) -> dict[str, Any]: ...
+    def harm(self) -> dict[str, int]: ...
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -115,6 +116,8 @@ class Control:
         r.add_patch("/ado/behaviour", self.set_behaviour)
         r.add_post("/entra/revoke-refresh-tokens", self.revoke_refresh_tokens)
         r.add_post("/entra/expire-access-tokens", self.expire_access_tokens)
+        r.add_post("/entra/users/disable", self.disable_user)
+        r.add_post("/entra/users/enable", self.enable_user)
         return app
 
     async def index(self, request: web.Request) -> web.Response:
@@ -152,11 +155,21 @@ class Control:
         return {
             **ado,
             "actors": self.actors.snapshot() if self.actors is not None else {},
+            "harm": self.harm(),
             "keyvault": keyvault,
             "kubernetes": self.kube_state() if self.kube_state is not None else {},
             "faults": [f.to_dict() for f in self.faults.list()],
             "requests_logged": len(self.log),
         }
+
+    def harm(self) -> dict[str, int]:
+        """Cumulative harm counters since start, merged from every actor family's ``harm()``
+        (each family returns its own keys: the pipeline and Key Vault readers give
+        ``pipeline_runs_failed`` and ``secret_reader_failures``)."""
+        harm: dict[str, int] = {}
+        if self.actors is not None:
+            harm.update(self.actors.harm())
+        return harm
 
     async def state(self, request: web.Request) -> web.Response:
         return _json(self.snapshot())
@@ -309,3 +322,20 @@ class Control:
         except KeyError:
             raise _BadRequest(404, f"no user {username!r}") from None
         return _json({"username": username, "access_tokens": "expired"})
+
+    async def _set_enabled(self, request: web.Request, enabled: bool) -> web.Response:
+        body = await _body(request)
+        username = str(body.get("username", self.bot_username))
+        try:
+            self.entra.set_user_enabled(username, enabled)
+        except KeyError:
+            raise _BadRequest(404, f"no user {username!r}") from None
+        return _json({"username": username, "enabled": enabled})
+
+    async def disable_user(self, request: web.Request) -> web.Response:
+        """Disable a user (default: the bot) in Entra; ADO revokes their PATs (AdoWorld's
+        ``disabled_user_revoke_delay`` later; 0 by default)."""
+        return await self._set_enabled(request, False)
+
+    async def enable_user(self, request: web.Request) -> web.Response:
+        return await self._set_enabled(request, True)

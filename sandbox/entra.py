@@ -169,6 +169,7 @@ class Entra:
         self._refresh: dict[str, _RefreshToken] = {}
         self._device_by_code: dict[str, _DeviceFlow] = {}
         self._device_by_user_code: dict[str, _DeviceFlow] = {}
+        self._user_listeners: list[Callable[[str, bool], None]] = []
 
     # ---------------------------------------------------------------- directory
     def add_user(self, username: str, password: str) -> str:
@@ -184,7 +185,18 @@ class Entra:
         self.revoke_refresh_tokens(username)
 
     def set_user_enabled(self, username: str, enabled: bool) -> None:
-        self._user(username).enabled = enabled
+        """Disable (or re-enable) a user: no token is issued to them and their access tokens stop
+        working; listeners (ADO, which revokes the user's PATs) hear of every change."""
+        user = self._user(username)
+        if user.enabled == enabled:
+            return
+        user.enabled = enabled
+        for listener in list(self._user_listeners):
+            listener(user.oid, enabled)
+
+    def on_user_enabled(self, listener: Callable[[str, bool], None]) -> None:
+        """Call ``listener(oid, enabled)`` whenever a user is disabled or re-enabled."""
+        self._user_listeners.append(listener)
 
     def add_public_client(self, client_id: str) -> None:
         self._clients[client_id] = _Client(client_id=client_id, secret=None, sp_oid=None)

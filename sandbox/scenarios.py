@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from sandbox.ado import AdoWorld
+from sandbox.ado import GLOBAL_PAT_CUTOFF, AdoWorld
 from sandbox.entra import Entra
 from sandbox.keyvault import KeyVaultStore
 
@@ -78,6 +78,18 @@ class ScenarioParams:
     keda_polling_interval: int = 2               # ScaledJob pollingInterval
     job_interval: float | None = 4.0             # the job generator; None = no generator
     pipeline_interval: float | None = 20.0       # daily-checks pipeline period; None = not running
+    # How long one daily-checks run lasts: it reads its PAT from Key Vault at its start and uses it
+    # at its start, middle and end, so a rotation can happen during a run, as in production.
+    pipeline_duration: float = 6.0
+    # An External-Secrets-style reader of the Key Vault PAT: fetches the latest version every this
+    # many seconds and calls ADO with what it holds every keyvault_reader_call_interval; None = none.
+    keyvault_reader_refresh: float | None = 10.0
+    keyvault_reader_call_interval: float = 2.0
+    # Global (allOrgs) PATs stop authenticating at this unix time (2026-12-01T00:00:00Z, Microsoft's
+    # retirement of global PATs); None = never, for a test that needs the world before it.
+    global_pat_cutoff: float | None = GLOBAL_PAT_CUTOFF
+    # Seconds between disabling a user in Entra and ADO revoking their PATs (real: up to 1 h).
+    disabled_user_revoke_delay: float = 0.0
     entra_token_lifetime: float = 3600.0
     seed_builds: int = 3                         # completed daily-checks runs already in history
     extra_pats: int = 0                          # bot-owned PATs besides the two seeded ones

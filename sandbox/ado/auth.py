@@ -72,7 +72,7 @@ class Auth:
                 user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 return ("basic", "")
-            return ("basic", (password or user).strip())
+            return ("basic", password or user)      # exactly as sent: ADO strips nothing
         if scheme.lower() == "bearer":
             return ("bearer", value)
         return (scheme.lower(), value)
@@ -100,7 +100,9 @@ class Auth:
         auth = self.w.authenticate(secret)
         if auth.result == "expired":
             raise self._deny(request, service_error=EXPIRED_MESSAGE, basic_pat=True)
-        if auth.result in ("revoked", "unknown"):
+        if auth.result in ("revoked", "unknown", "global_retired"):
+            # A decommissioned global PAT is refused like a revoked one; the exact body ADO gives
+            # it after 2026-12-01 is not documented (UNVERIFIED), the 401 is.
             raise self._deny(request, basic_pat=True)
         assert auth.owner_oid is not None
         if allowed is not None and "app_token" not in auth.scopes and not (auth.scopes & allowed):

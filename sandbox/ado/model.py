@@ -36,8 +36,13 @@ EXPIRED_MESSAGE = "Access Denied: The Personal Access Token used has expired."
 VS30063 = "VS30063: You are not authorized to access https://dev.azure.com."
 TF400813 = "TF400813: The user '{user}' is not authorized to access this resource."
 
+# Microsoft devblog "Retirement of global personal access tokens in Azure DevOps" (Dec 2025):
+# creating or regenerating global PATs is blocked from 2026-03-15, and "all existing global PATs
+# will be fully decommissioned" on 2026-12-01: they stop authenticating (API-CONTRACTS §12).
+GLOBAL_PAT_CUTOFF = 1796083200.0          # 2026-12-01T00:00:00Z
+
 PatStatus = Literal["active", "expired", "revoked"]
-AuthResult = Literal["ok", "expired", "revoked", "unknown"]
+AuthResult = Literal["ok", "expired", "revoked", "unknown", "global_retired"]
 SCOPE_RX = re.compile(r"^(app_token|vso\.[a-z0-9_]+(\.[a-z0-9_]+)*)$")
 
 
@@ -74,12 +79,13 @@ class Pat:
     valid_to: float
     all_orgs: bool
     token_sha256: str                # the value itself is never kept
-    revoked_at: float | None = None
+    revoked_at: float | None = None  # may lie ahead: revocation scheduled by disabling the owner
     last_used: float | None = None
     uses: int = 0
+    owner_disabled: bool = False     # revoked_at was set because the owner was disabled
 
     def status(self, now: float) -> PatStatus:
-        if self.revoked_at is not None:
+        if self.revoked_at is not None and now >= self.revoked_at:
             return "revoked"
         return "expired" if now >= self.valid_to else "active"
 
@@ -224,8 +230,15 @@ class AdoWorld:
     """The state of one simulated ADO organization."""
 
     def __init__(self, org: str, entra: EntraLike, *, clock: Callable[[], float] = time.time,
-                 base_url_getter: Callable[[], str] | None = None) -> None:
+                 base_url_getter: Callable[[], str] | None = None,
+                 global_pat_cutoff: float | None = GLOBAL_PAT_CUTOFF,
+                 disabled_user_revoke_delay: float = 0.0) -> None:
+        """``global_pat_cutoff``: the unix time from which a global (``allOrgs``) PAT no longer
+        authenticates (None: never). ``disabled_user_revoke_delay``: seconds between disabling a
+        user in Entra and ADO revoking their PATs (real ADO: up to an hour; 0 = at once)."""
         self.org = org
+        self.global_pat_cutoff = global_pat_cutoff
+        self.disabled_user_revoke_delay = disabled_user_revoke_delay
         self.entra = entra
         self.clock = clock
         self.org_id = str(uuid.uuid4())
@@ -302,13 +315,19 @@ class AdoWorld:
         return auth_id, token
 
     def authenticate(self, token_value: str) -> PatAuth:
-        digest = hashlib.sha256(token_value.strip().encode()).hexdigest()
+        """Match a PAT value exactly as sent: ADO strips nothing, so ``"pat\n"`` or ``"pat "`` is
+        an unknown credential (only KEDA trims one trailing newline, on its side)."""
+        digest = hashlib.sha256(token_value.encode()).hexdigest()
         auth_id = self._pat_by_hash.get(digest)
         if auth_id is None:
             return PatAuth("unknown")
         pat = self._pats[auth_id]
-        status = pat.status(self.clock())
+        now = self.clock()
+        status = pat.status(now)
         result: AuthResult = "ok" if status == "active" else status
+        if result == "ok" and pat.all_orgs and self.global_pat_cutoff is not None \
+                and now >= self.global_pat_cutoff:
+            result = "global_retired"
         if result == "ok":
             pat.last_used = self.clock()
             pat.uses += 1
@@ -318,13 +337,40 @@ class AdoWorld:
         return self._pats[authorization_id]
 
     def pat_id_for_value(self, token_value: str) -> str | None:
-        """The authorizationId of a token value (the control API revokes 'whatever a sink holds')."""
-        return self._pat_by_hash.get(hashlib.sha256(token_value.strip().encode()).hexdigest())
+        """The authorizationId of a token value (the control API revokes 'whatever a sink holds').
+
+        The value as held, or as KEDA reads it (one trailing newline trimmed): this finds the PAT
+        a sink stands for; it is not authentication, which is exact (:meth:`authenticate`)."""
+        for candidate in (token_value, token_value.removesuffix("\n")):
+            auth_id = self._pat_by_hash.get(hashlib.sha256(candidate.encode()).hexdigest())
+            if auth_id is not None:
+                return auth_id
+        return None
 
     def revoke_pat(self, authorization_id: str) -> None:
         pat = self._pats[authorization_id]
-        if pat.revoked_at is None:
-            pat.revoked_at = self.clock()
+        now = self.clock()
+        if pat.revoked_at is None or pat.revoked_at > now:
+            pat.revoked_at = now
+            pat.owner_disabled = False
+
+    def user_enabled_changed(self, oid: str, enabled: bool) -> None:
+        """Entra disabled (or re-enabled) a user. Disabling revokes every PAT the user owns after
+        ``disabled_user_revoke_delay`` (API-CONTRACTS §12; Microsoft Learn "Use personal access
+        tokens", FAQ: a PAT is invalidated within an hour once its user is removed or disabled).
+        Re-enabling before then cancels what has not happened yet; a revocation that happened
+        stays."""
+        now = self.clock()
+        for pat in self._pats.values():
+            if pat.owner_oid != oid:
+                continue
+            if not enabled:
+                if pat.revoked_at is None:
+                    pat.revoked_at = now + self.disabled_user_revoke_delay
+                    pat.owner_disabled = True
+            elif pat.owner_disabled and pat.revoked_at is not None and pat.revoked_at > now:
+                pat.revoked_at = None
+                pat.owner_disabled = False
 
     def expire_pat(self, authorization_id: str) -> None:
         """Make the PAT expired now (validTo = now), as if its lifetime had run out."""
@@ -338,7 +384,8 @@ class AdoWorld:
             {"authorizationId": p.authorization_id, "displayName": p.display_name, "scope": p.scope,
              "owner": p.owner_oid, "validFrom": format_ado_datetime(p.valid_from),
              "validTo": format_ado_datetime(p.valid_to), "valid_to": p.valid_to, "allOrgs": p.all_orgs,
-             "status": p.status(now), "revokedAt": p.revoked_at, "lastUsed": p.last_used,
+             "status": p.status(now),
+             "revokedAt": p.revoked_at if p.status(now) == "revoked" else None, "lastUsed": p.last_used,
              "uses": p.uses, "fingerprint": p.token_sha256[:12]}
             for p in self._pats.values()
         ]

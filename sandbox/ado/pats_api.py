@@ -121,9 +121,15 @@ class PatsApi:
                       "patTokens": [self._pat_json(p) for p in page]})
 
     def _check_request(self, *, scope: str, valid_to: float, all_orgs: bool, display_name: str,
-                       valid_to_changed: bool = True) -> tuple[str | None, float]:
-        """Validation + org policies shared by create and update; returns (error, validTo)."""
+                       valid_to_changed: bool = True,
+                       valid_from: float | None = None) -> tuple[str | None, float]:
+        """Validation + org policies shared by create and update; returns (error, validTo).
+
+        The maximum lifespan counts from ``valid_from``: now for a create, the PAT's own validFrom
+        for an update (API-CONTRACTS §12: ``PatTokenUpdateRequest.validTo`` is capped at validFrom
+        + the maximum), so extending a PAT never buys it more than one policy lifetime."""
         now = self.w.clock()
+        start = now if valid_from is None else valid_from
         policy = self.w.policy
         if not display_name.strip():
             return "displayNameRequired", valid_to
@@ -138,10 +144,10 @@ class PatsApi:
             return "globalPatPolicyViolation", valid_to
         if policy.restrict_full_scope and "app_token" in scopes:
             return "fullScopePatPolicyViolation", valid_to
-        if valid_to_changed and policy.max_lifespan is not None and valid_to - now > policy.max_lifespan:
+        if valid_to_changed and policy.max_lifespan is not None and valid_to - start > policy.max_lifespan:
             if policy.lifespan_mode == "reject":
                 return "patLifespanPolicyViolation", valid_to
-            valid_to = now + policy.max_lifespan
+            valid_to = start + policy.max_lifespan
         return None, valid_to
 
     def _valid_to(self, raw: Any, default: float) -> float | None:
@@ -195,7 +201,8 @@ class PatsApi:
             return self._pat_error("invalidScope")
         changed_to = valid_to != pat.valid_to
         error, valid_to = self._check_request(scope=scope, valid_to=valid_to, all_orgs=all_orgs,
-                                              display_name=display, valid_to_changed=changed_to)
+                                              display_name=display, valid_to_changed=changed_to,
+                                              valid_from=pat.valid_from)
         if error is not None:
             return self._pat_error(error)
         pat.display_name, pat.scope, pat.all_orgs = display, " ".join(scope.split()), all_orgs
