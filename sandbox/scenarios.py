@@ -6,8 +6,9 @@ PAT kept in a Secret, a daily-checks pipeline whose PAT lives in Key Vault, and 
 username/password in Key Vault as the real seed keeps them. The seed is *adopted*: the Secrets
 are annotated with the PAT's id and expiry and the Key Vault secret tagged with its id, as an
 operator does when adopting patrol (``annotate_seed=False`` gives the hand-pasted, un-annotated
-world). Lifetimes are minutes instead of days so a whole rotation fits in a test. ``large`` is
-mostly static data sized for exporter benchmarks (1,000 PATs, 100 pools, 10 clusters), with the
+Secrets). ``unadopted`` is the default world as a team has it before patrol: bare Secrets and a
+bare Key Vault secret. Lifetimes are minutes instead of days so a whole rotation fits in a test.
+``large`` is mostly static data sized for exporter benchmarks (1,000 PATs, 100 pools, 10 clusters), with the
 actors slowed right down.
 
 Every knob is a field of :class:`ScenarioParams` so a test can shorten or lengthen it
@@ -73,6 +74,9 @@ class ScenarioParams:
     # True: the seeded Secrets carry the seeded PAT's id and expiry, as after adopting patrol
     # (docs/rotation.md); False: pasted by hand and never annotated (the un-adopted world).
     annotate_seed: bool = True
+    # True: the seeded Key Vault secret carries what patrol writes beside a value (tag
+    # authorizationId and exp = the PAT's validTo); False: a bare secret, set by hand.
+    tag_keyvault_seed: bool = True
     daily_pat_name: str = "daily-checks-seed"
     daily_pat_lifetime: float = 600.0
     keda_polling_interval: int = 2               # ScaledJob pollingInterval
@@ -117,7 +121,14 @@ def _large() -> ScenarioParams:
     )
 
 
-SCENARIOS = ("default", "large")
+def _unadopted() -> ScenarioParams:
+    """The default world as a team has it before patrol: bare Secrets (no patrol.io annotations)
+    and a bare Key Vault secret (no authorizationId tag, no exp), so nothing says which PAT a sink
+    holds or when it expires until ``patrol adopt`` (or a rotation) writes it."""
+    return ScenarioParams(name="unadopted", annotate_seed=False, tag_keyvault_seed=False)
+
+
+SCENARIOS = ("default", "large", "unadopted")
 
 
 def scenario(name: str = "default", **overrides: Any) -> ScenarioParams:
@@ -126,6 +137,8 @@ def scenario(name: str = "default", **overrides: Any) -> ScenarioParams:
         base = ScenarioParams()
     elif name == "large":
         base = _large()
+    elif name == "unadopted":
+        base = _unadopted()
     else:
         raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
     return replace(base, **overrides)
@@ -183,8 +196,11 @@ def seed(params: ScenarioParams, *, ado: AdoWorld, entra: Entra, kv: KeyVaultSto
 
     daily_id, daily_token = ado.issue_pat(bot_oid, params.daily_pat_name, list(DAILY_CHECKS_SCOPES),
                                           now + params.daily_pat_lifetime)
-    kv.set_secret("azure-devops-token", daily_token, exp=int(ado.pat(daily_id).valid_to),
-                  tags={"authorizationId": daily_id})
+    if params.tag_keyvault_seed:
+        kv.set_secret("azure-devops-token", daily_token, exp=int(ado.pat(daily_id).valid_to),
+                      tags={"authorizationId": daily_id})
+    else:
+        kv.set_secret("azure-devops-token", daily_token)
 
     definition_id = ado.add_definition(params.project, params.definition)
     period = params.pipeline_interval or 86400.0
