@@ -1,7 +1,8 @@
 """A faithful local Azure DevOps: the org (dev.azure.com), vssps and vsrm paths patrol and KEDA use.
 
-Where to look: :mod:`~sandbox.ado.model` holds the world's state (PATs, pools, agents, jobs,
-builds) and what ADO does to it over time; :mod:`~sandbox.ado.auth` who may call;
+Where to look: :mod:`~sandbox.ado.model` holds the world's state and what ADO does to it over
+time (PATs expiring, revoked, retired; jobs assigned); :mod:`~sandbox.ado.records` its records;
+:mod:`~sandbox.ado.auth` who may call;
 :mod:`~sandbox.ado.pats_api`, :mod:`~sandbox.ado.agents_api` and :mod:`~sandbox.ado.builds_api`
 the wire format of each API; :mod:`~sandbox.ado.app` the routing; :mod:`~sandbox.ado.timefmt`
 ADO's date formats. This package re-exports what the rest of the sandbox and the tests import.
@@ -13,15 +14,9 @@ from sandbox.ado.model import (
     EXPIRED_MESSAGE,
     GLOBAL_PAT_CUTOFF,
     AdoWorld,
-    Agent,
-    Build,
-    JobRequest,
-    Pat,
-    PatAuth,
-    PatPolicy,
-    Pool,
     PrincipalLike,
 )
+from sandbox.ado.records import Agent, Build, JobRequest, Pat, PatAuth, PatPolicy, Pool
 from sandbox.ado.timefmt import ado_time, format_ado_datetime, format_ticks_datetime, parse_datetime
 
 __all__ = [

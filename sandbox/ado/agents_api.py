@@ -14,7 +14,8 @@ from typing import Any
 from aiohttp import web
 
 from sandbox.ado.auth import Auth
-from sandbox.ado.model import SERVICE_OWNER, AdoWorld, Agent, JobRequest, Pool
+from sandbox.ado.model import SERVICE_OWNER, AdoWorld
+from sandbox.ado.records import Agent, JobRequest, Pool
 from sandbox.ado.timefmt import format_ado_datetime
 from sandbox.ado.wire import (
     POOLS_SCOPES,

@@ -16,7 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from sandbox.ado.auth import Auth
-from sandbox.ado.model import AdoWorld, Build, Project, Release
+from sandbox.ado.model import AdoWorld
+from sandbox.ado.records import Build, Project, Release
 from sandbox.ado.timefmt import format_ado_datetime, format_ticks_datetime, parse_datetime
 from sandbox.ado.wire import (
     BUILD_SCOPES,

@@ -16,7 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from sandbox.ado.auth import Auth
-from sandbox.ado.model import SCOPE_RX, AdoWorld, Pat, PrincipalLike
+from sandbox.ado.model import SCOPE_RX, AdoWorld, PrincipalLike
+from sandbox.ado.records import Pat
 from sandbox.ado.timefmt import ado_time, format_ado_datetime, parse_datetime
 from sandbox.ado.wire import Answer, ado_error, decode_token, encode_token, json_response
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
-from sandbox.ado.model import AdoWorld, User
+from sandbox.ado.model import AdoWorld
+from sandbox.ado.records import User
 
 
 class Answer(Exception):
