@@ -113,7 +113,7 @@ def _large() -> ScenarioParams:
         name="large",
         clusters=tuple(ClusterSpec(f"cluster-{i:02d}", f"pool-{i:02d}") for i in range(10)),
         keda_pat_lifetime=30 * 86400.0, daily_pat_lifetime=30 * 86400.0,
-        keda_polling_interval=30, job_interval=None, pipeline_interval=600.0,
+        keda_polling_interval=30, job_interval=None, pipeline_interval=600.0, keyvault_reader_refresh=None,
         seed_builds=50, extra_pats=998, extra_pools=90, agents_per_extra_pool=3,
         config_lifetime="30d", config_renew_before="7d", config_pipeline_max_age="26h",
         exporter_intervals={"pat_interval": "30s", "validity_interval": "30s", "keda_interval": "15s",
