@@ -19,9 +19,8 @@ accounts for how they really behave, so they copy the real code paths rather tha
   fails JSON decoding with Go's error text.
 * **Agents** start with the Secret's value at pod start, authenticate, register, take one job,
   finish it and unregister (``--once``). A rejected PAT means a failed pod and no agent.
-* **Job generator** queues a job on every targeted pool each ``job_interval``.
-* **Daily-checks pipeline** reads its PAT from Key Vault, probes ADO with it and records a
-  succeeded or failed build.
+* **Job generator, daily-checks pipeline and Key Vault reader** live in :mod:`sandbox.pipeline`
+  (:class:`~sandbox.pipeline.Workloads`); :class:`Actors` starts them beside KEDA.
 
 All of it runs as tasks on the sandbox loop. :meth:`Actors.snapshot` reports what each actor
 sees, with token fingerprints (sha256[:8]) and never a token value.
@@ -47,6 +46,8 @@ import aiohttp
 from yarl import URL
 
 from sandbox.kube import SCALEDJOBS, ClusterState, GoTimeError, ResourceType, parse_go_time
+from sandbox.pipeline import PipelineAdoLike, PipelineSpec, Workloads
+from sandbox.readers import ReaderSpec, SecretSourceLike
 
 log = logging.getLogger("sandbox.actors")
 
@@ -60,7 +61,7 @@ SCALER_TYPE = "azure-pipelines"
 KEDA_COMPONENT = "keda-operator"
 
 
-class AdoLike(Protocol):
+class AdoLike(PipelineAdoLike, Protocol):
     """What the actors need from ``sandbox.ado.AdoWorld`` (besides its HTTP API)."""
 
     def pool_by_name(self, name: str) -> int | None: ...
@@ -69,25 +70,6 @@ class AdoLike(Protocol):
     def queue_job(self, pool_id: int, *, definition: str = ...) -> int: ...
     def assign_job(self, pool_id: int, agent_id: int) -> int | None: ...
     def finish_job(self, request_id: int, result: str = ...) -> None: ...
-    def record_build(self, project: str, definition: str, *, result: str, queue_time: float,
-                     start_time: float, finish_time: float) -> int: ...
-
-
-class SecretSourceLike(Protocol):
-    """What the pipeline needs from ``sandbox.keyvault.KeyVaultStore``."""
-
-    def latest_value(self, name: str) -> str | None: ...
-
-
-@dataclass(frozen=True)
-class PipelineSpec:
-    """The scheduled daily-checks pipeline: its build definition and where its PAT lives."""
-
-    project: str
-    definition: str
-    interval: float                         # seconds between runs (the first run starts at once)
-    keyvault_secret: str = "azure-devops-token"
-    pool_name: str | None = None            # pool to probe; default: the first pool a ScaledJob targets
 
 
 @dataclass(frozen=True)
@@ -742,27 +724,12 @@ def _rfc3339(t: float) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _PipelineStats:
-    runs: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    last_result: str | None = None
-    last_error: str | None = None
-    token_fingerprint: str | None = None
-
-
-@dataclass
-class _GeneratorStats:
-    jobs_queued: int = 0
-    last_error: str | None = None
-
-
 @dataclass(kw_only=True)
 class Actors:
-    """KEDA for every azure-pipelines ScaledJob in every cluster, their agents, the job generator
-    and the daily-checks pipeline. ``ado_base_url`` is the organization URL; the KEDA loop period
-    is ``keda_polling_interval`` (the sandbox's time compression of ``spec.pollingInterval``)."""
+    """KEDA for every azure-pipelines ScaledJob in every cluster, their agents, and the
+    workloads (job generator, daily-checks pipeline, Key Vault reader). ``ado_base_url`` is the
+    organization URL; the KEDA loop period is ``keda_polling_interval`` (the sandbox's time
+    compression of ``spec.pollingInterval``)."""
 
     ado: AdoLike
     kv: SecretSourceLike
@@ -771,6 +738,7 @@ class Actors:
     keda_polling_interval: float
     job_interval: float | None
     pipeline: PipelineSpec | None
+    keyvault_reader: ReaderSpec | None = None
     clock: Callable[[], float] = time.time
     keda_http_timeout: float = 3.0                  # KEDA_HTTP_DEFAULT_TIMEOUT
     agent_timing: AgentTiming = field(default_factory=AgentTiming)
@@ -780,8 +748,12 @@ class Actors:
     _keda: dict[tuple[str, str, str], _ScaledJobKeda] = field(default_factory=dict, init=False, repr=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False, repr=False)
     _unsubscribe: list[Callable[[], None]] = field(default_factory=list, init=False, repr=False)
-    _pipeline_stats: _PipelineStats = field(default_factory=_PipelineStats, init=False, repr=False)
-    _generator_stats: _GeneratorStats = field(default_factory=_GeneratorStats, init=False, repr=False)
+    workloads: Workloads = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.workloads = Workloads(ado=self.ado, kv=self.kv, clusters=self.clusters.values,
+                                   ado_base_url=self.ado_base_url, job_interval=self.job_interval,
+                                   pipeline=self.pipeline, reader=self.keyvault_reader, clock=self.clock)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -794,11 +766,7 @@ class Actors:
             self._unsubscribe.append(cluster.subscribe(self._listener(cluster_name)))
             for sj in cluster.list_objects("keda.sh/v1alpha1", "scaledjobs"):
                 self._on_scaledjob(cluster_name, "ADDED", sj)
-        loop = asyncio.get_running_loop()
-        if self.job_interval is not None:
-            self._tasks.append(loop.create_task(self._generate_jobs(self.job_interval)))
-        if self.pipeline is not None:
-            self._tasks.append(loop.create_task(self._run_pipeline(self.pipeline)))
+        await self.workloads.start()
 
     async def stop(self) -> None:
         for unsubscribe in self._unsubscribe:
@@ -810,6 +778,7 @@ class Actors:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.workloads.stop()
         for keda in list(self._keda.values()):
             await keda.stop(deleted=False)
         if self._session is not None:
@@ -838,84 +807,9 @@ class Actors:
             keda = self._keda[key] = _ScaledJobKeda(self, cluster_name, self.clusters[cluster_name], *key[1:])
         keda.on_change(obj)
 
-    # -- job generator -----------------------------------------------------------------------
-
-    def _target_pools(self) -> list[str]:
-        pools: list[str] = []
-        for cluster in self.clusters.values():
-            for sj in cluster.list_objects("keda.sh/v1alpha1", "scaledjobs"):
-                for t in (sj.get("spec") or {}).get("triggers") or []:
-                    name = (t.get("metadata") or {}).get("poolName")
-                    if t.get("type") == SCALER_TYPE and name and name not in pools:
-                        pools.append(name)
-        return pools
-
-    async def _generate_jobs(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            for pool_name in self._target_pools():
-                pool_id = self.ado.pool_by_name(pool_name)
-                if pool_id is None:
-                    self._generator_stats.last_error = f"pool {pool_name!r} does not exist"
-                    continue
-                self.ado.queue_job(pool_id, definition="build")
-                self._generator_stats.jobs_queued += 1
-
-    # -- daily-checks pipeline ---------------------------------------------------------------
-
-    async def _run_pipeline(self, spec: PipelineSpec) -> None:
-        while True:
-            try:
-                await self.run_pipeline_once(spec)
-            except Exception:  # keep the schedule going, like a real scheduler would
-                log.exception("daily-checks run failed to record")
-            await asyncio.sleep(spec.interval)
-
     async def run_pipeline_once(self, spec: PipelineSpec) -> str:
-        """One scheduled run: probe ADO with the Key Vault PAT, record the build; returns the result."""
-        stats = self._pipeline_stats
-        queued = self.clock()
-        token = self.kv.latest_value(spec.keyvault_secret)
-        error: str | None = None
-        if token is None:
-            error = f"Key Vault secret {spec.keyvault_secret!r} not found"
-        else:
-            token = token.strip()
-            stats.token_fingerprint = fingerprint(token)
-            pools = self._target_pools()
-            pool = spec.pool_name or (pools[0] if pools else "Default")
-            org = self.ado_base_url.rstrip("/")
-            headers = {"Authorization": basic_auth(token), "X-TFS-FedAuthRedirect": "Suppress",
-                       "Accept": "application/json",
-                       "User-Agent": "daily-checks/1.0 (pwsh; Invoke-RestMethod)"}
-            for url in (f"{org}/_apis/distributedtask/pools?poolName={quote(pool)}&api-version=7.1",
-                        f"{org}/{quote(spec.project)}/_apis/build/builds?$top=1&api-version=7.1"):
-                try:
-                    answer = await go_get(self.session, url, headers, 30.0)
-                except KedaError as exc:
-                    error = str(exc)
-                    break
-                if answer.status != 200:
-                    error = f"GET {url.split('?')[0]} returned HTTP {answer.status}"
-                    break
-                try:
-                    if "value" not in json.loads(answer.body):
-                        raise ValueError("no value")
-                except ValueError:
-                    error = f"GET {url.split('?')[0]} returned no JSON list"
-                    break
-        result = "failed" if error else "succeeded"
-        started = queued
-        self.ado.record_build(spec.project, spec.definition, result=result, queue_time=queued,
-                              start_time=started, finish_time=self.clock())
-        stats.runs += 1
-        stats.last_result = result
-        stats.last_error = error
-        if error:
-            stats.failed += 1
-        else:
-            stats.succeeded += 1
-        return result
+        """One daily-checks run (see :meth:`sandbox.pipeline.Workloads.run_pipeline_once`)."""
+        return await self.workloads.run_pipeline_once(spec)
 
     # -- reporting ---------------------------------------------------------------------------
 
@@ -923,9 +817,12 @@ class Actors:
         """What each simulated actor sees; token fingerprints only, never token values."""
         return {
             "scaledjobs": {f"{c}/{ns}/{n}": k.snapshot() for (c, ns, n), k in sorted(self._keda.items())},
-            "job_generator": asdict(self._generator_stats),
-            "pipeline": asdict(self._pipeline_stats),
+            **self.workloads.snapshot(),
         }
+
+    def harm(self) -> dict[str, int]:
+        """Cumulative harm counters of every actor family, merged into /state's ``harm``."""
+        return {**self.workloads.harm()}
 
     def keda(self, cluster: str, ns: str, name: str) -> ScaledJobStats:
         """The live stats of one ScaledJob's KEDA (tests wait on these)."""

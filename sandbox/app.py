@@ -40,13 +40,15 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from sandbox.actors import Actors, PipelineSpec
+from sandbox.actors import Actors
 from sandbox.ado import AdoWorld
 from sandbox.control import Control
 from sandbox.entra import Entra
 from sandbox.http import FaultTable, RequestLog, middlewares
 from sandbox.keyvault import KeyVaultStore
 from sandbox.kube import ClusterState
+from sandbox.pipeline import PipelineSpec
+from sandbox.readers import ReaderSpec
 from sandbox.scenarios import DAILY_CHECKS_SCOPES, KEDA_SCOPES, ScenarioParams, Seeded, scenario, seed
 from sandbox.tls import Tls, make_tls
 
@@ -164,7 +166,10 @@ class Sandbox:
         self._runners.append(runner)
         urls["keyvault"] = f"https://127.0.0.1:{port}"
 
-        ado = AdoWorld(params.org, entra, clock=clock, base_url_getter=lambda: urls["ado"])
+        ado = AdoWorld(params.org, entra, clock=clock, base_url_getter=lambda: urls["ado"],
+                       global_pat_cutoff=params.global_pat_cutoff,
+                       disabled_user_revoke_delay=params.disabled_user_revoke_delay)
+        entra.on_user_enabled(ado.user_enabled_changed)
         runner, port = await _serve(ado.app(middlewares("ado", request_log, faults)))
         self._runners.append(runner)
         urls["ado"] = f"http://127.0.0.1:{port}"
@@ -198,10 +203,16 @@ class Sandbox:
         pipeline = None
         if params.pipeline_interval is not None:
             pipeline = PipelineSpec(project=params.project, definition=params.definition,
-                                    interval=params.pipeline_interval, keyvault_secret="azure-devops-token")
+                                    interval=params.pipeline_interval, keyvault_secret="azure-devops-token",
+                                    duration=params.pipeline_duration)
+        reader = None
+        if params.keyvault_reader_refresh is not None:
+            reader = ReaderSpec(refresh=params.keyvault_reader_refresh, secret="azure-devops-token",
+                                call_interval=params.keyvault_reader_call_interval)
         actors = Actors(ado=ado, kv=kv, clusters=clusters, ado_base_url=organization_url,
                         keda_polling_interval=float(params.keda_polling_interval),
-                        job_interval=params.job_interval, pipeline=pipeline, clock=clock)
+                        job_interval=params.job_interval, pipeline=pipeline, keyvault_reader=reader,
+                        clock=clock)
         await actors.start()
         self._world.actors = actors
         control.actors = actors

@@ -24,6 +24,7 @@ from sandbox.ado import AdoWorld
 from sandbox.entra import Entra
 from sandbox.http import Fault, FaultTable, RequestLog
 from sandbox.keyvault import KeyVaultStore
+from sandbox.tenant import CLIENT_KINDS, USER_KINDS
 
 
 class ClusterLike(Protocol):
@@ -34,6 +35,7 @@ class ClusterLike(Protocol):
 
 class ActorsLike(Protocol):
     def snapshot(self) -> dict[str, Any]: ...
+    def harm(self) -> dict[str, int]: ...
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -115,6 +117,11 @@ class Control:
         r.add_patch("/ado/behaviour", self.set_behaviour)
         r.add_post("/entra/revoke-refresh-tokens", self.revoke_refresh_tokens)
         r.add_post("/entra/expire-access-tokens", self.expire_access_tokens)
+        r.add_post("/entra/users/disable", self.disable_user)
+        r.add_post("/entra/users/enable", self.enable_user)
+        r.add_get("/entra/failures", self.list_failures)
+        r.add_post("/entra/failures", self.add_failure)
+        r.add_delete("/entra/failures", self.clear_failures)
         return app
 
     async def index(self, request: web.Request) -> web.Response:
@@ -152,11 +159,21 @@ class Control:
         return {
             **ado,
             "actors": self.actors.snapshot() if self.actors is not None else {},
+            "harm": self.harm(),
             "keyvault": keyvault,
             "kubernetes": self.kube_state() if self.kube_state is not None else {},
             "faults": [f.to_dict() for f in self.faults.list()],
             "requests_logged": len(self.log),
         }
+
+    def harm(self) -> dict[str, int]:
+        """Cumulative harm counters since start, merged from every actor family's ``harm()``
+        (each family returns its own keys: the pipeline and Key Vault readers give
+        ``pipeline_runs_failed`` and ``secret_reader_failures``)."""
+        harm: dict[str, int] = {}
+        if self.actors is not None:
+            harm.update(self.actors.harm())
+        return harm
 
     async def state(self, request: web.Request) -> web.Response:
         return _json(self.snapshot())
@@ -309,3 +326,55 @@ class Control:
         except KeyError:
             raise _BadRequest(404, f"no user {username!r}") from None
         return _json({"username": username, "access_tokens": "expired"})
+
+    async def _set_enabled(self, request: web.Request, enabled: bool) -> web.Response:
+        body = await _body(request)
+        username = str(body.get("username", self.bot_username))
+        try:
+            self.entra.set_user_enabled(username, enabled)
+        except KeyError:
+            raise _BadRequest(404, f"no user {username!r}") from None
+        return _json({"username": username, "enabled": enabled})
+
+    async def disable_user(self, request: web.Request) -> web.Response:
+        """Disable a user (default: the bot) in Entra; ADO revokes their PATs (AdoWorld's
+        ``disabled_user_revoke_delay`` later; 0 by default)."""
+        return await self._set_enabled(request, False)
+
+    async def enable_user(self, request: web.Request) -> web.Response:
+        return await self._set_enabled(request, True)
+
+    async def list_failures(self, request: web.Request) -> web.Response:
+        return _json({"failures": self.entra.conditions.to_list()})
+
+    async def add_failure(self, request: web.Request) -> web.Response:
+        """Make the tenant refuse the bot's sign-ins as a real tenant does (sandbox/tenant.py), or
+        revoke its access tokens server-side (``access_tokens_revoked``, a one-off)."""
+        body = await _body(request)
+        kinds = (*USER_KINDS, *CLIENT_KINDS, "access_tokens_revoked")
+        kind = body.get("kind")
+        if kind not in kinds:
+            raise _BadRequest(400, f"kind must be one of {list(kinds)}")
+        unknown = set(body) - {"kind", "username", "client_id"}
+        if unknown:
+            raise _BadRequest(400, f"unknown fields {sorted(unknown)}; known: kind, username, client_id")
+        username = str(body.get("username", self.bot_username))
+        try:
+            if kind == "access_tokens_revoked":
+                revoked = self.entra.revoke_access_tokens(username)
+                return _json({"kind": kind, "username": username, "revoked": revoked})
+            if kind in CLIENT_KINDS:
+                client_id = body.get("client_id")
+                self.entra.set_condition(kind, client_id=str(client_id) if client_id else None)
+                return _json({"kind": kind, "client_id": client_id or "*"}, 201)
+            self.entra.set_condition(kind, username=username)
+        except KeyError:
+            raise _BadRequest(404, f"no user {username!r}") from None
+        return _json({"kind": kind, "username": username}, 201)
+
+    async def clear_failures(self, request: web.Request) -> web.Response:
+        kind = request.query.get("kind") or None
+        if kind is not None and kind not in (*USER_KINDS, *CLIENT_KINDS):
+            raise _BadRequest(400, f"kind must be one of {[*USER_KINDS, *CLIENT_KINDS]}")
+        self.entra.conditions.clear(kind)
+        return web.Response(status=204)

@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from sandbox.tenant import USER_KINDS, FailureKind, Grant, TenantConditions, TenantError
+
 log = logging.getLogger("sandbox.entra")
 
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
@@ -75,6 +77,7 @@ class _RefreshToken:
     user_oid: str
     client_id: str
     expires_at: float
+    interactive: bool = False  # issued after a browser sign-in (device code): MFA and consent done
 
 
 @dataclass
@@ -101,12 +104,19 @@ class _Stats:
 class OAuthError(Exception):
     """An error the token endpoint answers with, in AAD's shape."""
 
-    def __init__(self, status: int, error: str, code: int, description: str) -> None:
+    def __init__(self, status: int, error: str, code: int, description: str, *,
+                 suberror: str | None = None, claims: str | None = None) -> None:
         super().__init__(f"{error}: AADSTS{code}")
         self.status = status
         self.error = error
         self.code = code
         self.description = description
+        self.suberror = suberror
+        self.claims = claims
+
+    @classmethod
+    def of(cls, err: TenantError) -> OAuthError:
+        return cls(err.status, err.error, err.code, err.description, suberror=err.suberror, claims=err.claims)
 
 
 def audience_for_scope(scope: str) -> str:
@@ -169,6 +179,8 @@ class Entra:
         self._refresh: dict[str, _RefreshToken] = {}
         self._device_by_code: dict[str, _DeviceFlow] = {}
         self._device_by_user_code: dict[str, _DeviceFlow] = {}
+        self._user_listeners: list[Callable[[str, bool], None]] = []
+        self.conditions = TenantConditions()
 
     # ---------------------------------------------------------------- directory
     def add_user(self, username: str, password: str) -> str:
@@ -184,7 +196,41 @@ class Entra:
         self.revoke_refresh_tokens(username)
 
     def set_user_enabled(self, username: str, enabled: bool) -> None:
-        self._user(username).enabled = enabled
+        """Disable (or re-enable) a user: no token is issued to them and their access tokens stop
+        working; listeners (ADO, which revokes the user's PATs) hear of every change."""
+        user = self._user(username)
+        if user.enabled == enabled:
+            return
+        user.enabled = enabled
+        for listener in list(self._user_listeners):
+            listener(user.oid, enabled)
+
+    def on_user_enabled(self, listener: Callable[[str, bool], None]) -> None:
+        """Call ``listener(oid, enabled)`` whenever a user is disabled or re-enabled."""
+        self._user_listeners.append(listener)
+
+    def set_condition(self, kind: FailureKind, *, username: str | None = None,
+                      client_id: str | None = None) -> None:
+        """Switch a tenant condition on (see sandbox.tenant): user conditions need ``username``;
+        ``public_client_flows_disabled`` applies to ``client_id`` (None: every public client)."""
+        if kind in USER_KINDS:
+            if username is None:
+                raise ValueError(f"{kind} needs a username")
+            self.conditions.set_user(self._user(username).oid, kind)
+        elif kind == "public_client_flows_disabled":
+            self.conditions.set_client(client_id or "*")
+        else:
+            raise ValueError(f"unknown tenant condition {kind!r}")
+
+    def revoke_access_tokens(self, username: str) -> int:
+        """Revoke the user's access tokens server-side (their ``exp`` still lies ahead, so a
+        client that caches them keeps sending them; resources now refuse them). Returns how many."""
+        oid = self._user(username).oid
+        revoked = [t for t, a in self._access.items() if a.principal.oid == oid]
+        for token in revoked:
+            del self._access[token]
+        log.info("revoked access tokens", extra={"user": username, "count": len(revoked)})
+        return len(revoked)
 
     def add_public_client(self, client_id: str) -> None:
         self._clients[client_id] = _Client(client_id=client_id, secret=None, sp_oid=None)
@@ -294,10 +340,11 @@ class Entra:
                 self._device_by_code.pop(flow.device_code, None)
                 self._device_by_user_code.pop(flow.user_code, None)
 
-    def _issue_refresh(self, user: _User, client_id: str) -> str:
+    def _issue_refresh(self, user: _User, client_id: str, *, interactive: bool = False) -> str:
         token = "1.sandbox." + _b64url(secrets.token_bytes(48))
         self._refresh[token] = _RefreshToken(
-            user_oid=user.oid, client_id=client_id, expires_at=self.clock() + self.refresh_token_lifetime
+            user_oid=user.oid, client_id=client_id, expires_at=self.clock() + self.refresh_token_lifetime,
+            interactive=interactive,
         )
         return token
 
@@ -364,6 +411,10 @@ class Entra:
             "correlation_id": correlation_id,
             "error_uri": f"{self._base(request)}/error?code={err.code}",
         }
+        if err.suberror is not None:
+            body["suberror"] = err.suberror
+        if err.claims is not None:
+            body["claims"] = err.claims
         return web.json_response(body, status=err.status)
 
     def _tenant_error(self, tenant: str) -> OAuthError:
@@ -584,6 +635,9 @@ class Entra:
                 "The request body must contain the following parameter: 'client_id'.",
             )
         client = self._client(client_id)
+        refused = self.conditions.check_client(client.client_id, public=client.secret is None)
+        if refused is not None:
+            raise OAuthError.of(refused)
         if client.secret is not None:
             if not secret:
                 raise OAuthError(
@@ -603,8 +657,15 @@ class Entra:
                 )
         return client
 
+    def _check_conditions(self, user: _User, client: _Client, scope: list[str], *, grant: Grant,
+                          interactive: bool) -> None:
+        refused = self.conditions.check_user(user.oid, grant=grant, interactive=interactive,
+                                             client_id=client.client_id, resource=_resource_of(scope))
+        if refused is not None:
+            raise OAuthError.of(refused)
+
     def _user_tokens(
-        self, user: _User, client: _Client, scope: list[str], request: web.Request
+        self, user: _User, client: _Client, scope: list[str], request: web.Request, *, interactive: bool = False
     ) -> dict[str, Any]:
         resource_scopes = [s for s in scope if s.lower() not in OIDC_SCOPES]
         audience = _resource_of(scope)
@@ -633,7 +694,7 @@ class Entra:
             "expires_in": lifetime,
             "ext_expires_in": lifetime,
             "access_token": access,
-            "refresh_token": self._issue_refresh(user, client.client_id),
+            "refresh_token": self._issue_refresh(user, client.client_id, interactive=interactive),
             "id_token": _jwt_like(id_claims),
             "client_info": _b64url_json({"uid": user.oid, "utid": self.tenant_id}),
         }
@@ -660,6 +721,7 @@ class Entra:
                 "Error validating credentials due to invalid username or password.",
             )
         self._check_enabled(user)
+        self._check_conditions(user, client, scope, grant="password", interactive=False)
         return self._user_tokens(user, client, scope, request)
 
     def _grantable_user(self, oid: str) -> _User:
@@ -706,8 +768,9 @@ class Entra:
                 "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
             )
         user = self._grantable_user(flow.approved_oid)
+        self._check_conditions(user, client, flow.scope, grant="device_code", interactive=True)
         flow.redeemed = True
-        return self._user_tokens(user, client, flow.scope, request)
+        return self._user_tokens(user, client, flow.scope, request, interactive=True)
 
     def _refresh_grant(self, form: Mapping[str, Any], request: web.Request) -> dict[str, Any]:
         client = self._authenticate_client(form, request)
@@ -739,7 +802,8 @@ class Entra:
                 "Provided grant is invalid or malformed. The refresh token was issued to a different client.",
             )
         user = self._grantable_user(entry.user_oid)
-        return self._user_tokens(user, client, scope, request)
+        self._check_conditions(user, client, scope, grant="refresh_token", interactive=entry.interactive)
+        return self._user_tokens(user, client, scope, request, interactive=entry.interactive)
 
     def _client_credentials_grant(self, form: Mapping[str, Any], request: web.Request) -> dict[str, Any]:
         client = self._authenticate_client(form, request)

@@ -6,9 +6,10 @@ PAT kept in a Secret, a daily-checks pipeline whose PAT lives in Key Vault, and 
 username/password in Key Vault as the real seed keeps them. The seed is *adopted*: the Secrets
 are annotated with the PAT's id and expiry and the Key Vault secret tagged with its id, as an
 operator does when adopting patrol (``annotate_seed=False`` gives the hand-pasted, un-annotated
-world, also named scenario ``unadopted``). Lifetimes are minutes instead of days so a whole
-rotation fits in a test. ``large`` is mostly static data sized for exporter benchmarks (1,000
-PATs, 100 pools, 10 clusters), with the actors slowed right down.
+Secrets). ``unadopted`` is the default world as a team has it before patrol: bare Secrets and a
+bare Key Vault secret. Lifetimes are minutes instead of days so a whole rotation fits in a test.
+``large`` is mostly static data sized for exporter benchmarks (1,000 PATs, 100 pools, 10 clusters), with the
+actors slowed right down.
 
 Every knob is a field of :class:`ScenarioParams` so a test can shorten or lengthen it
 (``scenario("default", keda_pat_lifetime=30)``).
@@ -22,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from sandbox.ado import AdoWorld
+from sandbox.ado import GLOBAL_PAT_CUTOFF, AdoWorld
 from sandbox.entra import Entra
 from sandbox.keyvault import KeyVaultStore
 
@@ -74,11 +75,26 @@ class ScenarioParams:
     # id tag and exp, as after adopting patrol (docs/adopt.md); False: pasted by hand, no
     # metadata anywhere (the un-adopted world, scenario ``unadopted``).
     annotate_seed: bool = True
+    # True: the seeded Key Vault secret carries what patrol writes beside a value (tag
+    # authorizationId and exp = the PAT's validTo); False: a bare secret, set by hand.
+    tag_keyvault_seed: bool = True
     daily_pat_name: str = "daily-checks-seed"
     daily_pat_lifetime: float = 600.0
     keda_polling_interval: int = 2               # ScaledJob pollingInterval
     job_interval: float | None = 4.0             # the job generator; None = no generator
     pipeline_interval: float | None = 20.0       # daily-checks pipeline period; None = not running
+    # How long one daily-checks run lasts: it reads its PAT from Key Vault at its start and uses it
+    # at its start, middle and end, so a rotation can happen during a run, as in production.
+    pipeline_duration: float = 6.0
+    # An External-Secrets-style reader of the Key Vault PAT: fetches the latest version every this
+    # many seconds and calls ADO with what it holds every keyvault_reader_call_interval; None = none.
+    keyvault_reader_refresh: float | None = 10.0
+    keyvault_reader_call_interval: float = 2.0
+    # Global (allOrgs) PATs stop authenticating at this unix time (2026-12-01T00:00:00Z, Microsoft's
+    # retirement of global PATs); None = never, for a test that needs the world before it.
+    global_pat_cutoff: float | None = GLOBAL_PAT_CUTOFF
+    # Seconds between disabling a user in Entra and ADO revoking their PATs (real: up to 1 h).
+    disabled_user_revoke_delay: float = 0.0
     entra_token_lifetime: float = 3600.0
     seed_builds: int = 3                         # completed daily-checks runs already in history
     extra_pats: int = 0                          # bot-owned PATs besides the two seeded ones
@@ -98,12 +114,19 @@ def _large() -> ScenarioParams:
         name="large",
         clusters=tuple(ClusterSpec(f"cluster-{i:02d}", f"pool-{i:02d}") for i in range(10)),
         keda_pat_lifetime=30 * 86400.0, daily_pat_lifetime=30 * 86400.0,
-        keda_polling_interval=30, job_interval=None, pipeline_interval=600.0,
+        keda_polling_interval=30, job_interval=None, pipeline_interval=600.0, keyvault_reader_refresh=None,
         seed_builds=50, extra_pats=998, extra_pools=90, agents_per_extra_pool=3,
         config_lifetime="30d", config_renew_before="7d", config_pipeline_max_age="26h",
         exporter_intervals={"pat_interval": "30s", "validity_interval": "30s", "keda_interval": "15s",
                             "pools_interval": "15s", "pipeline_interval": "30s"},
     )
+
+
+def _unadopted() -> ScenarioParams:
+    """The default world as a team has it before patrol: bare Secrets (no patrol.io annotations)
+    and a bare Key Vault secret (no authorizationId tag, no exp), so nothing says which PAT a sink
+    holds or when it expires until ``patrol adopt`` (or a rotation) writes it."""
+    return ScenarioParams(name="unadopted", annotate_seed=False, tag_keyvault_seed=False)
 
 
 SCENARIOS = ("default", "large", "unadopted")
@@ -115,8 +138,8 @@ def scenario(name: str = "default", **overrides: Any) -> ScenarioParams:
         base = ScenarioParams()
     elif name == "large":
         base = _large()
-    elif name == "unadopted":                    # the default world as a team has it before patrol
-        base = ScenarioParams(name="unadopted", annotate_seed=False)
+    elif name == "unadopted":
+        base = _unadopted()
     else:
         raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
     return replace(base, **overrides)
@@ -174,7 +197,7 @@ def seed(params: ScenarioParams, *, ado: AdoWorld, entra: Entra, kv: KeyVaultSto
 
     daily_id, daily_token = ado.issue_pat(bot_oid, params.daily_pat_name, list(DAILY_CHECKS_SCOPES),
                                           now + params.daily_pat_lifetime)
-    if params.annotate_seed:
+    if params.annotate_seed and params.tag_keyvault_seed:
         kv.set_secret("azure-devops-token", daily_token, exp=int(ado.pat(daily_id).valid_to),
                       tags={"authorizationId": daily_id})
     else:                                        # pasted by hand: no expiry, no tags

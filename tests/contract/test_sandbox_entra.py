@@ -257,6 +257,20 @@ def test_wrong_password_raises_client_authentication_error(world: IdentityWorld)
     assert "wrong" not in str(caught.value).replace("wrong password", "")
 
 
+def test_mfa_required_reaches_msal_as_aadsts50076(world: IdentityWorld) -> None:
+    """A tenant condition (sandbox/tenant.py) is what a real client sees: MSAL raises with the code."""
+    world.call(world.entra.set_condition, "mfa_required", username=USER)
+    try:
+        with (
+            password_credential(world, raw_request_hook=authority_port_hook(world.authority)) as credential,
+            pytest.raises(ClientAuthenticationError) as caught,
+        ):
+            credential.get_token(ADO_SCOPE)
+    finally:
+        world.call(world.entra.conditions.clear)
+    assert "AADSTS50076" in str(caught.value)
+
+
 def test_client_secret_credential_gets_app_tokens_for_the_vault(world: IdentityWorld) -> None:
     with ClientSecretCredential(TENANT, APP_CLIENT, APP_SECRET, **world.credential_kwargs()) as credential:
         token = credential.get_token(VAULT_SCOPE)

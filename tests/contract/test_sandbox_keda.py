@@ -50,6 +50,11 @@ class _Vault:
     def latest_value(self, name: str) -> str | None:
         return self.values.get(name)
 
+    def latest(self, name: str) -> dict[str, Any] | None:
+        """The bundle shape the pipeline's AzureKeyVault-task read looks at (enabled, no expiry)."""
+        value = self.values.get(name)
+        return None if value is None else {"value": value, "attributes": {"enabled": True}}
+
 
 def _redacted(token: str) -> str:
     """How sandbox.http logs ``Authorization: Basic base64(":" + token)``."""

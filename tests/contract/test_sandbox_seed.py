@@ -50,3 +50,17 @@ def test_the_unadopted_scenario_leaves_secrets_and_vault_bare(tmp_path: Path) ->
         daily = sb.call(sb.world.kv.latest, "azure-devops-token")
         assert not daily.get("tags")
         assert "exp" not in daily["attributes"]
+
+
+def test_the_unadopted_scenario_is_bare_everywhere(tmp_path: Path) -> None:
+    """``patrol sandbox --scenario unadopted``: the world before patrol, nothing patrol writes."""
+    params = scenario("unadopted", job_interval=None, pipeline_interval=None, keyvault_reader_refresh=None)
+    assert params.name == "unadopted" and not params.annotate_seed and not params.tag_keyvault_seed
+    with SandboxThread(str(tmp_path), params) as sb:
+        for cluster in ("cft-ptl", "sds-ptl"):
+            assert secret_annotations(sb, cluster) == {}
+        daily = sb.call(sb.world.kv.latest, "azure-devops-token")
+        assert not daily.get("tags") and "exp" not in daily["attributes"]
+        # The PATs themselves are the default world's: active, and what the sinks hold.
+        value = sb.call(sb.world.kv.latest_value, "azure-devops-token")
+        assert sb.call(sb.world.ado.pat_id_for_value, value) == sb.world.seeded.daily_pat_id

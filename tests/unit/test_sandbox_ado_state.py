@@ -75,6 +75,58 @@ def test_pat_states_follow_the_clock(world: AdoWorld, clock: Clock) -> None:
     assert world.pat_id_for_value(token2 + "\n") == other
 
 
+def test_global_pats_are_retired_at_the_cutoff(clock: Clock) -> None:
+    world = AdoWorld("org", Entra("tenant", clock=clock), clock=clock, global_pat_cutoff=clock.now + 10)
+    _, global_token = world.issue_pat("oid", "g", ["vso.build"], clock.now + 3600, all_orgs=True)
+    _, org_token = world.issue_pat("oid", "o", ["vso.build"], clock.now + 3600)
+    assert world.authenticate(global_token).result == "ok"
+    clock.now += 10
+    assert world.authenticate(global_token).result == "global_retired"
+    assert world.authenticate(org_token).result == "ok"
+    assert AdoWorld("org", Entra("t"), clock=clock, global_pat_cutoff=None).global_pat_cutoff is None
+
+
+def test_a_pat_value_is_matched_byte_for_byte(world: AdoWorld, clock: Clock) -> None:
+    auth_id, token = world.issue_pat("oid", "p", ["vso.build"], clock.now + 60)
+    assert world.authenticate(token).ok
+    assert [world.authenticate(v).result for v in (token + "\n", f" {token}", token + "\t")] == ["unknown"] * 3
+    # The control API finds the PAT a sink stands for as KEDA would read it (one trailing newline).
+    assert world.pat_id_for_value(token + "\n") == auth_id
+    assert world.pat_id_for_value(token + " ") is None
+
+
+def test_disabling_the_owner_revokes_after_the_delay(clock: Clock) -> None:
+    world = AdoWorld("org", Entra("tenant", clock=clock), clock=clock, disabled_user_revoke_delay=3600)
+    auth_id, token = world.issue_pat("bot", "p", ["vso.build"], clock.now + 7200)
+    other_id, _ = world.issue_pat("someone-else", "q", ["vso.build"], clock.now + 7200)
+    world.user_enabled_changed("bot", False)
+    clock.now += 3599
+    assert world.authenticate(token).ok                                   # ADO has not caught up
+    clock.now += 1
+    assert world.authenticate(token).result == "revoked"
+    assert world.pat(other_id).status(clock.now) == "active"
+    world.user_enabled_changed("bot", True)
+    assert world.pat(auth_id).status(clock.now) == "revoked"              # stays revoked
+
+    pending_id, pending = world.issue_pat("bot", "r", ["vso.build"], clock.now + 7200)
+    world.user_enabled_changed("bot", False)
+    world.user_enabled_changed("bot", True)                               # back before ADO acted
+    clock.now += 7000
+    assert world.authenticate(pending).ok
+    world.revoke_pat(pending_id)
+    assert world.pat(pending_id).status(clock.now) == "revoked"
+
+
+def test_entra_tells_ado_when_a_user_is_disabled(clock: Clock) -> None:
+    entra = Entra("tenant", clock=clock)
+    oid = entra.add_user("bot@x", "pw")
+    world = AdoWorld("org", entra, clock=clock)
+    entra.on_user_enabled(world.user_enabled_changed)
+    _, token = world.issue_pat(oid, "p", ["vso.build"], clock.now + 60)
+    entra.set_user_enabled("bot@x", False)
+    assert world.authenticate(token).result == "revoked"
+
+
 def test_policy_changes_are_validated(world: AdoWorld) -> None:
     assert world.set_policy(max_lifespan=60, lifespan_mode="reject").lifespan_mode == "reject"
     for bad in ({"nope": 1}, {"lifespan_mode": "sometimes"}, {"error_status": 500}, {"max_lifespan": -1}):
