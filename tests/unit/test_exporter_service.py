@@ -130,12 +130,14 @@ def test_one_refresh_fills_every_metric_of_the_contract(exporter: Exporter) -> N
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert set(families) == {
         "patrol_pat_expiry_timestamp_seconds", "patrol_pat_renewal_timestamp_seconds", "patrol_pat_valid",
-        "patrol_keda_scaler_auth_failures", "patrol_keda_scaler_ready", "patrol_consumer_info",
+        "patrol_keda_scaler_auth_failures", "patrol_keda_scaler_auth_failing", "patrol_keda_scaler_ready",
+        "patrol_consumer_info",
         "patrol_agent_pool_agents", "patrol_agent_pool_queued_jobs",
         "patrol_agent_pool_oldest_queued_job_age_seconds", "patrol_pipeline_last_run_timestamp_seconds",
         "patrol_pipeline_last_success_timestamp_seconds", "patrol_source_up",
         "patrol_source_last_success_timestamp_seconds", "patrol_source_duration_seconds"}
     assert families["patrol_keda_scaler_auth_failures"].type == "counter"
+    assert families["patrol_keda_scaler_auth_failing"].type == "gauge"
     up = {s.labels["source"]: s.value for s in families["patrol_source_up"].samples}
     assert len(up) == 9 and set(up.values()) == {1.0}
     valid = {(s.labels["token"], s.labels["sink"]): s.value for s in families["patrol_pat_valid"].samples}
