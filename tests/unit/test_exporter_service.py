@@ -23,6 +23,7 @@ from core.secret import Secret
 from exporter.assembly import Exporter, build
 from exporter.exposition import Exposition, merge
 from exporter.fanout import Fanout
+from exporter.keda import Keda
 from exporter.refresher import Refresher, next_delay
 from exporter.server import make_app, parse_listen, start
 from exporter.source import Outcome, SourceCollector
@@ -331,3 +332,29 @@ def test_registry_get_sample_value_sees_merged_families(exporter: Exporter) -> N
     assert registry.get_sample_value("patrol_agent_pool_queued_jobs",
                                      {"organization": "hmcts", "pool": "sds-agents"}) == 1.0
     assert registry.get_sample_value("patrol_source_up", {"source": "keda/sds-ptl"}) == 1.0
+
+
+def test_an_event_between_refreshes_is_served_without_waiting_for_the_next_refresh(exporter: Exporter) -> None:
+    exporter.refresher.refresh_once()
+    clients = exporter.clients
+    assert isinstance(clients, FakeClients)
+    cluster = clients.clusters["cft-ptl"]
+    labels = {"cluster": "cft-ptl", "namespace": "azure-devops", "kind": "ScaledJob", "name": "azure-devops-agent"}
+
+    def served() -> float | None:
+        text = exporter.exposition.body().decode()
+        return next((s.value for f in text_string_to_metric_families(text) for s in f.samples
+                     if s.name == "patrol_keda_scaler_auth_failures_total" and s.labels == labels), None)
+
+    assert served() == 0.0
+    keda = next(s for s in exporter.sources if s.name == "keda/cft-ptl")
+    assert isinstance(keda, Keda)
+    deadline = time.monotonic() + 5
+    while not keda.feed("azure-devops").watching:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    cluster.stream.put(("ADDED", cluster.event("e1", 3, "the Azure DevOps REST API returned error. "
+                                               "urlString: u status: 401 response: ")))
+    while served() != 3.0:                            # the watch thread re-rendered it
+        assert time.monotonic() < deadline, served()
+        time.sleep(0.01)
