@@ -26,8 +26,10 @@ Why the condition *and* the Events, and why neither alone (KEDA v2.20.0 sources)
   counts in memory; ``refreshExistingEventSeries`` writes the count every 30 min and
   ``finishSeries`` once more 6 min after the last occurrence. So an ongoing failure stops
   moving its Event after the second poll, and the Event keeps the *first* failure's message.
-  KEDA <= 2.19 (``tools/record``) keeps one core/v1 Event per distinct message whose ``count``
-  and ``lastTimestamp`` grow, within a spam filter of 25 per object then one per 5 minutes.
+  KEDA <= 2.19 (``tools/record``; ``events_cache.go`` at v2.16.0) keeps one core/v1 Event per
+  distinct message whose ``count`` and ``lastTimestamp`` grow, behind a spam filter keyed on
+  source and object (``defaultSpamBurst = 25``, ``defaultSpamQPS = 1/300``: 25 Events, then
+  one per 5 minutes).
 
 Limits (documented in docs/metrics.md): a series whose first failure was an authentication
 failure classifies every later failure of the same key the same way; a ScaledObject with a
