@@ -173,9 +173,11 @@ class KedaTimeline:
         ready = [c.get_scaler(ns, "scaledjobs", name).ready for c, ns, name in self._consumers]
         if "revoked" not in self.at:
             return
-        if any(v == 1.0 for v in served):
+        # Prometheus holds only what the exporter served: a step Prometheus shows (or the alert
+        # it drives) marks the exporter's step too, if the sample above just missed it.
+        if any(v == 1.0 for v in served) or any(v == 1.0 for v in stored) or "firing" in alerts:
             self.mark("exporter_failing")
-        if any(v == 1.0 for v in stored):
+        if any(v == 1.0 for v in stored) or "firing" in alerts:
             self.mark("prometheus_failing")
         if "firing" in alerts:
             self.mark("firing")
@@ -187,11 +189,12 @@ class KedaTimeline:
             self.mark("recovered")                   # every ScaledJob's first good poll
         if "recovered" not in self.at:
             return
-        if served and all(v == 0.0 for v in served):
+        prometheus_ok = bool(stored) and all(v == 0.0 for v in stored)
+        if (served and all(v == 0.0 for v in served)) or prometheus_ok:
             self.mark("exporter_ok")
-        if stored and all(v == 0.0 for v in stored):
+        if prometheus_ok:
             self.mark("prometheus_ok")
-        if "firing" not in alerts:
+        if prometheus_ok and "firing" not in alerts:
             self.mark("resolved")
 
     def _run(self) -> None:
