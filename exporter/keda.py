@@ -88,6 +88,7 @@ class EventTally:
         self._totals: dict[Object, int] = dict.fromkeys(self._objects, 0)
         self._monotonic = monotonic
         self._retention = retention
+        self._pruned = monotonic()
         self._lock = threading.Lock()
 
     def apply(self, kind: str, event: KubeEvent) -> bool:
@@ -104,6 +105,8 @@ class EventTally:
         if kind == "DELETED":                 # expired: nothing subtracted, the name is kept
             if key in self._seen:
                 self._seen[key].touched = now
+            if now - self._pruned > self._retention / 24:
+                self._prune(now)
             return self._live[obj].pop(key, None) is not None
         self._live[obj][key] = event
         count = occurrences(event)
@@ -126,11 +129,17 @@ class EventTally:
                     changed = True
             for event in items:
                 changed = self._apply("MODIFIED", event) or changed
-            live_keys = {k for live in self._live.values() for k in live}
-            horizon = self._monotonic() - self._retention
-            for key in [k for k, s in self._seen.items() if s.touched < horizon and k not in live_keys]:
-                del self._seen[key]
+            self._prune(self._monotonic())
             return changed
+
+    def _prune(self, now: float) -> None:
+        """Forget names untouched for the retention whose Event is gone (on relists, and on
+        deletions at most every retention/24, so a watch that never relists stays bounded)."""
+        self._pruned = now
+        live_keys = {k for live in self._live.values() for k in live}
+        horizon = now - self._retention
+        for key in [k for k, s in self._seen.items() if s.touched < horizon and k not in live_keys]:
+            del self._seen[key]
 
     def totals(self) -> Mapping[Object, int]:
         with self._lock:

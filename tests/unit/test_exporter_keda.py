@@ -164,6 +164,17 @@ def test_names_are_forgotten_only_after_the_retention() -> None:
     assert tally.remembered == 1 and tally.totals()[OBJ] == 4          # s1 forgotten, s2 counted
 
 
+def test_a_watch_that_never_relists_still_forgets_old_names() -> None:
+    clock = Clock()
+    tally = EventTally([OBJ], monotonic=clock, retention=240.0)
+    for i in range(50):                                # an Event an hour, each expiring later
+        clock.now = i * 100.0
+        tally.apply("ADDED", new_event(f"s{i}", KEDA_401, at=T0))
+        tally.apply("DELETED", new_event(f"s{i}", KEDA_401, at=T0))
+    assert tally.remembered <= 4
+    assert tally.totals()[OBJ] == 50
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
