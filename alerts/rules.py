@@ -39,7 +39,9 @@ PROMETHEUS_RULE_RELEASE = "kube-prometheus-stack"
 
 DAYS_TO_EXPIRY = "patrol:pat_days_to_expiry"
 DAILY_CHECKS_MAX_AGE = timedelta(hours=26)    # DESIGN §3 `pipeline.max_age` default
-KEDA_FAILURE_WINDOW = "5m"
+# KEDA polls every 30 s by default: 1m is two or three failed polls in a row, each already
+# retried by KEDA with a re-read Secret (cache/scalers_cache.go), so a single bad poll pages nobody.
+KEDA_AUTH_FAILING_FOR = "1m"
 ROTATION_FAILURE_WINDOW = "1h"
 
 ROTATE = "rotate"
@@ -188,18 +190,21 @@ GROUPS: tuple[Group, ...] = (
         (
             Alert(
                 name="KedaScalerAuthFailing",
+                # On the gauge, not on Event counts: KEDA >= 2.20 aggregates its Events into a
+                # series that stops moving after the second failure (docs/metrics.md), so an
+                # increase() over them misses an ongoing failure and outlives recovery by its
+                # window. The gauge drops at the exporter's first refresh after KEDA's first
+                # good poll, and the alert resolves at the next evaluation.
                 # KEDA metrics name the consumer, not the token: patrol_consumer_info maps one to
-                # the other so the worker knows what to rotate.
+                # the other (and gives the pool) so the worker knows what to rotate.
                 expr=_lines(
                     "(",
-                    "  max by (cluster, namespace, kind, name) (",
-                    f"    increase(patrol_keda_scaler_auth_failures_total[{KEDA_FAILURE_WINDOW}])",
-                    "  ) > 0",
+                    "  max by (cluster, namespace, kind, name) (patrol_keda_scaler_auth_failing) == 1",
                     ")",
                     "* on (cluster, namespace, kind, name) group_left (token, pool)",
                     "  max by (cluster, namespace, kind, name, token, pool) (patrol_consumer_info)",
                 ),
-                for_="2m",
+                for_=KEDA_AUTH_FAILING_FOR,
                 severity="critical",
                 remediation=ROTATE,
                 summary=(
@@ -209,9 +214,10 @@ GROUPS: tuple[Group, ...] = (
                 description=(
                     "The azure-pipelines scaler of {{ $labels.kind }} {{ $labels.namespace }}/"
                     "{{ $labels.name }} (cluster {{ $labels.cluster }}, pool {{ $labels.pool }}) "
-                    'failed to authenticate {{ printf "%.0f" $value }} times in the last '
-                    f"{KEDA_FAILURE_WINDOW} with token {{{{ $labels.token }}}}. No agents start for "
-                    "this pool until it is fixed; patrol's worker rotates the token on this alert."
+                    "is failing to authenticate with token {{ $labels.token }}: KEDA's latest poll "
+                    "failed and its newest KEDAScalerFailed event is an authentication failure. "
+                    "No agents start for this pool until it is fixed; "
+                    "patrol's worker rotates the token on this alert."
                 ),
             ),
         ),

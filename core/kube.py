@@ -469,9 +469,11 @@ class KubeCluster:
         """Yield ``(type, event)`` from ``resource_version`` on, for at most ``timeout_seconds``.
 
         Types are ADDED/MODIFIED/DELETED, and BOOKMARK (only ``resource_version`` is set; keep it
-        to resume). If the version is too old (410 Gone, as an ERROR event or as the answer)
-        this raises :class:`ResourceExpiredError`: call :meth:`list_events` again and watch
-        from its version. The stream simply ends after ``timeout_seconds``.
+        to resume) — though the API server sends none for Events: they have no watch cache, so
+        a quiet watch's version only ages. If the version is older than the last compaction
+        (410 Gone, as an ERROR event or as the answer) this raises :class:`ResourceExpiredError`:
+        call :meth:`list_events` again and watch from its version. The stream simply ends after
+        ``timeout_seconds``.
         """
         what = f"watch Events in {ns}"
         watcher = k8s_watch.Watch()

@@ -111,6 +111,7 @@ def _value_map(*entries: tuple[int, str, str]) -> list[JsonObject]:
 
 VALID_MAP = _value_map((0, "INVALID", "red"), (1, "valid", "green"))
 READY_MAP = _value_map((0, "not ready", "red"), (1, "ready", "green"))
+AUTH_FAILING_MAP = _value_map((0, "ok", "green"), (1, "AUTH FAILING", "red"))
 UP_MAP = _value_map((0, "down", "red"), (1, "up", "green"))
 ROTATING_MAP = _value_map((0, "idle", "transparent"), (1, "rotating", "blue"))
 
@@ -358,10 +359,23 @@ LAYOUT: tuple[Row | Panel, ...] = (
         mappings=VALID_MAP,
     ),
     Row("KEDA"),
+    state_timeline(
+        "KEDA failing to authenticate",
+        "When KEDA's azure-pipelines scaler of each ScaledJob/ScaledObject failed to authenticate "
+        "(red): its Ready condition and newest KEDAScalerFailed event (patrol_keda_scaler_auth_failing, "
+        "what KedaScalerAuthFailing fires on).",
+        Query(
+            "max by (cluster, namespace, kind, name) (patrol_keda_scaler_auth_failing)",
+            "{{cluster}} {{namespace}}/{{name}}",
+        ),
+        mappings=AUTH_FAILING_MAP,
+        width=24,
+    ),
     timeseries(
         "KEDA auth failures per ScaledJob",
-        "Authentication failures of KEDA's azure-pipelines scaler (KEDAScalerFailed events), "
-        "per ScaledJob/ScaledObject.",
+        "Authentication failures as KEDA's event recorder wrote them to KEDAScalerFailed events, "
+        "per ScaledJob/ScaledObject. KEDA >= 2.20 writes a series' count at the 2nd failure and "
+        "then every 30 min: bars lag an outage; the timeline above is the live signal.",
         Query(
             "sum by (cluster, namespace, kind, name) "
             "(increase(patrol_keda_scaler_auth_failures_total[$__rate_interval]))",

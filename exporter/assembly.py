@@ -246,7 +246,7 @@ def build(cfg: config.Config, clients: Clients, *, clock: Callable[[], float] = 
     for cluster in cfg.clusters:
         mine = [c for c in consumers if c.cluster == cluster.name]
         if mine:
-            second.append(Keda(cluster.name, mine, clients.keda(cluster),
+            second.append(Keda(cluster.name, cfg.tokens, clients.keda(cluster),
                                interval=settings.keda_interval.total_seconds(),
                                watch=watch, watch_timeout=watch_timeout, **common))
 
@@ -257,6 +257,9 @@ def build(cfg: config.Config, clients: Clients, *, clock: Callable[[], float] = 
         exposition.invalidate()
         exposition.body()
 
+    for source in second:
+        if isinstance(source, Keda):
+            source.on_change = rendered       # an Event seen between refreshes shows at once
     refresher = Refresher([first, second], on_change=rendered)
     return Exporter(sources=sources, refresher=refresher, exposition=exposition, fanout=fanout,
                     clients=clients, board=board)

@@ -104,8 +104,10 @@ class ScenarioParams:
     config_lifetime: str = "10m"
     config_renew_before: str = "3m"
     config_pipeline_max_age: str = "2m"
+    # keda_interval at or below keda_polling_interval: the exporter sees KEDA's first good poll
+    # before its next one, so KedaScalerAuthFailing resolves within two polls plus a scrape.
     exporter_intervals: dict[str, str] = field(default_factory=lambda: {
-        "pat_interval": "5s", "validity_interval": "5s", "keda_interval": "3s",
+        "pat_interval": "5s", "validity_interval": "5s", "keda_interval": "1s",
         "pools_interval": "3s", "pipeline_interval": "5s"})
 
 

@@ -233,6 +233,7 @@ def test_a_pat_revoked_out_of_band_shows_as_invalid_and_keda_auth_failures(
     assert value(exporter, "patrol_pat_valid", token="keda", sink=sink) == 1.0
     before = value(exporter, "patrol_keda_scaler_auth_failures_total", **labels)
     assert before is not None
+    assert value(exporter, "patrol_keda_scaler_auth_failing", token="keda", **labels) == 0.0
 
     keda_pat = sandbox.world.seeded.keda_pat_id
     response = httpx.post(f"{sandbox.ready['control_url']}/ado/pats/{keda_pat}/revoke", timeout=10)
@@ -243,11 +244,13 @@ def test_a_pat_revoked_out_of_band_shows_as_invalid_and_keda_auth_failures(
         time.sleep(1.0)
         exporter.refresher.refresh_once()
         failures = value(exporter, "patrol_keda_scaler_auth_failures_total", **labels) or 0.0
+        failing = value(exporter, "patrol_keda_scaler_auth_failing", token="keda", **labels)
         valid = value(exporter, "patrol_pat_valid", token="keda", sink=sink)
-        if (failures > before and valid == 0.0) or time.monotonic() > deadline:
+        if (failures > before and failing == 1.0 and valid == 0.0) or time.monotonic() > deadline:
             break
     assert value(exporter, "patrol_pat_valid", token="keda", sink=sink) == 0.0
     assert failures > before
+    assert failing == 1.0
     assert value(exporter, "patrol_pat_valid", token="daily-checks",
                  sink=next(s.id for t in exporter_tokens(exporter) for s in t.sinks if s.kind == "keyvault")) == 1.0
 

@@ -23,6 +23,7 @@ from core.secret import Secret
 from exporter.assembly import Exporter, build
 from exporter.exposition import Exposition, merge
 from exporter.fanout import Fanout
+from exporter.keda import Keda
 from exporter.refresher import Refresher, next_delay
 from exporter.server import make_app, parse_listen, start
 from exporter.source import Outcome, SourceCollector
@@ -130,13 +131,15 @@ def test_one_refresh_fills_every_metric_of_the_contract(exporter: Exporter) -> N
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert set(families) == {
         "patrol_pat_expiry_timestamp_seconds", "patrol_pat_renewal_timestamp_seconds", "patrol_pat_valid",
-        "patrol_pat_managed", "patrol_pat_global", "patrol_keda_scaler_auth_failures", "patrol_keda_scaler_ready",
+        "patrol_pat_managed", "patrol_pat_global", "patrol_keda_scaler_auth_failures",
+        "patrol_keda_scaler_auth_failing", "patrol_keda_scaler_ready",
         "patrol_consumer_info",
         "patrol_agent_pool_agents", "patrol_agent_pool_queued_jobs",
         "patrol_agent_pool_oldest_queued_job_age_seconds", "patrol_pipeline_last_run_timestamp_seconds",
         "patrol_pipeline_last_success_timestamp_seconds", "patrol_source_up",
         "patrol_source_last_success_timestamp_seconds", "patrol_source_duration_seconds"}
     assert families["patrol_keda_scaler_auth_failures"].type == "counter"
+    assert families["patrol_keda_scaler_auth_failing"].type == "gauge"
     up = {s.labels["source"]: s.value for s in families["patrol_source_up"].samples}
     assert len(up) == 9 and set(up.values()) == {1.0}
     valid = {(s.labels["token"], s.labels["sink"]): s.value for s in families["patrol_pat_valid"].samples}
@@ -330,3 +333,29 @@ def test_registry_get_sample_value_sees_merged_families(exporter: Exporter) -> N
     assert registry.get_sample_value("patrol_agent_pool_queued_jobs",
                                      {"organization": "hmcts", "pool": "sds-agents"}) == 1.0
     assert registry.get_sample_value("patrol_source_up", {"source": "keda/sds-ptl"}) == 1.0
+
+
+def test_an_event_between_refreshes_is_served_without_waiting_for_the_next_refresh(exporter: Exporter) -> None:
+    exporter.refresher.refresh_once()
+    clients = exporter.clients
+    assert isinstance(clients, FakeClients)
+    cluster = clients.clusters["cft-ptl"]
+    labels = {"cluster": "cft-ptl", "namespace": "azure-devops", "kind": "ScaledJob", "name": "azure-devops-agent"}
+
+    def served() -> float | None:
+        text = exporter.exposition.body().decode()
+        return next((s.value for f in text_string_to_metric_families(text) for s in f.samples
+                     if s.name == "patrol_keda_scaler_auth_failures_total" and s.labels == labels), None)
+
+    assert served() == 0.0
+    keda = next(s for s in exporter.sources if s.name == "keda/cft-ptl")
+    assert isinstance(keda, Keda)
+    deadline = time.monotonic() + 5
+    while not keda.feed("azure-devops").watching:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    cluster.stream.put(("ADDED", cluster.event("e1", 3, "the Azure DevOps REST API returned error. "
+                                               "urlString: u status: 401 response: ")))
+    while served() != 3.0:                            # the watch thread re-rendered it
+        assert time.monotonic() < deadline, served()
+        time.sleep(0.01)
