@@ -24,13 +24,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
 import aiohttp
 
-from sandbox.keda.agents import AgentTiming
+from sandbox.keda.agents import NAME_LABEL, AgentTiming
 from sandbox.keda.controller import ScaledJobKeda, ScaledJobStats
+from sandbox.keda.events import KedaEvents
+from sandbox.keda.harm import KedaHarm
 from sandbox.keda.scaler import (
     GO_USER_AGENT,
     SCALER_TYPE,
@@ -41,7 +43,8 @@ from sandbox.keda.scaler import (
     go_get,
     go_json_syntax_error,
 )
-from sandbox.kube import SCALEDJOBS, ClusterState, ResourceType
+from sandbox.keda.secretcache import LaggingSecretCache
+from sandbox.kube import JOBS, SCALEDJOBS, ClusterState, ResourceType
 
 __all__ = [
     "Actors", "AdoLike", "AgentTiming", "KedaError", "PipelineSpec", "ScaledJobStats", "SecretSourceLike",
@@ -59,6 +62,7 @@ class AdoLike(Protocol):
     def pool_by_name(self, name: str) -> int | None: ...
     def register_agent(self, pool_id: int, name: str) -> int: ...
     def remove_agent(self, agent_id: int) -> None: ...
+    def set_agent_status(self, agent_id: int, status: Literal["online", "offline"]) -> None: ...
     def queue_job(self, pool_id: int, *, definition: str = ...) -> int: ...
     def assign_job(self, pool_id: int, agent_id: int) -> int | None: ...
     def finish_job(self, request_id: int, result: str = ...) -> None: ...
@@ -122,6 +126,13 @@ class Actors:
     agent_timing: AgentTiming = field(default_factory=AgentTiming)
     reconcile_backoff_base: float = 0.005           # controller-runtime: 5ms doubling ...
     reconcile_backoff_cap: float = 1000.0           # ... up to 1000s
+    keda_version: str = "2.20"                      # "2.16": the core/v1 Event recorder (<= 2.19)
+    secret_cache_lag: float = 0.5                   # controller-runtime's informer cache behind the store
+    event_series_flush: float = 1800.0              # client-go tools/events refreshTime
+    event_series_idle: float = 360.0                # client-go tools/events finishTime
+    keda_harm: KedaHarm = field(default_factory=KedaHarm, init=False)
+    _keda_events: dict[str, KedaEvents] = field(default_factory=dict, init=False, repr=False)
+    _secret_caches: dict[str, LaggingSecretCache] = field(default_factory=dict, init=False, repr=False)
     _session: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
     _keda: dict[tuple[str, str, str], ScaledJobKeda] = field(default_factory=dict, init=False, repr=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False, repr=False)
@@ -134,8 +145,35 @@ class Actors:
         assert self._session is not None, "Actors.start() first"
         return self._session
 
+    def keda_events(self, cluster: str) -> KedaEvents:
+        """The Event recorders of one cluster's KEDA operator."""
+        events = self._keda_events.get(cluster)
+        if events is None:
+            events = self._keda_events[cluster] = KedaEvents(
+                self.clusters[cluster], keda_version=self.keda_version, series_flush=self.event_series_flush,
+                series_idle=self.event_series_idle)
+        return events
+
+    def secret_cache(self, cluster: str) -> LaggingSecretCache:
+        """One cluster's KEDA informer cache of Secrets."""
+        cache = self._secret_caches.get(cluster)
+        if cache is None:
+            cache = self._secret_caches[cluster] = LaggingSecretCache(self.clusters[cluster], self.secret_cache_lag)
+        return cache
+
+    async def _tick_recorders(self) -> None:
+        period = max(0.05, min(1.0, self.event_series_idle / 10, self.event_series_flush / 10))
+        while True:
+            await asyncio.sleep(period)
+            for events in self._keda_events.values():
+                events.tick()
+
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(headers={"User-Agent": GO_USER_AGENT})
+        for cluster_name in self.clusters:
+            self.keda_events(cluster_name)
+            self.secret_cache(cluster_name)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._tick_recorders()))
         for cluster_name, cluster in self.clusters.items():
             self._unsubscribe.append(cluster.subscribe(self._listener(cluster_name)))
             for sj in cluster.list_objects("keda.sh/v1alpha1", "scaledjobs"):
@@ -150,6 +188,9 @@ class Actors:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
+        for cache in self._secret_caches.values():
+            cache.unsubscribe()
+        self._secret_caches.clear()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -166,6 +207,12 @@ class Actors:
         def listener(type_: str, rt: ResourceType, obj: JSON) -> None:
             if rt is SCALEDJOBS:
                 self._on_scaledjob(cluster_name, type_, obj)
+            elif rt is JOBS and type_ == "DELETED":
+                meta = obj.get("metadata") or {}
+                keda = self._keda.get((cluster_name, meta.get("namespace", ""),
+                                       (meta.get("labels") or {}).get(NAME_LABEL, "")))
+                if keda is not None:
+                    keda.pods.on_job_deleted(meta.get("name", ""))
         return listener
 
     def _on_scaledjob(self, cluster_name: str, type_: str, obj: JSON) -> None:
@@ -272,6 +319,11 @@ class Actors:
             "job_generator": asdict(self._generator_stats),
             "pipeline": asdict(self._pipeline_stats),
         }
+
+    def harm(self) -> dict[str, int]:
+        """Cumulative harm counters since start (``GET /state`` → ``harm``), each actor family
+        contributing its own keys (KEDA and its agents: sandbox/keda/harm.py)."""
+        return {**self.keda_harm.to_dict()}
 
     def keda(self, cluster: str, ns: str, name: str) -> ScaledJobStats:
         """The live stats of one ScaledJob's KEDA (tests wait on these)."""

@@ -34,6 +34,7 @@ class ClusterLike(Protocol):
 
 class ActorsLike(Protocol):
     def snapshot(self) -> dict[str, Any]: ...
+    def harm(self) -> dict[str, int]: ...
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -152,6 +153,8 @@ class Control:
         return {
             **ado,
             "actors": self.actors.snapshot() if self.actors is not None else {},
+            # cumulative counters of what the world suffered (docs/sandbox.md "Harm counters")
+            "harm": self.actors.harm() if self.actors is not None else {},
             "keyvault": keyvault,
             "kubernetes": self.kube_state() if self.kube_state is not None else {},
             "faults": [f.to_dict() for f in self.faults.list()],

@@ -24,7 +24,9 @@ from urllib.parse import quote_plus
 
 import aiohttp
 
-from sandbox.keda.agents import AdoAgentsLike, AgentPods, AgentTiming
+from sandbox.keda.agents import AdoAgentsLike, AgentJobs, AgentTiming
+from sandbox.keda.events import Component, KedaEvents
+from sandbox.keda.harm import KedaHarm
 from sandbox.keda.scaler import (
     GO_USER_AGENT,
     SCALER_TYPE,
@@ -37,14 +39,15 @@ from sandbox.keda.scaler import (
     go_get,
     queued_count,
 )
+from sandbox.keda.secretcache import LaggingSecretCache
 from sandbox.kube import ClusterState
 
 log = logging.getLogger("sandbox.keda")
 
 JSON = dict[str, Any]
-# keda-operator's one recorder (cmd/operator/main.go: mgr.GetEventRecorderFor("keda-operator")) is
-# shared by the controllers and the scale handler, so every KEDA event has this source component.
-KEDA_COMPONENT = "keda-operator"
+# the controllers' recorder (cmd/operator/main.go); the ScaledJob scale handler has its own
+OPERATOR: Component = "keda-operator"
+SCALE_HANDLER: Component = "scale-handler"
 
 
 class KedaHost(Protocol):
@@ -64,7 +67,13 @@ class KedaHost(Protocol):
     def reconcile_backoff_base(self) -> float: ...
     @property
     def reconcile_backoff_cap(self) -> float: ...
+    @property
+    def keda_version(self) -> str: ...
+    @property
+    def keda_harm(self) -> KedaHarm: ...
     def clock(self) -> float: ...
+    def keda_events(self, cluster: str) -> KedaEvents: ...
+    def secret_cache(self, cluster: str) -> LaggingSecretCache: ...
 
 
 @dataclass
@@ -78,6 +87,8 @@ class ScaledJobStats:
     agents_failed: int = 0
     agents_killed: int = 0
     jobs_completed: int = 0
+    unregister_retries: int = 0     # agents' failed ``config.sh remove`` attempts (each retried)
+    jobs_deleted_by_rollout: int = 0
     polls: int = 0
     poll_errors: int = 0
     auth_failures: int = 0          # ADO answers to KEDA that were 401/403 or a 2xx sign-in page
@@ -111,7 +122,8 @@ class ScaledJobKeda:
         self.loop_task: asyncio.Task[None] | None = None
         self.reconcile_task: asyncio.Task[None] | None = None
         self.lock = asyncio.Lock()
-        self.pods = AgentPods(self)
+        self.cluster_name = cluster_name
+        self.pods = AgentJobs(self, actors.keda_harm)
         self.started_watch = False
 
     # -- objects ---------------------------------------------------------------------------
@@ -124,8 +136,9 @@ class ScaledJobKeda:
         return {"kind": "ScaledJob", "namespace": self.ns, "name": self.name, "uid": meta.get("uid"),
                 "apiVersion": "keda.sh/v1alpha1", "resourceVersion": meta.get("resourceVersion")}
 
-    def _event(self, sj: JSON, type_: str, reason: str, message: str) -> None:
-        self.cluster.emit_event(self.ns, self._involved(sj), reason, message, type_, KEDA_COMPONENT)
+    def _event(self, sj: JSON, type_: str, reason: str, message: str, component: Component = SCALE_HANDLER) -> None:
+        """An Event through the recorder that writes it in KEDA: the scale handler's unless said."""
+        self.actors.keda_events(self.cluster_name).emit(component, self._involved(sj), type_, reason, message)
 
     def _condition(self, type_: str) -> JSON:
         sj = self._get() or {}
@@ -159,8 +172,8 @@ class ScaledJobKeda:
             if sj is None:
                 return
             self.stats.reconciles += 1
-            if self._rollout_deletes(sj):
-                self.pods.kill()
+            if rollout_strategy(sj) != "gradual":
+                self.stats.jobs_deleted_by_rollout += self.pods.delete_previous_version(sj)
             async with self.lock:
                 try:
                     await self._get_scalers_cache(sj)
@@ -171,23 +184,17 @@ class ScaledJobKeda:
                 msg = "Failed to ensure ScaledJob is correctly created"
                 self._set_condition("Ready", "False", "ScaledJobCheckFailed", msg)
                 self._set_condition("Active", "Unknown", "UnknownState", "ScaledJob check failed")
-                self._event(sj, "Warning", "ScaledJobCheckFailed", msg)
+                self._event(sj, "Warning", "ScaledJobCheckFailed", msg, OPERATOR)
                 await asyncio.sleep(min(self.actors.reconcile_backoff_base * 2 ** attempt,
                                         self.actors.reconcile_backoff_cap))
                 attempt += 1
                 continue
             self._request_scale_loop(sj)
             if self._condition("Ready").get("status") != "True":
-                self._event(sj, "Normal", "ScaledJobReady", "ScaledJob is ready for scaling")
+                self._event(sj, "Normal", "ScaledJobReady", "ScaledJob is ready for scaling", OPERATOR)
             self._set_condition("Ready", "True", "ScaledJobReady",
                                 "ScaledJob is defined correctly and is ready to scaling")
             return
-
-    @staticmethod
-    def _rollout_deletes(sj: JSON) -> bool:
-        spec = sj.get("spec") or {}
-        strategy = (spec.get("rollout") or {}).get("strategy") or spec.get("rolloutStrategy") or "default"
-        return strategy != "gradual"
 
     def _request_scale_loop(self, sj: JSON) -> None:
         """HandleScalableObject: cancel the running loop and start a new one (first poll at once)."""
@@ -206,10 +213,14 @@ class ScaledJobKeda:
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self.pods.kill()
-        await self.pods.wait()
         if deleted:
+            # the Jobs are owned by the ScaledJob: the garbage collector deletes them
+            for job in self.pods.jobs():
+                self.pods.delete(job["metadata"]["name"])
             self.scaler = None
+        else:
+            self.pods.shutdown()
+        await self.pods.wait()
 
     # -- scalers cache -----------------------------------------------------------------------
 
@@ -272,8 +283,11 @@ class ScaledJobKeda:
                        target_queue_length=int(meta.get("targetPipelinesQueueLength", "1")),
                        activation_queue_length=int(meta.get("activationTargetPipelinesQueueLength", "0")))
 
-    def resolve_env(self, spec: JSON) -> dict[str, str]:
-        """resolver.ResolveContainerEnv for the job's first container (value and secretKeyRef)."""
+    def resolve_env(self, spec: JSON, *, cached: bool = True) -> dict[str, str]:
+        """resolver.ResolveContainerEnv for the job's first container (value and secretKeyRef).
+
+        KEDA reads Secrets through controller-runtime's cached client (``cached=True``: the
+        lagging informer cache); the kubelet starting a pod reads the API server (``False``)."""
         template = ((spec.get("jobTargetRef") or {}).get("template") or {}).get("spec") or {}
         containers = template.get("containers") or []
         env: dict[str, str] = {}
@@ -287,7 +301,8 @@ class ScaledJobKeda:
             ref = (var.get("valueFrom") or {}).get("secretKeyRef")
             if ref is None:
                 continue
-            secret = self.cluster.get_object("v1", "secrets", self.ns, ref.get("name", ""))
+            secret = (self.actors.secret_cache(self.cluster_name).get(self.ns, ref.get("name", "")) if cached
+                      else self.cluster.get_object("v1", "secrets", self.ns, ref.get("name", "")))
             if secret is None:
                 if ref.get("optional"):
                     continue
@@ -363,6 +378,7 @@ class ScaledJobKeda:
                     is_error = True
         if is_error:
             self.stats.poll_errors += 1
+            self.actors.keda_harm.keda_failed_polls += 1
         else:
             self.stats.queue_length = queue_length
         await self._request_job_scale(sj, queue_length, is_error)
@@ -377,9 +393,8 @@ class ScaledJobKeda:
         is_active = queue_length is not None and queue_length > activation
         queue = queue_length or 0
         max_value = min(math.ceil(queue / target) if target else 0, max_replicas)
-        running = sum(1 for a in self.pods.agents.values() if a.task is not None and not a.task.done())
-        pending = sum(1 for a in self.pods.agents.values()
-                      if a.task is not None and not a.task.done() and a.request_id is None)
+        running = self.pods.running_count()
+        pending = self.pods.pending_count()
         if (spec.get("scalingStrategy") or {}).get("strategy") == "accurate":
             effective = max_replicas - running if max_value + running > max_replicas else max_value - pending
         else:
@@ -392,6 +407,7 @@ class ScaledJobKeda:
                 for _ in range(count):
                     self.pods.start(sj)
                 self._event(sj, "Normal", "KEDAJobsCreated", f"Created {count} jobs")
+        self.pods.cleanup(sj)
         ready = self._condition("Ready").get("status")
         if is_error:
             if is_active and ready != "Unknown":
@@ -412,11 +428,19 @@ class ScaledJobKeda:
                 self._set_condition("Active", "False", "ScalerNotActive",
                                     "Scaling is not performed because triggers are not active")
 
-    # -- agents (the Jobs KEDA creates) --------------------------------------------------------
-
     def snapshot(self) -> dict[str, Any]:
         self.stats.agents_running = sum(1 for a in self.pods.agents.values() if a.task and not a.task.done())
         return self.stats.to_dict()
+
+
+def rollout_strategy(sj: JSON) -> str:
+    """deletePreviousVersionScaleJobs: the deprecated ``spec.rolloutStrategy`` wins whenever it is
+    non-empty, else ``spec.rollout.strategy`` ("" and anything but "gradual" delete old Jobs)."""
+    spec = sj.get("spec") or {}
+    deprecated = spec.get("rolloutStrategy")
+    if deprecated:
+        return str(deprecated)
+    return str((spec.get("rollout") or {}).get("strategy") or "")
 
 
 def _rfc3339(t: float) -> str:

@@ -25,6 +25,8 @@ from sandbox.kube.gotime import GoTimeError, format_micro_time, format_time, par
 from sandbox.kube.types import (
     CONFIGMAPS,
     EVENTS,
+    EVENTS_V1,
+    JOBS,
     JSON,
     LEASES,
     NAMESPACES,
@@ -37,7 +39,7 @@ from sandbox.kube.types import (
 )
 
 __all__ = [
-    "CONFIGMAPS", "EVENTS", "JSON", "LEASES", "NAMESPACES", "RESOURCE_TYPES", "SCALEDJOBS", "SCALEDOBJECTS",
-    "SECRETS", "TRIGGERAUTHENTICATIONS", "ApiError", "ClusterState", "GoTimeError", "ResourceType",
-    "format_micro_time", "format_time", "parse_go_time", "scaledjob_spec",
+    "CONFIGMAPS", "EVENTS", "EVENTS_V1", "JOBS", "JSON", "LEASES", "NAMESPACES", "RESOURCE_TYPES",
+    "SCALEDJOBS", "SCALEDOBJECTS", "SECRETS", "TRIGGERAUTHENTICATIONS", "ApiError", "ClusterState", "GoTimeError",
+    "ResourceType",    "format_micro_time", "format_time", "parse_go_time", "scaledjob_spec",
 ]

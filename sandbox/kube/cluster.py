@@ -30,13 +30,21 @@ class ClusterState(Store):
     ``allowWatchBookmarks`` gets a BOOKMARK (the real server: about a minute, and ~2s before the
     watch times out). ``recorder_spam_filter``: ``(burst, seconds per token)`` to reproduce
     client-go's per-source+object event throttle (``(25, 300.0)`` in client-go); None = off.
+    ``compaction_interval``: the API server's ``--etcd-compaction-interval`` (default 5m): every
+    interval etcd is compacted to the revision seen at the previous tick
+    (``storage/etcd3/compact.go``), after which an Event watch or list continuation from an older
+    resourceVersion gets 410 Gone.
     """
 
     def __init__(self, name: str, bearer_token: str, *, clock: Callable[[], float] = time.time,
                  event_ttl: float = 3600.0, history_size: int = 10_000, bookmark_interval: float = 60.0,
                  watch_default_timeout: float = 1800.0, reap_interval: float = 1.0,
-                 recorder_spam_filter: tuple[int, float] | None = None) -> None:
+                 recorder_spam_filter: tuple[int, float] | None = None,
+                 compaction_interval: float = 300.0) -> None:
         super().__init__(clock=clock, event_ttl=event_ttl, history_size=history_size)
+        self.compaction_interval = compaction_interval
+        self._next_compaction: float | None = None
+        self._compaction_candidate = 0
         self.name = name
         self.bearer_token = bearer_token
         self.bookmark_interval = bookmark_interval
@@ -54,6 +62,18 @@ class ClusterState(Store):
     @recorder_spam_filter.setter
     def recorder_spam_filter(self, value: tuple[int, float] | None) -> None:
         self.core_recorder.spam_filter = value
+
+    def maybe_compact(self, now: float) -> None:
+        """The compactor's tick (``now`` on a monotonic clock): compact to the previous tick's revision."""
+        if self._next_compaction is None:
+            self._next_compaction = now + self.compaction_interval
+            self._compaction_candidate = self.resource_version
+            return
+        if now < self._next_compaction:
+            return
+        self.compact_events_to(self._compaction_candidate)
+        self._compaction_candidate = self.resource_version
+        self._next_compaction = now + self.compaction_interval
 
     def app(self, *, log: RequestLog | None = None, faults: FaultTable | None = None) -> web.Application:
         """The API server; with ``log``/``faults`` it gets the shared sandbox middlewares."""
@@ -105,7 +125,8 @@ class ClusterState(Store):
 
     def put_scaledjob(self, ns: str, name: str, *, organization_url: str, pool_name: str, secret_name: str,
                       secret_key: str, polling_interval: int, max_replica_count: int = 10,
-                      field_manager: str = "kubectl", rollout_strategy: str | None = None) -> JSON:
+                      field_manager: str = "kubectl", rollout_strategy: str | None = None,
+                      active_deadline_seconds: int = 14400) -> JSON:
         """Create or replace an azure-pipelines ScaledJob shaped like a real agent deployment.
 
         ``rollout_strategy`` sets ``spec.rollout.strategy``; None leaves it out (KEDA's ``default``).
@@ -116,7 +137,8 @@ class ClusterState(Store):
             "spec": scaledjob_spec(name=name, organization_url=organization_url, pool_name=pool_name,
                                    secret_name=secret_name, secret_key=secret_key,
                                    polling_interval=polling_interval, max_replica_count=max_replica_count,
-                                   rollout_strategy=rollout_strategy),
+                                   rollout_strategy=rollout_strategy,
+                                   active_deadline_seconds=active_deadline_seconds),
         }
         self.create_namespace(ns)
         existing = self.objects[SCALEDJOBS.key].get((ns, name))
@@ -185,7 +207,7 @@ class ClusterState(Store):
 
 def scaledjob_spec(*, name: str, organization_url: str, pool_name: str, secret_name: str, secret_key: str,
                    polling_interval: int, max_replica_count: int = 10,
-                   rollout_strategy: str | None = None) -> JSON:
+                   rollout_strategy: str | None = None, active_deadline_seconds: int = 14400) -> JSON:
     """A ScaledJob spec as platform teams write it for ephemeral ``--once`` ADO agents.
 
     Without ``rollout_strategy`` there is no ``rollout`` field, as in most real manifests: KEDA
@@ -193,7 +215,7 @@ def scaledjob_spec(*, name: str, organization_url: str, pool_name: str, secret_n
     """
     spec: JSON = {
         "jobTargetRef": {
-            "parallelism": 1, "completions": 1, "activeDeadlineSeconds": 14400, "backoffLimit": 0,
+            "parallelism": 1, "completions": 1, "activeDeadlineSeconds": active_deadline_seconds, "backoffLimit": 0,
             "template": {
                 "metadata": {"labels": {"app": name}},
                 "spec": {

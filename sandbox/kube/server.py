@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from sandbox.http import FaultTable, RequestLog, middlewares
+from sandbox.kube import eventsv1
 from sandbox.kube.errors import (
     ApiError,
     DecodeError,
@@ -29,7 +30,7 @@ from sandbox.kube.errors import (
     status_details,
 )
 from sandbox.kube.selectors import fields_match, labels_match, parse_bool, parse_field_selector, parse_label_selector
-from sandbox.kube.types import BY_GV_PLURAL, EVENTS, JSON, RESOURCE_TYPES, SERVER_VERSION, ResourceType
+from sandbox.kube.types import BY_GV_PLURAL, EVENTS, EVENTS_V1, JSON, SERVED_TYPES, SERVER_VERSION, ResourceType
 from sandbox.kube.watch import serve_watch
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class ApiServer:
         while True:
             await asyncio.sleep(self.state.reap_interval)
             self.state.expire_events()
+            self.state.maybe_compact(asyncio.get_running_loop().time())
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Authorization", "") != f"Bearer {self.state.bearer_token}":
@@ -104,7 +106,7 @@ class ApiServer:
             gv, rest = f"{parts[1]}/{parts[2]}", parts[3:]
         else:
             raise no_route()
-        if not any(rt.group_version == gv for rt in RESOURCE_TYPES):
+        if not any(rt.group_version == gv for rt in SERVED_TYPES):
             raise no_route()
         if not rest:
             return _json_response(_resource_list(gv))
@@ -124,6 +126,8 @@ class ApiServer:
             raise no_route()
         if not rt.namespaced:
             ns = ""
+        if rt is EVENTS_V1:
+            return await self._serve_events_v1(request, ns, name)
         return await self._serve(request, rt, ns, name, sub)
 
     async def _serve(self, request: web.Request, rt: ResourceType, ns: str | None, name: str | None,
@@ -178,6 +182,59 @@ class ApiServer:
                                    "details": {**status_details(rt, name), "uid": gone["metadata"].get("uid")}})
         raise method_not_allowed()
 
+    async def _serve_events_v1(self, request: web.Request, ns: str | None, name: str | None) -> web.StreamResponse:
+        """events.k8s.io/v1: the same Events, converted on the way in and out (eventsv1.py)."""
+        q = request.query
+        method = request.method
+        manager = q.get("fieldManager") or _manager_from_user_agent(request.headers.get("User-Agent", ""))
+        dry_run = q.get("dryRun") == "All"
+        selector = eventsv1.field_selector_to_core(q.get("fieldSelector", ""))
+        parse_field_selector(q.get("fieldSelector", ""), EVENTS_V1)   # 400 on a label v1 does not have
+        if name is None:
+            if method == "GET":
+                if parse_bool(q.get("watch")):
+                    return await serve_watch(self.state, request, EVENTS, ns, closing=lambda: self._closing,
+                                             view=eventsv1.to_v1, field_selector=selector)
+                listed = self._list(EVENTS, ns, {**q, "fieldSelector": selector})
+                return _json_response({"kind": "EventList", "apiVersion": EVENTS_V1.group_version,
+                                       "metadata": listed["metadata"],
+                                       "items": [eventsv1.to_v1(i) for i in listed["items"]]})
+            if method == "POST" and ns is not None:
+                body = await _read_json(request)
+                if not isinstance(body, dict):
+                    raise bad_request("couldn't get version/kind; json parse error: not an object")
+                eventsv1.validate_create(body)
+                try:
+                    obj = self.state.create(EVENTS, ns, eventsv1.to_core(body), manager=manager, dry_run=dry_run)
+                except DecodeError as exc:
+                    raise cannot_handle(EVENTS_V1, exc) from exc
+                return _json_response(eventsv1.to_v1(obj), 201)
+            raise method_not_allowed()
+        assert ns is not None
+        if method == "GET":
+            found = self.state.objects[EVENTS.key].get((ns, name))
+            if found is None:
+                raise not_found(EVENTS_V1, name)
+            return _json_response(eventsv1.to_v1(found))
+        if method == "PUT":
+            body = await _read_json(request)
+            try:
+                obj = self.state.update(EVENTS, ns, name, eventsv1.to_core(body), manager=manager, dry_run=dry_run)
+            except DecodeError as exc:
+                raise cannot_handle(EVENTS_V1, exc) from exc
+            return _json_response(eventsv1.to_v1(obj))
+        if method == "PATCH":
+            raw = await request.read()
+            obj = self.state.patch(EVENTS, ns, name, raw, request.headers.get("Content-Type", ""), manager=manager,
+                                   dry_run=dry_run, view=(eventsv1.to_v1, eventsv1.to_core))
+            return _json_response(eventsv1.to_v1(obj))
+        if method == "DELETE":
+            gone = self.state.delete(EVENTS, ns, name, dry_run=dry_run)
+            return _json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                                   "details": {**status_details(EVENTS_V1, name),
+                                               "uid": gone["metadata"].get("uid")}})
+        raise method_not_allowed()
+
     def _list(self, rt: ResourceType, ns: str | None, q: Any) -> JSON:
         if rt is EVENTS:
             self.state.expire_events()
@@ -192,8 +249,11 @@ class ApiServer:
             try:
                 token = json.loads(base64.b64decode(q["continue"]))
                 start = int(token["start"])
+                token_rv = int(token.get("rv", 0))
             except (ValueError, KeyError, binascii.Error) as exc:
                 raise bad_request("continue key is not valid: " + str(exc)) from exc
+            if rt is EVENTS and token_rv < self.state.compacted_rv:
+                raise ApiError(410, "Expired", _CONTINUE_TOO_OLD)
         if limit > 0:
             page = items[start:start + limit]
             if start + limit < len(items):
@@ -212,6 +272,15 @@ class ApiServer:
                 "items": out_items}
 
 
+# storage/etcd3 store.go GetList: a continue token whose revision etcd compacted away
+_CONTINUE_TOO_OLD = (
+    "The provided continue parameter is too old to display a consistent list result. You can start a new list "
+    "without the continue parameter, or use the continue token in this response to retrieve the remainder of "
+    "the results. Continuing with the provided token results in an inconsistent list - objects that were "
+    "created, modified, or deleted between the time the first chunk was returned and now may show up in the "
+    "list.")
+
+
 def _manager_from_user_agent(ua: str) -> str:
     """The API server's default field manager: the User-Agent up to the first '/'."""
     prefix = ua.split("/", 1)[0].strip()
@@ -220,21 +289,21 @@ def _manager_from_user_agent(ua: str) -> str:
 
 def _groups() -> list[str]:
     seen: list[str] = []
-    for rt in RESOURCE_TYPES:
+    for rt in SERVED_TYPES:
         if rt.group and rt.group not in seen:
             seen.append(rt.group)
     return seen
 
 
 def _api_group(group: str) -> JSON:
-    versions = sorted({rt.version for rt in RESOURCE_TYPES if rt.group == group})
+    versions = sorted({rt.version for rt in SERVED_TYPES if rt.group == group})
     gvs = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
     return {"name": group, "versions": gvs, "preferredVersion": gvs[0]}
 
 
 def _resource_list(gv: str) -> JSON:
     resources: list[JSON] = []
-    for rt in RESOURCE_TYPES:
+    for rt in SERVED_TYPES:
         if rt.group_version != gv:
             continue
         verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandbox.kube import eventsv1
 from sandbox.kube.errors import (
     ApiError,
     DecodeError,
@@ -51,6 +52,7 @@ from sandbox.kube.patch import (
 from sandbox.kube.types import (
     BY_GV_PLURAL,
     EVENTS,
+    EVENTS_V1,
     JSON,
     LEASES,
     NAMESPACES,
@@ -102,6 +104,8 @@ class Store:
         self.watchers: dict[str, set[Watcher]] = {rt.key: set() for rt in RESOURCE_TYPES}
         self._event_expiry: dict[tuple[str, str], float] = {}
         self._listeners: list[Listener] = []
+        # the etcd revision Events were compacted to (Events are not watch-cached: see watch.py)
+        self.compacted_rv = 0
 
     @property
     def resource_version(self) -> int:
@@ -114,6 +118,9 @@ class Store:
 
     def get_object(self, group_version: str, resource: str, ns: str, name: str) -> JSON | None:
         rt = BY_GV_PLURAL.get((group_version, resource))
+        if rt is EVENTS_V1:
+            core = self.get_object("v1", "events", ns, name)
+            return eventsv1.to_v1(core) if core is not None else None
         if rt is None:
             return None
         obj = self.objects[rt.key].get((ns if rt.namespaced else "", name))
@@ -121,6 +128,8 @@ class Store:
 
     def list_objects(self, group_version: str, resource: str, ns: str | None = None) -> list[JSON]:
         rt = BY_GV_PLURAL[(group_version, resource)]
+        if rt is EVENTS_V1:
+            return [eventsv1.to_v1(o) for o in self.list_objects("v1", "events", ns)]
         return [copy.deepcopy(o) for (ons, _), o in sorted(self.objects[rt.key].items())
                 if ns is None or ons == ns]
 
@@ -130,6 +139,15 @@ class Store:
             if hist:
                 self.evicted[key] = True
             hist.clear()
+        self.compacted_rv = self._rv
+
+    def compact_events_to(self, rv: int) -> None:
+        """An etcd compaction at revision ``rv`` as Event watches see it (they are served from etcd)."""
+        self.compacted_rv = max(self.compacted_rv, rv)
+        hist = self.history[EVENTS.key]
+        while hist and hist[0].rv < self.compacted_rv:
+            hist.popleft()
+            self.evicted[EVENTS.key] = True
 
     def _now(self) -> str:
         return format_time(self.clock())
@@ -220,7 +238,10 @@ class Store:
                             subresource=subresource, dry_run=dry_run)
 
     def patch(self, rt: ResourceType, ns: str, name: str, raw: bytes, content_type: str, *, manager: str,
-              subresource: str = "", dry_run: bool = False) -> JSON:
+              subresource: str = "", dry_run: bool = False,
+              view: tuple[Callable[[JSON], JSON], Callable[[JSON], JSON]] | None = None) -> JSON:
+        """Apply a patch; with ``view=(out, in)`` the patch is applied to the served version of the
+        object (``out(stored)``) and the result converted back (``in``) before the update."""
         ctype = content_type.split(";", maxsplit=1)[0].strip().lower()
         allowed = ["application/json-patch+json", "application/merge-patch+json"]
         if not rt.custom:
@@ -241,6 +262,8 @@ class Store:
         base = copy.deepcopy(current)
         base.setdefault("apiVersion", rt.group_version)
         base.setdefault("kind", rt.kind)
+        if view is not None:
+            base = view[0](base)
         if ctype == "application/json-patch+json":
             try:
                 patched = json_patch(base, patch_doc)
@@ -261,6 +284,8 @@ class Store:
                 shown = go_map_repr(patch_doc)
         if not isinstance(patched, dict):
             raise ApiError(422, "Invalid", "the patched object is not a JSON object")
+        if view is not None:
+            patched = view[1](patched)
         patched_meta = patched.get("metadata") or {}
         rv = str(patched_meta.get("resourceVersion") or "")
         try:

@@ -79,11 +79,28 @@ SCALEDJOBS = ResourceType("keda.sh", "v1alpha1", "scaledjobs", "ScaledJob", "sca
 SCALEDOBJECTS = ResourceType("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject", "scaledobject",
                              custom=True, status_subresource=True, unconditional_update=False,
                              short_names=("so",))
+# batch/v1 Jobs: the agent Jobs KEDA creates for a ScaledJob (pkg/scaling/executor/scale_jobs.go).
+JOBS = ResourceType("batch", "v1", "jobs", "Job", "job", status_subresource=True,
+                    field_labels=frozenset({"metadata.name", "metadata.namespace", "status.successful"}),
+                    time_fields=(("status", "startTime"), ("status", "completionTime")))
+# events.k8s.io/v1 Events: another view of the same storage as core/v1 events (the API server
+# converts between them), so it has no key of its own in the store; see sandbox.kube.eventsv1.
+EVENTS_V1 = ResourceType("events.k8s.io", "v1", "events", "Event", "event",
+                         field_labels=frozenset({
+                             "metadata.name", "metadata.namespace", "regarding.kind", "regarding.namespace",
+                             "regarding.name", "regarding.uid", "regarding.apiVersion",
+                             "regarding.resourceVersion", "regarding.fieldPath", "reason", "reportingController",
+                             "type"}),
+                         micro_time_fields=(("eventTime",), ("series", "lastObservedTime")),
+                         time_fields=(("deprecatedFirstTimestamp",), ("deprecatedLastTimestamp",)),
+                         short_names=("ev",))
 TRIGGERAUTHENTICATIONS = ResourceType("keda.sh", "v1alpha1", "triggerauthentications",
                                       "TriggerAuthentication", "triggerauthentication", custom=True,
                                       unconditional_update=False, short_names=("ta", "triggerauth"))
 
 RESOURCE_TYPES: tuple[ResourceType, ...] = (
-    NAMESPACES, SECRETS, CONFIGMAPS, EVENTS, LEASES, SCALEDJOBS, SCALEDOBJECTS, TRIGGERAUTHENTICATIONS,
+    NAMESPACES, SECRETS, CONFIGMAPS, EVENTS, LEASES, JOBS, SCALEDJOBS, SCALEDOBJECTS, TRIGGERAUTHENTICATIONS,
 )
-BY_GV_PLURAL: dict[tuple[str, str], ResourceType] = {(r.group_version, r.plural): r for r in RESOURCE_TYPES}
+# what the server routes: the stored types plus the views over another type's storage
+SERVED_TYPES: tuple[ResourceType, ...] = (*RESOURCE_TYPES, EVENTS_V1)
+BY_GV_PLURAL: dict[tuple[str, str], ResourceType] = {(r.group_version, r.plural): r for r in SERVED_TYPES}

@@ -26,10 +26,20 @@ if TYPE_CHECKING:
 
 
 async def serve_watch(state: ClusterState, request: web.Request, rt: ResourceType, ns: str | None, *,
-                  closing: Callable[[], bool]) -> web.StreamResponse:
-    """A watch as the API server streams it: initial ADDEDs or history replay, bookmarks, 410."""
+                      closing: Callable[[], bool], view: Callable[[JSON], JSON] | None = None,
+                      field_selector: str | None = None) -> web.StreamResponse:
+    """A watch as the API server streams it: initial ADDEDs or history replay, bookmarks, 410.
+
+    ``view`` converts each stored object to the served version (events.k8s.io/v1 over the core
+    Events), ``field_selector`` is then the selector already in the stored version's labels.
+
+    Events are not in the watch cache (apiserver ``DefaultWatchCacheSizes``: events 0), so an
+    Event watch is served from etcd: no BOOKMARK frames even when asked for, and a
+    resourceVersion older than the last compaction is a 410 ``Expired`` with etcd's wording.
+    """
     q = request.query
-    fterms = parse_field_selector(q.get("fieldSelector", ""), rt)
+    show = view or (lambda o: o)
+    fterms = parse_field_selector(q.get("fieldSelector", "") if field_selector is None else field_selector, rt)
     lreqs = parse_label_selector(q.get("labelSelector", ""))
     if rt is EVENTS:
         state.expire_events()
@@ -37,7 +47,7 @@ async def serve_watch(state: ClusterState, request: web.Request, rt: ResourceTyp
     if rv_param and not rv_param.isdigit():
         raise bad_rv(rv_param)
     timeout = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else state.watch_default_timeout
-    bookmarks = parse_bool(q.get("allowWatchBookmarks"))
+    bookmarks = parse_bool(q.get("allowWatchBookmarks")) and rt is not EVENTS
     requested = int(rv_param) if rv_param else 0
     if requested > state.resource_version:
         raise ApiError(504, "Timeout", f"Too large resource version: {requested}, current: {state.resource_version}",
@@ -57,8 +67,13 @@ async def serve_watch(state: ClusterState, request: web.Request, rt: ResourceTyp
 
     history = state.history[rt.key]
     oldest = history[0].rv if history else state.resource_version + 1
-    if requested > 0 and state.evicted[rt.key] and requested < oldest - 1:
+    err: ApiError | None = None
+    if rt is EVENTS and 0 < requested < state.compacted_rv:
+        # storage/etcd3 watcher.go: etcd answered ErrCompacted
+        err = ApiError(410, "Expired", "The resourceVersion for the provided watch is too old.")
+    elif requested > 0 and state.evicted[rt.key] and requested < oldest - 1:
         err = ApiError(410, "Expired", f"too old resource version: {requested} ({oldest - 1})")
+    if err is not None:
         await resp.write(frame("ERROR", err.status()))
         await resp.write_eof()
         return resp
@@ -73,7 +88,7 @@ async def serve_watch(state: ClusterState, request: web.Request, rt: ResourceTyp
                 key=lambda o: int(o["metadata"]["resourceVersion"]))
             for obj in current:
                 if matches(obj):
-                    await resp.write(frame("ADDED", obj))
+                    await resp.write(frame("ADDED", show(obj)))
         else:
             for change in list(history):
                 if change.rv > requested and (ns is None or change.namespace == ns):
@@ -99,7 +114,7 @@ async def serve_watch(state: ClusterState, request: web.Request, rt: ResourceTyp
                 break
             frame_type = _watch_frame_type(live, matches)
             if frame_type is not None:
-                await resp.write(frame(frame_type, live.obj))
+                await resp.write(frame(frame_type, show(live.obj)))
         await resp.write_eof()
     except ConnectionResetError:
         pass
