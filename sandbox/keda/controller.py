@@ -217,6 +217,7 @@ class ScaledJobKeda:
             # the Jobs are owned by the ScaledJob: the garbage collector deletes them
             for job in self.pods.jobs():
                 self.pods.delete(job["metadata"]["name"])
+                self.pods.on_job_deleted(job["metadata"]["name"])   # Actors no longer routes to us
             self.scaler = None
         else:
             self.pods.shutdown()

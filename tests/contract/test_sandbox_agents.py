@@ -252,6 +252,14 @@ def test_deleting_a_job_mid_build_interrupts_the_build(world: World) -> None:
                what="the terminated pod to unregister (its PAT is still valid)")
 
 
+def test_deleting_the_scaledjob_garbage_collects_its_jobs(world: World) -> None:
+    world.queue()
+    world.wait(world.building, what="an agent building")
+    client.CustomObjectsApi(world.api).delete_namespaced_custom_object("keda.sh", "v1alpha1", NS, "scaledjobs", SJ)
+    world.wait(lambda: world.jobs() == [], what="the owned Jobs to be deleted")
+    world.wait(lambda: world.harm()["builds_interrupted"] == 1, what="the running build to be counted")
+
+
 # --- rollout -----------------------------------------------------------------------------------------
 
 
