@@ -7,7 +7,11 @@ the PAT), deletes the previous version's Jobs per the rollout strategy and (re)s
 loop. Every polling interval the loop re-reads the ScaledJob, rebuilds the cache if the
 generation moved, and polls the job requests with the *cached* PAT. A failed poll rebuilds the
 scaler (re-reading the Secret) and retries once in the same poll; only if that fails too is the
-error surfaced (``KEDAScalerFailed`` event, ``Ready=False/TriggerError``).
+error surfaced (``KEDAScalerFailed`` event, ``Ready=False/TriggerError``) and counted as harm
+(``keda_failed_polls``). KEDA reads Secrets through its lagging informer cache
+(:mod:`sandbox.keda.secretcache`) and writes Events through its version's recorders
+(:mod:`sandbox.keda.events`): the reconciler's as ``keda-operator``, the scale handler's as
+``scale-handler``.
 """
 
 from __future__ import annotations
