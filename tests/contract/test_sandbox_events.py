@@ -17,16 +17,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 from loop_thread import FakeClock, LoopThread
 
+from sandbox.app import SandboxThread
 from sandbox.http import FaultTable, RequestLog
 from sandbox.keda.events import KedaEvents, uses_events_v1
 from sandbox.kube import ClusterState
 from sandbox.kube.recorder import EventsV1Recorder
+from sandbox.scenarios import scenario
 
 pytestmark = pytest.mark.contract
 
@@ -252,3 +255,32 @@ def test_compaction_runs_on_its_own_interval() -> None:
             time.sleep(0.05)
     finally:
         lt.close()
+
+
+# --- the scenario parameter, end to end ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["2.20", "2.16"])
+def test_keda_version_scenario_picks_the_recorder_end_to_end(tmp_path: Path, version: str) -> None:
+    params = scenario("default", keda_version=version, job_interval=None, pipeline_interval=None)
+    with SandboxThread(str(tmp_path), params) as sb, httpx.Client(timeout=10) as http:
+        control = sb.ready["control_url"]
+        sink = {"kind": "kubernetes-secret", "cluster": "cft-ptl", "namespace": NS,
+                "secret": "azure-devops-token", "key": "token"}
+        assert http.post(f"{control}/ado/sinks/revoke", json=sink).status_code == 200
+
+        def failed() -> list[dict[str, Any]]:
+            events = http.get(f"{control}/state").json()["kubernetes"]["cft-ptl"]["events"]
+            return [e for e in events if e["reason"] == "KEDAScalerFailed"]
+
+        deadline = time.monotonic() + 20
+        while not (found := [e for e in failed() if (e["series"] or {}).get("count", 0) >= 2
+                             or (e["count"] or 0) >= 2]):
+            assert time.monotonic() < deadline, failed()
+            time.sleep(0.2)
+        event = found[0]
+        assert event["reportingComponent"] == "scale-handler"
+        if version == "2.20":
+            assert event["count"] is None and event["eventTime"] and event["lastTimestamp"] is None
+        else:
+            assert event["series"] is None and event["lastTimestamp"] and event["count"] >= 2
