@@ -53,6 +53,7 @@ from sandbox.kube.types import (
     BY_GV_PLURAL,
     EVENTS,
     EVENTS_V1,
+    JOBS,
     JSON,
     LEASES,
     NAMESPACES,
@@ -179,8 +180,10 @@ class Store:
             raise already_exists(rt, name)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = self._now()
-        if rt.custom:
+        if rt.custom or rt is JOBS:
             meta["generation"] = 1
+        if rt is JOBS:
+            _default_job(obj, meta["uid"], name)
         if rt.status_subresource:
             obj.pop("status", None)
         return self._commit(rt, ns if rt.namespaced else "", name, obj, None, manager=manager,
@@ -504,3 +507,19 @@ def bad_b64_offset(value: Any) -> int:
         if not (c.isascii() and (c.isalnum() or c in "+/=")):
             return i
     return len(s) - (len(s) % 4 or 4)
+
+
+def _default_job(job: JSON, uid: str, name: str) -> None:
+    """What the API server's Job strategy and defaulting add on create (batch/v1, Kubernetes 1.30):
+    the controller-uid selector and pod labels, and the defaulted spec fields."""
+    spec = job.setdefault("spec", {})
+    labels = {"batch.kubernetes.io/controller-uid": uid, "batch.kubernetes.io/job-name": name,
+              "controller-uid": uid, "job-name": name}
+    if not spec.get("manualSelector"):
+        spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
+        template_meta = spec.setdefault("template", {}).setdefault("metadata", {})
+        template_meta["labels"] = {**(template_meta.get("labels") or {}), **labels}
+    for key, value in (("parallelism", 1), ("completions", 1), ("backoffLimit", 6),
+                       ("completionMode", "NonIndexed"), ("suspend", False), ("podReplacementPolicy",
+                                                                              "TerminatingOrFailed")):
+        spec.setdefault(key, value)

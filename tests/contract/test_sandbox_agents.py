@@ -189,6 +189,10 @@ def test_a_queued_build_gets_a_real_job_shaped_like_kedas(world: World) -> None:
     container = job.spec.template.spec.containers[0]
     assert [e.name for e in container.env] == ["AZP_URL", "AZP_POOL", "AZP_TOKEN"]
     assert job.spec.template.metadata.labels["scaledjob.keda.sh/name"] == SJ
+    # the API server's Job defaulting
+    assert job.spec.template.metadata.labels["batch.kubernetes.io/job-name"] == meta.name
+    assert job.spec.selector.match_labels == {"batch.kubernetes.io/controller-uid": meta.uid}
+    assert (job.spec.completion_mode, job.spec.suspend, job.spec.parallelism) == ("NonIndexed", False, 1)
     assert job.status.active == 1 and job.status.start_time is not None and job.status.succeeded is None
     world.wait(lambda: world.stats().jobs_completed == 1, what="the build to finish")
     world.wait(lambda: world.jobs()[0].status.succeeded == 1, what="the Job to complete")
