@@ -40,7 +40,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from sandbox.actors import Actors
+from sandbox.actors import Actors, AgentTiming
 from sandbox.ado import AdoWorld
 from sandbox.control import Control
 from sandbox.entra import Entra
@@ -180,7 +180,8 @@ class Sandbox:
             if spec.name in clusters:
                 continue
             cluster_tokens[spec.name] = secrets.token_urlsafe(32)
-            clusters[spec.name] = ClusterState(spec.name, cluster_tokens[spec.name], clock=clock)
+            clusters[spec.name] = ClusterState(spec.name, cluster_tokens[spec.name], clock=clock,
+                                               compaction_interval=params.compaction_interval)
             # kube.ClusterState.app builds the shared middlewares itself (log=, faults=).
             runner, port = await _serve(clusters[spec.name].app(log=request_log, faults=faults))
             self._runners.append(runner)
@@ -212,7 +213,12 @@ class Sandbox:
         actors = Actors(ado=ado, kv=kv, clusters=clusters, ado_base_url=organization_url,
                         keda_polling_interval=float(params.keda_polling_interval),
                         job_interval=params.job_interval, pipeline=pipeline, keyvault_reader=reader,
-                        clock=clock)
+                        clock=clock,
+                        agent_timing=AgentTiming(run_time=params.build_duration,
+                                                 unregister_retry=params.agent_unregister_retry),
+                        keda_version=params.keda_version, secret_cache_lag=params.secret_cache_lag,
+                        event_series_flush=params.event_series_flush,
+                        event_series_idle=params.event_series_idle)
         await actors.start()
         self._world.actors = actors
         control.actors = actors
@@ -366,10 +372,18 @@ def _kube_state(clusters: dict[str, ClusterState]) -> dict[str, Any]:
             "namespace": e["metadata"].get("namespace"), "reason": e.get("reason"), "type": e.get("type"),
             "count": e.get("count"), "message": e.get("message"),
             "involvedObject": {k: (e.get("involvedObject") or {}).get(k) for k in ("kind", "name")},
-            "lastTimestamp": e.get("lastTimestamp"),
+            "lastTimestamp": e.get("lastTimestamp"), "eventTime": e.get("eventTime"), "series": e.get("series"),
+            "reportingComponent": e.get("reportingComponent"),
         } for e in cluster.events()]
+        jobs = [{
+            "namespace": j["metadata"].get("namespace"), "name": j["metadata"].get("name"),
+            "scaledjob": (j["metadata"].get("labels") or {}).get("scaledjob.keda.sh/name"),
+            "generation": (j["metadata"].get("annotations") or {}).get("scaledjob.keda.sh/generation"),
+            "status": {k: v for k, v in (j.get("status") or {}).items()
+                       if k in ("active", "succeeded", "failed", "startTime", "completionTime")},
+        } for j in cluster.list_objects("batch/v1", "jobs")]
         out[name] = {"resourceVersion": cluster.resource_version, "secrets": secrets_meta,
-                     "scaledjobs": scaledjobs, "events": events}
+                     "scaledjobs": scaledjobs, "events": events, "jobs": jobs}
     return out
 
 

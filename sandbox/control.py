@@ -159,6 +159,7 @@ class Control:
         return {
             **ado,
             "actors": self.actors.snapshot() if self.actors is not None else {},
+            # cumulative counters of what the world suffered (docs/sandbox.md "Harm counters")
             "harm": self.harm(),
             "keyvault": keyvault,
             "kubernetes": self.kube_state() if self.kube_state is not None else {},

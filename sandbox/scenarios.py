@@ -41,7 +41,8 @@ class ClusterSeedable(Protocol):
                    field_manager: str = ...) -> dict[str, Any]: ...
     def put_scaledjob(self, ns: str, name: str, *, organization_url: str, pool_name: str,
                       secret_name: str, secret_key: str, polling_interval: int,
-                      rollout_strategy: str | None = ...) -> dict[str, Any]: ...
+                      rollout_strategy: str | None = ...,
+                      active_deadline_seconds: int = ...) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,16 @@ class ScenarioParams:
     daily_pat_name: str = "daily-checks-seed"
     daily_pat_lifetime: float = 600.0
     keda_polling_interval: int = 2               # ScaledJob pollingInterval
+    # KEDA, its agents and the API server as they really behave (docs/sandbox.md "Real-world
+    # timings"; each default is the real value scaled down, the real one in the comment).
+    keda_version: str = "2.20"                   # "2.16": the core/v1 Event recorder of KEDA <= 2.19
+    secret_cache_lag: float = 0.5                # controller-runtime informer cache behind the API server
+    build_duration: float = 12.0                 # one agent build (real: minutes)
+    agent_unregister_retry: float = 3.0          # start.sh cleanup retry (real: 30 s)
+    active_deadline_seconds: int = 60            # the seeded ScaledJobs' jobTargetRef (real: often 4 h)
+    event_series_flush: float = 1800.0           # client-go tools/events refreshTime (real: 30 min)
+    event_series_idle: float = 360.0             # client-go tools/events finishTime (real: 6 min)
+    compaction_interval: float = 300.0           # kube-apiserver --etcd-compaction-interval (real: 5 min)
     job_interval: float | None = 4.0             # the job generator; None = no generator
     pipeline_interval: float | None = 20.0       # daily-checks pipeline period; None = not running
     # How long one daily-checks run lasts: it reads its PAT from Key Vault at its start and uses it
@@ -195,7 +206,8 @@ def seed(params: ScenarioParams, *, ado: AdoWorld, entra: Entra, kv: KeyVaultSto
         cluster.put_scaledjob(spec.namespace, spec.scaledjob, organization_url=organization_url,
                               pool_name=spec.pool, secret_name=spec.secret, secret_key=spec.key,
                               polling_interval=params.keda_polling_interval,
-                              rollout_strategy=spec.rollout_strategy)
+                              rollout_strategy=spec.rollout_strategy,
+                              active_deadline_seconds=params.active_deadline_seconds)
 
     daily_id, daily_token = ado.issue_pat(bot_oid, params.daily_pat_name, list(DAILY_CHECKS_SCOPES),
                                           now + params.daily_pat_lifetime)

@@ -173,6 +173,10 @@ def test_keda_and_the_pipeline_run(sandbox: SandboxThread, http: httpx.Client) -
         )
 
     assert wait_for(healthy)
+    # a healthy world, no rotation: nothing harmed (KEDA/agents keys; other actors add theirs)
+    harm = http.get(f"{control}/state").json()["harm"]
+    assert {k: harm[k] for k in ("builds_interrupted", "agent_unregister_failures", "keda_failed_polls")} == {
+        "builds_interrupted": 0, "agent_unregister_failures": 0, "keda_failed_polls": 0}
 
 
 # ---------------------------------------------------------------- control API
@@ -320,6 +324,8 @@ def test_revoke_by_sink_makes_keda_fail(sandbox: SandboxThread, http: httpx.Clie
         return all(j["auth_failures"] >= 1 for j in jobs.values())
 
     wait_for(keda_failing, timeout=15)
+    # no other PAT in the Secret: KEDA's refresh-and-retry fails too, and that is counted as harm
+    assert wait_for(lambda: http.get(f"{control}/state").json()["harm"]["keda_failed_polls"] >= 2, timeout=15)
     expired = http.post(
         f"{control}/ado/sinks/expire", json={"kind": "keyvault", "secret": "azure-devops-token"}
     )

@@ -330,9 +330,9 @@ def test_watch_events_with_field_selector(kube: Kube) -> None:
 
 
 def test_watch_sends_initial_state_and_bookmarks(kube: Kube) -> None:
-    kube.lt.call(kube.state.emit_event, NS, SJ_REF, "KEDAScalerFailed", "boom")
+    kube.lt.call(kube.state.put_secret, NS, "s1", {"k": "v"})
     types = []
-    for event in watch.Watch().stream(kube.core.list_namespaced_event, NS, allow_watch_bookmarks=True,
+    for event in watch.Watch().stream(kube.core.list_namespaced_secret, NS, allow_watch_bookmarks=True,
                                       timeout_seconds=1):
         types.append(event["type"])
         if event["type"] == "BOOKMARK":
@@ -340,6 +340,14 @@ def test_watch_sends_initial_state_and_bookmarks(kube: Kube) -> None:
             assert int(rv) == kube.state.resource_version
     assert types[0] == "ADDED"
     assert "BOOKMARK" in types
+
+
+def test_event_watches_get_no_bookmarks(kube: Kube) -> None:
+    """Events are not watch-cached (DefaultWatchCacheSizes: events 0): no BOOKMARK even if asked."""
+    kube.lt.call(kube.state.emit_event, NS, SJ_REF, "KEDAScalerFailed", "boom")
+    types = [event["type"] for event in watch.Watch().stream(
+        kube.core.list_namespaced_event, NS, allow_watch_bookmarks=True, timeout_seconds=1)]
+    assert types == ["ADDED"]
 
 
 def test_watch_from_compacted_resource_version_gets_410(kube: Kube) -> None:
