@@ -25,7 +25,7 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
 # Only what the build needs (see .dockerignore): metadata first, then the packages.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY patrol/ patrol/
 COPY core/ core/
 COPY exporter/ exporter/

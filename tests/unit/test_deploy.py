@@ -164,6 +164,20 @@ def config(base: list[Doc], tmp_path_factory: pytest.TempPathFactory) -> Config:
     return load_config(str(path))
 
 
+# -- licence -----------------------------------------------------------------------------------
+
+def test_the_licence_file_is_the_one_pyproject_declares() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["license"] == "MIT"
+    assert project["license-files"] == ["LICENSE"]
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert text.startswith("MIT License\n")
+    assert "Copyright (c) 2026 the patrol authors" in text
+    assert 'THE SOFTWARE IS PROVIDED "AS IS"' in text
+
+
 # -- Dockerfile ---------------------------------------------------------------------------------
 
 def _hadolint() -> str:
