@@ -31,10 +31,15 @@ COPY core/ core/
 COPY exporter/ exporter/
 COPY remediation/ remediation/
 COPY sandbox/ sandbox/
+# The revision `patrol --version` and patrol_build_info report (core/build.py): an image has no
+# .git to ask, so it is written into the package now. Only a commit-like value is accepted.
+ARG REVISION=unknown
+RUN case "${REVISION}" in *[!0-9A-Za-z._-]*|"") echo "REVISION must be a commit id" >&2; exit 1;; esac \
+    && printf 'REVISION = "%s"\n' "${REVISION}" > core/_build.py
 # A regular (non-editable) install; pip compiles the bytecode now, because the running
 # container has a read-only root filesystem and could not write it later.
 RUN pip install --no-cache-dir . \
-    && patrol --help > /dev/null
+    && patrol --version
 
 
 FROM ${PYTHON_IMAGE}

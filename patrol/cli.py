@@ -11,8 +11,10 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
 
 from core import logs
+from core.build import build_info
 from core.config import Config, load_config
 from core.errors import ConfigError, PatrolError
 
@@ -23,6 +25,19 @@ Handler = Callable[[argparse.Namespace], int]
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     pass
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: computed only when asked (it may run git), unlike argparse's own action."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help='print "patrol VERSION (REVISION, Python X.Y.Z)" and exit')
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> NoReturn:
+        print(build_info().describe())
+        parser.exit(EXIT_OK)
 
 
 # Commands that print their own progress for a person: their logs default to warnings only.
@@ -66,6 +81,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                "exit codes: 0 ok, 1 failure, 2 usage or configuration error",
         formatter_class=_Formatter,
     )
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     # config

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from core.build import baked_revision
 from core.config import Config, ExporterSettings, KubernetesSecretSink, WorkerSettings, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -238,6 +240,43 @@ def test_dockerfile_keeps_the_run_time_habits() -> None:
             assert "--no-cache-dir" in arg
     default_image = next(arg.split("=", 1)[1] for arg in values("ARG") if arg.startswith("PYTHON_IMAGE="))
     assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", default_image), "base pinned to a patch release"
+
+
+def _revision_step() -> str:
+    (step,) = [arg for instruction, arg in _instructions(ROOT / "Dockerfile")
+               if instruction == "RUN" and "core/_build.py" in arg]
+    return step
+
+
+@pytest.mark.parametrize(("revision", "written"), [("1a2b3c4d", "1a2b3c4d"), ("unknown", None)])
+def test_the_image_build_writes_the_revision_patrol_reports(tmp_path: Path, revision: str,
+                                                            written: str | None) -> None:
+    """The Dockerfile's RUN step, run by sh as the build runs it, writes what core/build.py reads."""
+    (tmp_path / "core").mkdir()
+    subprocess.run(["/bin/sh", "-c", _revision_step()], cwd=tmp_path, env={"REVISION": revision},
+                   check=True, timeout=30)
+    spec = importlib.util.spec_from_file_location("patrol_test_built", tmp_path / "core" / "_build.py")
+    assert spec is not None and spec.loader is not None
+    sys.modules["patrol_test_built"] = module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        assert baked_revision("patrol_test_built") == written
+    finally:
+        sys.modules.pop("patrol_test_built", None)
+
+
+@pytest.mark.parametrize("revision", ['x"; import os; "', "", "a b"])
+def test_the_image_build_refuses_a_revision_that_is_not_a_commit(tmp_path: Path, revision: str) -> None:
+    (tmp_path / "core").mkdir()
+    result = subprocess.run(["/bin/sh", "-c", _revision_step()], cwd=tmp_path, env={"REVISION": revision},
+                            capture_output=True, text=True, check=False, timeout=30)
+    assert result.returncode != 0 and "REVISION must be a commit id" in result.stderr
+    assert not (tmp_path / "core" / "_build.py").exists()
+
+
+def test_the_generated_build_module_is_never_committed_nor_sent_to_the_build() -> None:
+    assert "/core/_build.py" in (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert "core/_build.py" in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
 
 
 def test_dockerignore_lets_in_only_what_the_build_copies() -> None:
