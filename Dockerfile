@@ -12,7 +12,11 @@
 # URL: `docker run -e PATROL_HEALTHCHECK_URL=http://127.0.0.1:9878/healthz patrol:0.1.0 worker ...`
 # (or `healthcheck:` in compose). Kubernetes ignores HEALTHCHECK and uses the probes in deploy/.
 
-ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+# The base, by tag (what it is) and digest (exactly which build: a tag moves when Docker
+# rebuilds it). The digest is the multi-platform index of python:3.11.13-slim-bookworm. To move
+# on: `docker buildx imagetools inspect python:3.11.N-slim-bookworm` prints the new digest
+# (the "Digest:" line); change both together, then rebuild and run the image's smoke test.
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 
 FROM ${PYTHON_IMAGE} AS builder
 
@@ -24,8 +28,8 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-# Only what the build needs (see .dockerignore): metadata first, then the packages.
-COPY pyproject.toml README.md LICENSE ./
+# Only what the build needs (see .dockerignore): metadata and the lock first, then the packages.
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY patrol/ patrol/
 COPY core/ core/
 COPY exporter/ exporter/
@@ -36,9 +40,10 @@ COPY sandbox/ sandbox/
 ARG REVISION=unknown
 RUN case "${REVISION}" in *[!0-9A-Za-z._-]*|"") echo "REVISION must be a commit id" >&2; exit 1;; esac \
     && printf 'REVISION = "%s"\n' "${REVISION}" > core/_build.py
-# A regular (non-editable) install; pip compiles the bytecode now, because the running
-# container has a read-only root filesystem and could not write it later.
-RUN pip install --no-cache-dir . \
+# A regular (non-editable) install at exactly the versions the tests ran with (constraints.txt,
+# written by `make lock` from the tested venv); pip compiles the bytecode now, because the
+# running container has a read-only root filesystem and could not write it later.
+RUN pip install --no-cache-dir -c constraints.txt . \
     && patrol --version
 
 

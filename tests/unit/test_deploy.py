@@ -239,7 +239,10 @@ def test_dockerfile_keeps_the_run_time_habits() -> None:
         if "pip install" in arg:
             assert "--no-cache-dir" in arg
     default_image = next(arg.split("=", 1)[1] for arg in values("ARG") if arg.startswith("PYTHON_IMAGE="))
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", default_image), "base pinned to a patch release"
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+@sha256:[0-9a-f]{64}", default_image), \
+        "base pinned to a patch release by tag and by digest"
+    install = [arg for arg in values("RUN") if "pip install" in arg]
+    assert len(install) == 1 and "-c constraints.txt" in install[0], "the image installs the locked versions"
 
 
 def _revision_step() -> str:
