@@ -226,6 +226,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:
+        # The reader went away (`patrol config example | head`): not worth a traceback. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -233,3 +234,16 @@ def test_exporter_once_fails_naming_each_source_that_is_down(unreachable: Path) 
         "patrol exporter: source kubernetes/c1", "patrol exporter: source pat-lifecycle/org"]
     assert "cannot reach the API server" in down[0] and "AZURE_" in down[1]
     assert "Traceback" not in result.stderr
+
+
+def test_a_closed_pipe_is_no_traceback() -> None:
+    """`patrol config example | head -1`: the reader leaves before patrol writes."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run([str(PATROL), "config", "example"], stdout=write, stderr=subprocess.PIPE,
+                                text=True, check=False, timeout=60)
+    finally:
+        os.close(write)
+    assert result.stderr == ""
+    assert result.returncode == 1
