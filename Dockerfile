@@ -5,7 +5,7 @@
 # build backend, pip cache or source tree ships. Both stages use the same base tag, because the
 # venv's interpreter is a symlink to the base image's /usr/local/bin/python3.11.
 #
-#   docker build -t patrol:0.1.0 --build-arg REVISION="$(git rev-parse HEAD)" .
+#   docker build -t patrol:0.1.0 --build-arg REVISION="$(git rev-parse --short HEAD)" .
 #   docker run --rm patrol:0.1.0 config check /etc/patrol/patrol.yaml
 #
 # The HEALTHCHECK probes the exporter's /healthz (port 9877). A worker container overrides the
@@ -15,7 +15,7 @@
 # The base, by tag (what it is) and digest (exactly which build: a tag moves when Docker
 # rebuilds it). The digest is the multi-platform index of python:3.11.13-slim-bookworm. To move
 # on: `docker buildx imagetools inspect python:3.11.N-slim-bookworm` prints the new digest
-# (the "Digest:" line); change both together, then rebuild and run the image's smoke test.
+# (the "Digest:" line); change both together and rebuild.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 
 FROM ${PYTHON_IMAGE} AS builder
