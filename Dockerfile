@@ -5,14 +5,18 @@
 # build backend, pip cache or source tree ships. Both stages use the same base tag, because the
 # venv's interpreter is a symlink to the base image's /usr/local/bin/python3.11.
 #
-#   docker build -t patrol:0.1.0 --build-arg REVISION="$(git rev-parse HEAD)" .
+#   docker build -t patrol:0.1.0 --build-arg REVISION="$(git rev-parse --short HEAD)" .
 #   docker run --rm patrol:0.1.0 config check /etc/patrol/patrol.yaml
 #
 # The HEALTHCHECK probes the exporter's /healthz (port 9877). A worker container overrides the
 # URL: `docker run -e PATROL_HEALTHCHECK_URL=http://127.0.0.1:9878/healthz patrol:0.1.0 worker ...`
 # (or `healthcheck:` in compose). Kubernetes ignores HEALTHCHECK and uses the probes in deploy/.
 
-ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+# The base, by tag (what it is) and digest (exactly which build: a tag moves when Docker
+# rebuilds it). The digest is the multi-platform index of python:3.11.13-slim-bookworm. To move
+# on: `docker buildx imagetools inspect python:3.11.N-slim-bookworm` prints the new digest
+# (the "Digest:" line); change both together and rebuild.
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 
 FROM ${PYTHON_IMAGE} AS builder
 
@@ -24,17 +28,23 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-# Only what the build needs (see .dockerignore): metadata first, then the packages.
-COPY pyproject.toml README.md ./
+# Only what the build needs (see .dockerignore): metadata and the lock first, then the packages.
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY patrol/ patrol/
 COPY core/ core/
 COPY exporter/ exporter/
 COPY remediation/ remediation/
 COPY sandbox/ sandbox/
-# A regular (non-editable) install; pip compiles the bytecode now, because the running
-# container has a read-only root filesystem and could not write it later.
-RUN pip install --no-cache-dir . \
-    && patrol --help > /dev/null
+# The revision `patrol --version` and patrol_build_info report (core/build.py): an image has no
+# .git to ask, so it is written into the package now. Only a commit-like value is accepted.
+ARG REVISION=unknown
+RUN case "${REVISION}" in *[!0-9A-Za-z._-]*|"") echo "REVISION must be a commit id" >&2; exit 1;; esac \
+    && printf 'REVISION = "%s"\n' "${REVISION}" > core/_build.py
+# A regular (non-editable) install at exactly the versions the tests ran with (constraints.txt,
+# written by `make lock` from the tested venv); pip compiles the bytecode now, because the
+# running container has a read-only root filesystem and could not write it later.
+RUN pip install --no-cache-dir -c constraints.txt . \
+    && patrol --version
 
 
 FROM ${PYTHON_IMAGE}

@@ -7,19 +7,23 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# The venv is reinstalled when the project's metadata or the lock changes.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha1sum | cut -c1-12)
 APT_PACKAGES := prometheus prometheus-alertmanager
+# kubectl renders deploy/ in the tests (`kubectl kustomize`); it is not in Debian's own archive.
+KUBECTL_MIN_MINOR := 27
 DEMO_ARGS ?=
 
-.PHONY: help venv system-deps lint test test-fast demo bench clean
+.PHONY: help venv lock system-deps lint test test-fast demo bench clean
 
 help:
 	@echo "make demo   - start the simulated world (sandbox) and watch patrol keep it alive"
 	@echo "make test   - install everything needed, lint, and run every test"
 	@echo "make lint   - ruff + mypy --strict + import-linter"
 	@echo "make bench  - run the benchmarks in bench/ (figures for docs/benchmarks.md)"
+	@echo "make lock   - pin what the venv has into constraints.txt (after changing dependencies)"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "patrol needs Python >= 3.11"'
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
 	  echo ">> installing python3-venv (apt)"; \
@@ -27,10 +31,21 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo ">> installing patrol and its dev tools into $(VENV)"
 	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]' -c constraints.txt || { \
+	  echo ">> installing with constraints.txt failed; if pyproject.toml's dependencies changed, run 'make lock'" >&2; \
+	  exit 1; }
 	@rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)
+
+# The lock: resolve pyproject.toml's ranges into the venv (keeping what already satisfies them),
+# then pin exactly what is installed (tools/lock.py: patrol's dependencies and its dev tools,
+# transitively; nothing installed by hand). Commit constraints.txt after `make test` passes.
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python tools/lock.py constraints.txt
+	@rm -f $(VENV)/.installed-*
 
 # Debian packages for the end-to-end tests. Installed without recommends and without starting
 # their services (a policy-rc.d answering 101 while apt runs, unless the machine has its own):
@@ -49,7 +64,15 @@ system-deps:
 	    own_policy=1; \
 	  fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
-	  rc=$$?; [ -z "$$own_policy" ] || $$SUDO rm -f /usr/sbin/policy-rc.d; exit $$rc; \
+	  rc=$$?; [ -z "$$own_policy" ] || $$SUDO rm -f /usr/sbin/policy-rc.d; [ $$rc = 0 ] || exit $$rc; \
+	fi
+	@minor=$$(kubectl version --client -o json 2>/dev/null | sed -n 's/.*"minor": *"\([0-9]*\).*/\1/p' | head -1); \
+	if [ -z "$$minor" ] || [ "$$minor" -lt $(KUBECTL_MIN_MINOR) ]; then \
+	  echo ">> kubectl >= 1.$(KUBECTL_MIN_MINOR) is needed (the tests render deploy/ with 'kubectl kustomize'); found: $${minor:+1.}$${minor:-none}" >&2; \
+	  echo "   Debian's archive has none this recent. Install the Debian package 'kubectl' from the Kubernetes" >&2; \
+	  echo "   project's apt repository (https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/), or" >&2; \
+	  echo "   the 'kubectl' package of the Google Cloud CLI apt repository; any kubectl >= 1.$(KUBECTL_MIN_MINOR) on PATH will do." >&2; \
+	  exit 1; \
 	fi
 
 lint: venv

@@ -33,9 +33,6 @@ PROMETHEUS_RULE_FILE = ROOT / "deploy" / "prometheusrule.yaml"
 
 # Where docs/runbook.md is published; each alert links to the section named after it.
 RUNBOOK_BASE_URL = "https://github.com/hmcts/patrol/blob/main/docs/runbook.md"
-# The Prometheus of kube-prometheus-stack selects PrometheusRules by this label (its Helm
-# release name by default; see `prometheus.prometheusSpec.ruleSelector`).
-PROMETHEUS_RULE_RELEASE = "kube-prometheus-stack"
 
 DAYS_TO_EXPIRY = "patrol:pat_days_to_expiry"
 DAILY_CHECKS_MAX_AGE = timedelta(hours=26)    # DESIGN §3 `pipeline.max_age` default
@@ -422,15 +419,15 @@ def render_prometheus_rule() -> str:
             "labels": {
                 "app.kubernetes.io/name": "patrol",
                 "app.kubernetes.io/component": "alerting-rules",
-                "release": PROMETHEUS_RULE_RELEASE,
             },
         },
         "spec": {"groups": rule_groups()},
     }
     note = (
         "# kube-prometheus-stack's Prometheus only loads PrometheusRules whose labels match its\n"
-        "# ruleSelector: by default `release: <helm release name>`. Change the `release` label\n"
-        "# (kustomize: a labels patch) if your release is not named kube-prometheus-stack.\n"
+        "# ruleSelector: by default `release: <helm release name>`. deploy/kustomization.yaml adds\n"
+        "# that label with the component deploy/components/prometheus-release (one place for the\n"
+        "# ServiceMonitor and this rule); change it there, or patch it in your overlay.\n"
     )
     return HEADER + note + _dump(resource)
 

@@ -5,6 +5,7 @@ boundary (``raise X(...) from exc``); services and the saga never catch a third-
 
     PatrolError
     ├── ConfigError                    a configuration file is wrong (names file, key path, fix)
+    ├── ListenError                    a server cannot bind its address (in use, not allowed)
     ├── TransientError(delay)          worth retrying, after ``delay`` seconds if the server said so
     │   ├── UnavailableError           connection refused/reset, timeout, DNS
     │   ├── ServerError                5xx
@@ -22,6 +23,9 @@ Every message must be safe to log: never put a token value in one.
 """
 
 from __future__ import annotations
+
+import errno
+import os
 
 
 class PatrolError(Exception):
@@ -41,6 +45,28 @@ class ConfigError(PatrolError):
         if fix:
             text += f" (fix: {fix})"
         super().__init__(text)
+
+
+class ListenError(PatrolError):
+    """A server cannot listen on its address: a usage problem (exit 2), told in one line.
+
+    ``cannot listen on 0.0.0.0:9877: address already in use (use --listen)``
+    """
+
+    # what bind(2) fails with when the address, not the program, is the problem
+    ERRNOS = frozenset({errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL})
+
+    def __init__(self, host: str, port: int, reason: str, flag: str) -> None:
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.reason = reason
+        super().__init__(f"cannot listen on {self.address}: {reason} (use {flag})")
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, host: str, port: int, flag: str) -> ListenError | None:
+        """The ListenError for a bind failure, or None for any other OSError."""
+        if exc.errno not in cls.ERRNOS:
+            return None
+        return cls(host, port, os.strerror(exc.errno).lower(), flag)
 
 
 class TransientError(PatrolError):

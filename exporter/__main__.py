@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 
 from core import logs
-from core.errors import ConfigError, PatrolError
+from core.errors import ConfigError, ListenError, PatrolError
 from exporter.cli import add_parser, run
 
 
@@ -39,6 +39,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return run(args)
     except ConfigError as exc:
         print(f"patrol exporter: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except ListenError as exc:
+        print(f"patrol exporter: {exc}", file=sys.stderr)
         return 2
     except PatrolError as exc:
         print(f"patrol exporter: {logs.redact(str(exc))}", file=sys.stderr)

@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypedDict
 
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
 from core import config
 from core.ado import AdoClient, PatLifecycleClient
+from core.build import BuildInfo, build_info
 from core.entra import TokenProvider, azure_credential, close_credential, user_token_provider
 from core.keyvault import KeyVaultReader
 from core.kube import KubeCluster
@@ -196,12 +199,30 @@ class Exporter:
         self.clients.close()
 
 
+BUILD_INFO = "patrol_build_info"
+
+
+class BuildInfoCollector:
+    """``patrol_build_info{version,revision,python} 1``: which patrol answers (as KEDA's and
+    node_exporter's ``*_build_info``), so a dashboard or an alert can tell versions apart."""
+
+    def __init__(self, info: BuildInfo) -> None:
+        self._labels = info.labels()
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(BUILD_INFO, "patrol's version, source revision and Python (always 1)",
+                                   labels=list(self._labels))
+        family.add_metric(list(self._labels.values()), 1.0)
+        yield family
+
+
 def build(cfg: config.Config, clients: Clients, *, clock: Callable[[], float] = time.time,
           monotonic: Callable[[], float] = time.monotonic, watch: bool = True,
-          watch_timeout: int = 60) -> Exporter:
+          watch_timeout: int = 60, info: BuildInfo | None = None) -> Exporter:
     """Every source the configuration calls for, wired to ``clients``; not started.
 
     ``watch=False`` follows KEDA Events by listing only (one-shot runs need no watch threads).
+    ``info`` is what ``patrol_build_info`` says (default: this process's :func:`build_info`).
     """
     settings = cfg.exporter
     fanout = Fanout(settings.concurrency)
@@ -251,7 +272,8 @@ def build(cfg: config.Config, clients: Clients, *, clock: Callable[[], float] = 
                                watch=watch, watch_timeout=watch_timeout, **common))
 
     sources = (*first, *second)
-    exposition = Exposition([*sources, ConsumerInfo(cfg.tokens)])
+    exposition = Exposition([*sources, ConsumerInfo(cfg.tokens),
+                             BuildInfoCollector(info or build_info())])
 
     def rendered() -> None:
         exposition.invalidate()

@@ -21,10 +21,10 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from core.config import load_config
-from core.errors import ConfigError
+from core.errors import ConfigError, ListenError
 from exporter.server import DEFAULT_PORT, make_app, parse_listen, start
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("patrol.exporter")
 
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 SWITCH_INTERVAL = 0.001
 
 
@@ -92,22 +92,47 @@ def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     exporter = build(cfg, CoreClients(cfg, env), watch=not args.once)
     try:
         if args.once:
-            exporter.refresher.refresh_once()
-            sys.stdout.buffer.write(exporter.exposition.body())
-            sys.stdout.flush()
-            return EXIT_OK
+            return once(exporter, sys.stdout.buffer, sys.stderr)
         # The refresher's threads parse JSON and render between scrapes; a shorter GIL switch
         # interval (default 5 ms) lets the event loop answer a scrape without queueing behind them.
         sys.setswitchinterval(SWITCH_INTERVAL)
-        exporter.start()
-        asyncio.run(serve(exporter, host, port))
+        try:
+            # the refresher starts once the port is bound: a busy port is one line, not a
+            # burst of source logs followed by an error
+            asyncio.run(serve(exporter, host, port, started=lambda _port: exporter.start()))
+        except OSError as exc:
+            error = ListenError.from_os_error(exc, host, port, "--listen")
+            if error is None:
+                raise
+            raise error from None
         return EXIT_OK
     finally:
         exporter.close()
 
 
-async def serve(exporter: Exporter, host: str, port: int, stop: asyncio.Event | None = None) -> None:
-    """Serve until ``stop`` is set (or SIGINT/SIGTERM when run from the command line)."""
+def once(exporter: Exporter, out: BinaryIO, err: TextIO) -> int:
+    """``--once``: refresh every source, print the exposition; exit 1 naming each source that is down.
+
+    The exposition is printed either way (it says ``patrol_source_up 0`` for those sources), so
+    ``--once | promtool check metrics`` still checks the format; the exit code is for scripts
+    and CI that ask "can this configuration reach everything?".
+    """
+    exporter.refresher.refresh_once()
+    out.write(exporter.exposition.body())
+    out.flush()
+    down = [source for source in exporter.sources if not source.health.up]
+    for source in down:
+        print(f"patrol exporter: source {source.name} is down: {source.health.reason or 'no answer'}",
+              file=err)
+    return EXIT_FAILURE if down else EXIT_OK
+
+
+async def serve(exporter: Exporter, host: str, port: int, stop: asyncio.Event | None = None,
+                started: Callable[[int], None] | None = None) -> None:
+    """Serve until ``stop`` is set (or SIGINT/SIGTERM when run from the command line).
+
+    ``started(port)`` runs once the address is bound, before any request is answered.
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
@@ -115,11 +140,16 @@ async def serve(exporter: Exporter, host: str, port: int, stop: asyncio.Event | 
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
-    runner, bound = await start(make_app(exporter.exposition, lambda: exporter.refresher.pending), host, port)
-    log.info("exporter serving on http://%s:%d/metrics", host, bound, extra={"port": bound})
+    runner = None
     try:
+        runner, bound = await start(make_app(exporter.exposition, lambda: exporter.refresher.pending),
+                                    host, port)
+        log.info("exporter serving on http://%s:%d/metrics", host, bound, extra={"port": bound})
+        if started is not None:
+            started(bound)
         await stop.wait()
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-        await runner.cleanup()
+        if runner is not None:
+            await runner.cleanup()

@@ -11,18 +11,46 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
 
 from core import logs
+from core.build import build_info
 from core.config import Config, load_config
-from core.errors import ConfigError, PatrolError
+from core.errors import ConfigError, ListenError, PatrolError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written; an option's default shown only when it says something.
+
+    argparse's ArgumentDefaultsHelpFormatter appends "(default: None)" to every option without
+    one and a second "(default: ...)" to help that already explains its default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        says_default = "default:" in text or "(default" in text
+        nothing_to_say = action.required or action.default in (None, False, argparse.SUPPRESS)
+        positional = not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
+        if says_default or nothing_to_say or positional:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: computed only when asked (it may run git), unlike argparse's own action."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help='print "patrol VERSION (REVISION, Python X.Y.Z)" and exit')
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> NoReturn:
+        print(build_info().describe())
+        parser.exit(EXIT_OK)
 
 
 # Commands that print their own progress for a person: their logs default to warnings only.
@@ -67,6 +95,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                "exit codes: 0 ok, 1 failure, 2 usage or configuration error",
         formatter_class=_Formatter,
     )
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     # config
@@ -75,10 +104,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
     check = _sub(cfg_sub, "check", "validate a configuration file and summarise it",
                  "examples:\n  patrol config check patrol.yaml\n"
-                 "  PATROL_CONFIG=patrol.yaml patrol config check",
+                 "  PATROL_CONFIG=patrol.yaml patrol config check\n"
+                 "  patrol config check patrol.yaml --json | jq '.problems[]'",
                  _run_config_check)
     check.set_defaults(config_command="check")
     check.add_argument("file", nargs="?", default=None, help="the file (default: --config / PATROL_CONFIG)")
+    check.add_argument("--json", action="store_true",
+                       help="print one JSON document on stdout: valid, problems (file, line, path, "
+                            "problem, fix), summary")
     _common(check, env)
     example = _sub(cfg_sub, "example", "print a fully commented example configuration",
                    "examples:\n  patrol config example > patrol.yaml", _run_config_check)
@@ -187,11 +220,20 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except ConfigError as exc:
         print(f"patrol: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ListenError as exc:
+        print(f"patrol {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except PatrolError as exc:
         print(f"patrol: {logs.redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:
+        # The reader went away (`patrol config example | head`): not worth a traceback. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":  # pragma: no cover

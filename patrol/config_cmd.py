@@ -9,8 +9,9 @@ text is the annotated example in docs/configuration.md (a test keeps the two ide
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from core.config import (
     Cluster,
@@ -154,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(EXAMPLE_CONFIG)
         return EXIT_OK
     path = getattr(args, "file", None) or getattr(args, "config", None)
+    if getattr(args, "json", False):
+        return run_json(path, sys.stdout)
     if not path:
         print("patrol config check: no configuration file given "
               "(fix: pass FILE, --config FILE or set PATROL_CONFIG)", file=sys.stderr)
@@ -171,6 +174,49 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     write_summary(config, sys.stdout)
     return EXIT_OK
+
+
+def problem_json(error: ConfigError) -> dict[str, Any]:
+    """One problem as ``config check --json`` prints it: file, line (or null), path, problem, fix."""
+    return {"file": error.file, "line": getattr(error, "line", None), "path": error.path,
+            "problem": error.problem, "fix": error.fix}
+
+
+def run_json(path: str | None, out: TextIO) -> int:
+    """``config check --json``: one JSON document on stdout, whatever happens; exit 0 or 2.
+
+    ``{"file", "valid", "problems": [{"file", "line", "path", "problem", "fix"}], "summary"}``;
+    ``summary`` (names of organizations, clusters and tokens, each token's sinks and consumers)
+    only when valid. Nothing goes to stderr, so a script reads one stream.
+    """
+    problems: list[dict[str, Any]] = []
+    summary: dict[str, Any] | None = None
+    if not path:
+        problems.append({**problem_json(ConfigError("", "", "no configuration file given",
+                                                    "pass FILE, --config FILE or set PATROL_CONFIG")),
+                         "file": None})
+    else:
+        try:
+            config = load_config(path)
+        except ConfigErrors as exc:
+            problems = [problem_json(problem) for problem in exc.problems]
+        except ConfigError as exc:
+            problems = [problem_json(exc)]
+        else:
+            summary = {
+                "organizations": [org.name for org in config.organizations],
+                "clusters": [cluster.name for cluster in config.clusters],
+                "tokens": [{"name": token.name, "organization": token.organization,
+                            "scopes": list(token.scopes),
+                            "sinks": [sink.id for sink in token.sinks],
+                            "consumers": [f"{c.cluster}/{c.namespace}/{c.name}" for c in token.consumers]}
+                           for token in config.tokens],
+            }
+    doc: dict[str, Any] = {"file": path, "valid": not problems, "problems": problems}
+    if summary is not None:
+        doc["summary"] = summary
+    out.write(json.dumps(doc, indent=2) + "\n")
+    return EXIT_USAGE if problems else EXIT_OK
 
 
 def write_summary(config: Config, out: TextIO) -> None:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from core import config
 from core.config import load_config
-from core.errors import ConfigError
+from core.errors import ConfigError, ListenError
 from core.secret import Secret
 
 if TYPE_CHECKING:
@@ -79,11 +79,15 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: M
         "rotate", help="rotate one token now (the runbook in one command)", formatter_class=fmt,
         description="Rotate TOKEN now with the same saga the worker runs, showing each step.",
         epilog="examples:\n  patrol rotate keda --config patrol.yaml --dry-run\n"
-               "  patrol rotate keda --config patrol.yaml --reason 'leaked in a log'")
+               "  patrol rotate keda --config patrol.yaml --reason 'leaked in a log'\n"
+               "  patrol rotate keda --config patrol.yaml --json | jq -r .outcome")
     rotate.add_argument("token", metavar="TOKEN", help="a token name from the configuration")
     rotate.add_argument("--dry-run", action="store_true",
                         help="print the plan (scopes, lifetime, sinks, consumers, what would be revoked)")
     rotate.add_argument("--reason", default=None, help="why (recorded in the journal)")
+    rotate.add_argument("--json", action="store_true",
+                        help="print only the final result as one JSON document (the journal record; "
+                             "with --dry-run, the plan)")
     rotate.set_defaults(handler=run_rotate)
     finish(rotate)
 
@@ -92,7 +96,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: M
         description="Show past rotations (newest first) from the journal in the state dir.",
         epilog="examples:\n  patrol history --config patrol.yaml\n  patrol history keda --steps")
     history.add_argument("token", metavar="TOKEN", nargs="?", default=None, help="only this token")
-    history.add_argument("--limit", type=int, default=20, help="how many rotations")
+    history.add_argument("--limit", type=int, default=20, help="how many rotations (default: 20)")
     history.add_argument("--steps", action="store_true", help="show every step of each rotation")
     history.add_argument("--json", action="store_true", help="print JSON")
     history.set_defaults(handler=run_history)
@@ -181,11 +185,17 @@ def run_worker(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await service.serve(host, port, stop=stop)
+        # the lease and the reconciler start once the port is bound: a worker that cannot
+        # listen must not take the lease from one that can
+        await service.serve(host, port, stop=stop, started=lambda _port: service.start())
 
     try:
-        service.start()
         asyncio.run(main())
+    except OSError as exc:
+        error = ListenError.from_os_error(exc, host, port, "--listen")
+        if error is None:
+            raise
+        raise error from None
     finally:
         service.stop()
         world.close()
@@ -239,6 +249,30 @@ def print_preview(preview: RotationPreview, out: TextIO) -> None:
         print(f"  PROBLEM: {problem}", file=out)
 
 
+def preview_json(preview: RotationPreview) -> dict[str, Any]:
+    """``rotate --dry-run --json``: the plan as data (no token values: ids, names, states)."""
+    return {
+        "token": preview.token.name, "dry_run": True, "display_name": preview.display_name,
+        "scopes": list(preview.token.scopes), "valid_to": preview.valid_to.isoformat(),
+        "sinks": [{"id": s.sink_id, "refusal": s.refusal,
+                   "authorization_id": s.state.authorization_id if s.state else None}
+                  for s in preview.sinks],
+        "consumers": [{"kind": c.consumer.k8s_kind, "cluster": c.consumer.cluster,
+                       "namespace": c.consumer.namespace, "name": c.consumer.name, "pool": c.consumer.pool,
+                       "generation": c.generation, "ready": c.ready, "problem": c.problem}
+                      for c in preview.consumers],
+        "would_revoke": list(preview.would_revoke), "warnings": list(preview.warnings),
+        "problems": list(preview.problems),
+    }
+
+
+def _result_json(token: str, outcome: str, record: RotationRecord | None, message: str) -> str:
+    """``rotate --json``'s final result: the outcome, a sentence, and the journal record if any."""
+    doc: dict[str, Any] = {"token": token, "outcome": outcome, "message": message,
+                           "rotation": record.to_json() if record is not None else None}
+    return json.dumps(doc, indent=2)
+
+
 def run_rotate(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from core.lease import LeaseLock
     from remediation.journal import Journal
@@ -248,6 +282,7 @@ def run_rotate(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from remediation.world import CoreWorld
 
     out = out or sys.stdout
+    as_json = bool(getattr(args, "json", False))
     env = _env(args)
     cfg = _config(args)
     if args.token not in {t.name for t in cfg.tokens}:
@@ -264,17 +299,24 @@ def run_rotate(args: argparse.Namespace, out: TextIO | None = None) -> int:
                               lease_identity(env), settings.duration)
         leadership = Leadership(lease)
         try:
-            saga = RotationSaga(cfg, world, journal, on_step=_print_step(out),
+            saga = RotationSaga(cfg, world, journal, on_step=None if as_json else _print_step(out),
                                 may_continue=leadership.is_leader)
             if args.dry_run:
                 preview = saga.preview(args.token)
-                print_preview(preview, out)
+                if as_json:
+                    print(json.dumps(preview_json(preview), indent=2), file=out)
+                else:
+                    print_preview(preview, out)
                 return EXIT_FAILURE if preview.problems else EXIT_OK
             if lease is not None:
                 if not leadership.tick():
-                    print(f"patrol: the worker {lease.holder() or '(unknown)'} holds the lease "
-                          f"{lease.namespace}/{lease.name}; let it rotate (send the alert, or stop it) "
-                          "and try again", file=sys.stderr)
+                    message = (f"the worker {lease.holder() or '(unknown)'} holds the lease "
+                               f"{lease.namespace}/{lease.name}; let it rotate (send the alert, or stop it) "
+                               "and try again")
+                    if as_json:
+                        print(_result_json(args.token, "not-started", None, message), file=out)
+                    else:
+                        print(f"patrol: {message}", file=sys.stderr)
                     return EXIT_FAILURE
                 leadership.start()
             planner = Planner([t.name for t in cfg.tokens], journal, cooldown=cfg.worker.cooldown,
@@ -282,22 +324,29 @@ def run_rotate(args: argparse.Namespace, out: TextIO | None = None) -> int:
             reason = args.reason or f"patrol rotate by {getpass.getuser()}"
             decision, request = planner.request(args.token, trigger="manual", reason=reason, force=True)
             if request is None:
-                print(f"patrol: {args.token}: not started ({decision.reason})", file=sys.stderr)
+                if as_json:
+                    print(_result_json(args.token, "not-started", None, decision.reason), file=out)
+                else:
+                    print(f"patrol: {args.token}: not started ({decision.reason})", file=sys.stderr)
                 return EXIT_FAILURE
-            print(f"rotating {args.token} (rotation {request.rotation_id}): {reason}", file=out, flush=True)
+            if not as_json:
+                print(f"rotating {args.token} (rotation {request.rotation_id}): {reason}", file=out, flush=True)
             try:
                 outcome = saga.run(request)
             finally:
                 planner.locks.release(args.token)
             record = journal.get(request.rotation_id)
             if outcome == "succeeded":
-                print(f"rotation {record.id} succeeded: now {record.new_authorization_id}", file=out)
-                return EXIT_OK
-            if outcome is None:
-                print(f"rotation {record.id} paused (lease lost); the worker resumes it", file=out)
-                return EXIT_FAILURE
-            print(f"rotation {record.id} FAILED: {record.error}", file=out)
-            return EXIT_FAILURE
+                result, code = f"rotation {record.id} succeeded: now {record.new_authorization_id}", EXIT_OK
+            elif outcome is None:
+                result, code = f"rotation {record.id} paused (lease lost); the worker resumes it", EXIT_FAILURE
+            else:
+                result, code = f"rotation {record.id} FAILED: {record.error}", EXIT_FAILURE
+            if as_json:
+                print(_result_json(args.token, outcome or "paused", record, result), file=out)
+            else:
+                print(result, file=out)
+            return code
         finally:
             leadership.stop()
             journal.close()

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from core.build import BuildInfo, build_info
+
 # Rotations take seconds (sandbox) to many minutes (real KEDA polls every 30 s + verification).
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
 RESULTS = ("succeeded", "failed", "skipped")
 
 
 class WorkerMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, info: BuildInfo | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        # which patrol answers, as on the exporter (default: this process's build_info())
+        build = (info or build_info()).labels()
+        self.build_info = Gauge(
+            "patrol_build_info", "patrol's version, source revision and Python (always 1).",
+            list(build), registry=self.registry)
+        self.build_info.labels(**build).set(1)
         self.rotations = Counter(
             "patrol_rotations_total", "Rotations finished, by result (succeeded, failed, skipped).",
             ["token", "result"], registry=self.registry)

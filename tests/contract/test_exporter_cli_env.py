@@ -59,8 +59,9 @@ def test_os_environ_is_not_read_behind_the_callers_back(
     monkeypatch.setenv("PATROL_CONFIG", str(env_config))
     assert main(["--once"], env={}) == 2                 # PATROL_CONFIG only in os.environ: no config
     assert "no configuration file" in capsys.readouterr().err
-    assert main(["--once", "--config", str(env_config), "--log-level", "WARNING"], env={}) == 0
+    assert main(["--once", "--config", str(env_config), "--log-level", "WARNING"], env={}) == 1
     captured = capsys.readouterr()
     assert pat_source_up(captured.out, sandbox.params.org) == 0.0    # the bot could not sign in
+    assert f"patrol exporter: source pat-lifecycle/{sandbox.params.org} is down: " in captured.err
     assert f"{USER}: variable is not set" in captured.err
     assert bot["password"] not in captured.out + captured.err

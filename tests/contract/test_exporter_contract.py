@@ -66,13 +66,15 @@ def exporter(cfg: Config) -> Iterator[Exporter]:
 
 
 def normalised(text: str) -> str:
-    """Metric names, types and label sets; values dropped, loopback ports and run ids masked."""
+    """Metric names, types and label sets; values dropped, loopback ports, run ids and the build
+    (version, revision, Python: they change with every commit) masked."""
     lines = []
     for family in text_string_to_metric_families(text):
         lines.append(f"# TYPE {family.name} {family.type}")
         samples = set()
         for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            masked = family.name == "patrol_build_info"
+            labels = ",".join(f'{k}="{"*" if masked else v}"' for k, v in sorted(sample.labels.items()))
             samples.add(re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", f"{sample.name}{{{labels}}}"))
         lines.extend(sorted(samples))
     return "\n".join(lines) + "\n"

@@ -80,7 +80,7 @@ def test_prometheus_rule_holds_exactly_the_rule_file_groups() -> None:
     resource = yaml.safe_load(PROMETHEUS_RULE_FILE.read_text(encoding="utf-8"))
     assert resource["apiVersion"] == "monitoring.coreos.com/v1"
     assert resource["kind"] == "PrometheusRule"
-    assert resource["metadata"]["labels"]["release"] == rules.PROMETHEUS_RULE_RELEASE
+    assert "release" not in resource["metadata"]["labels"], "set by deploy/components/prometheus-release"
     assert resource["spec"]["groups"] == _rule_groups()
 
 

@@ -1,21 +1,25 @@
 """The Dockerfile and the Kubernetes manifests in deploy/ are code: lint, render, validate.
 
 - The Dockerfile must pass hadolint and keep the habits that matter at run time (non-root,
-  exec-form entrypoint, the ports patrol listens on).
-- deploy/'s kustomizations are rendered by a small renderer here, for exactly the kustomize
-  features they use, because ``kubectl`` is not something ``make test`` installs. Where a
-  ``kubectl`` is on PATH, its ``kubectl kustomize`` output must equal ours, which keeps the
-  renderer honest. Every rendered object is then checked against the Kubernetes OpenAPI
-  schemas of ``kubernetes-validate``; the Prometheus Operator's CRDs, for which it has no
-  schema, get the checks that matter for them instead.
-- The patrol.yaml inside the ConfigMap must pass patrol's own config loader, and its paths,
+  exec-form entrypoint, the ports patrol listens on, the lock, the pinned base).
+- deploy/'s kustomizations and components are rendered by the real ``kubectl kustomize``
+  (``make system-deps`` checks that a kubectl is installed), as a user or Flux renders them.
+  Every rendered object is then checked against the Kubernetes OpenAPI schemas of
+  ``kubernetes-validate``; the Prometheus Operator's CRDs, for which it has no schema, get the
+  checks that matter for them instead.
+- The generated patrol.yaml ConfigMap must pass patrol's own config loader, and its paths,
   ports, Lease and sinks must agree with the Deployments and with the RBAC, which must be the
   least that patrol's Kubernetes calls (core/kube.py, core/lease.py) need.
+- The conventions: a hashed config name that rolls the pods, the dashboard generated from
+  dashboards/patrol.json, NetworkPolicies, PodDisruptionBudgets that never block a drain, an
+  optional kubeconfig volume, the Prometheus label set in one component, and the admission
+  policy that limits patrol's ScaledJob patch to one annotation (its CEL evaluated here).
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -28,11 +32,14 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from core.build import baked_revision
 from core.config import Config, ExporterSettings, KubernetesSecretSink, WorkerSettings, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-KUSTOMIZATIONS = [DEPLOY, DEPLOY / "base", DEPLOY / "remote-cluster"]
+KUSTOMIZATIONS = [DEPLOY, DEPLOY / "base", DEPLOY / "remote-cluster", DEPLOY / "components" / "grafana-dashboard",
+                  DEPLOY / "components" / "scaledjob-guard"]
+COMPONENTS = DEPLOY / "components"
 # The oldest Kubernetes minor still commonly run (AKS LTS) and the newest schemas shipped.
 K8S_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 CRD_GROUPS = {"monitoring.coreos.com"}
@@ -42,9 +49,13 @@ PATROL_NAMESPACE = "patrol"
 Doc = dict[str, Any]
 
 
-# -- a renderer for the kustomize subset deploy/ uses -------------------------------------------
+# -- rendering with kubectl kustomize ------------------------------------------------------------
 
-_SUPPORTED_KEYS = {"apiVersion", "kind", "resources", "labels", "images", "patches"}
+def _kubectl() -> str:
+    found = shutil.which("kubectl") or ("/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists() else None)
+    assert found, ("kubectl not found: the tests render deploy/ with `kubectl kustomize` "
+                   "(`make system-deps` says how to install it)")
+    return found
 
 
 def _load_yaml_docs(path: Path) -> list[Doc]:
@@ -61,75 +72,14 @@ def _object_id(doc: Doc) -> tuple[str, str, str, str]:
     return (_group(doc), str(doc["kind"]), str(meta.get("namespace", "")), str(meta.get("name", "")))
 
 
-def _pod_templates(doc: Doc) -> Iterator[Doc]:
-    if doc["kind"] in WORKLOAD_KINDS:
-        yield doc["spec"]["template"]
-    elif doc["kind"] == "CronJob":
-        yield doc["spec"]["jobTemplate"]["spec"]["template"]
-
-
-def _json_patch(doc: Doc, operations: list[Doc]) -> None:
-    for op in operations:
-        if op["op"] not in ("add", "replace"):
-            raise NotImplementedError(f"patch op {op['op']!r}")
-        *parents, leaf = [part.replace("~1", "/").replace("~0", "~") for part in op["path"].split("/")[1:]]
-        target = doc
-        for part in parents:
-            target = target[part]
-        if op["op"] == "replace" and leaf not in target:
-            raise KeyError(f"replace of missing {op['path']}")
-        target[leaf] = copy.deepcopy(op["value"])
-
-
 def render(directory: Path) -> list[Doc]:
-    """``kustomize build`` for resources (files and directories), ``patches`` with a target
-    and an inline JSON 6902 patch, ``labels`` and ``images``; anything else fails loudly."""
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text(encoding="utf-8"))
-    unknown = set(kustomization) - _SUPPORTED_KEYS
-    if unknown:
-        raise NotImplementedError(f"{directory}: kustomization keys this renderer lacks: {sorted(unknown)}")
-    docs: list[Doc] = []
-    for entry in kustomization.get("resources", []):
-        target = (directory / entry).resolve()
-        if target.is_dir():
-            docs += render(target)
-        elif target.is_relative_to(directory.resolve()):
-            docs += _load_yaml_docs(target)
-        else:   # kustomize's load restrictor: files must be in or below the kustomization
-            raise ValueError(f"{directory}: {entry} is not in or below the kustomization root")
-    for patch in kustomization.get("patches", []):
-        selector = patch["target"]
-        operations = yaml.safe_load(patch["patch"])
-        matched = [d for d in docs
-                   if all(str(value) == {"group": _group(d), "kind": d["kind"],
-                                         "name": d["metadata"]["name"]}[key]
-                          for key, value in selector.items())]
-        if not matched:
-            raise ValueError(f"{directory}: patch target {selector} matches nothing")
-        for doc in matched:
-            _json_patch(doc, operations)
-    for label in kustomization.get("labels", []):
-        if label.get("includeSelectors"):
-            raise NotImplementedError("labels.includeSelectors")
-        for doc in docs:
-            doc.setdefault("metadata", {}).setdefault("labels", {}).update(label["pairs"])
-            if label.get("includeTemplates"):
-                for template in _pod_templates(doc):
-                    template.setdefault("metadata", {}).setdefault("labels", {}).update(label["pairs"])
-    for image in kustomization.get("images", []):
-        for doc in docs:
-            for template in _pod_templates(doc):
-                spec = template["spec"]
-                for container in spec.get("containers", []) + spec.get("initContainers", []):
-                    name = re.split(r"[:@]", container["image"], maxsplit=1)[0]
-                    if name == image["name"]:
-                        new_name = image.get("newName", name)
-                        container["image"] = (f"{new_name}@{image['digest']}" if "digest" in image
-                                              else f"{new_name}:{image['newTag']}")
+    """``kubectl kustomize DIRECTORY``, parsed; duplicate objects fail here."""
+    result = subprocess.run([_kubectl(), "kustomize", str(directory)], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, f"kubectl kustomize {directory}: {result.stderr}"
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
     ids = [_object_id(doc) for doc in docs]
-    duplicates = {i for i in ids if ids.count(i) > 1}
-    if duplicates:
-        raise ValueError(f"{directory}: objects defined twice: {sorted(duplicates)}")
+    assert len(ids) == len(set(ids)), f"{directory}: objects defined twice"
     return docs
 
 
@@ -153,8 +103,15 @@ def _one(docs: list[Doc], kind: str, name: str) -> Doc:
     return found[0]
 
 
+def _generated(docs: list[Doc], kind: str, prefix: str) -> Doc:
+    """The one object named ``prefix-<hash>`` (a kustomize generator's output)."""
+    found = [d for d in docs if d["kind"] == kind and re.fullmatch(rf"{prefix}-[a-z0-9]{{10}}", d["metadata"]["name"])]
+    assert len(found) == 1, f"expected one generated {kind} {prefix}-<hash>, found {len(found)}"
+    return found[0]
+
+
 def _config_text(docs: list[Doc]) -> str:
-    return str(_one(docs, "ConfigMap", "patrol-config")["data"]["patrol.yaml"])
+    return str(_generated(docs, "ConfigMap", "patrol-config")["data"]["patrol.yaml"])
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +119,20 @@ def config(base: list[Doc], tmp_path_factory: pytest.TempPathFactory) -> Config:
     path = tmp_path_factory.mktemp("configmap") / "patrol.yaml"
     path.write_text(_config_text(base), encoding="utf-8")
     return load_config(str(path))
+
+
+# -- licence -----------------------------------------------------------------------------------
+
+def test_the_licence_file_is_the_one_pyproject_declares() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["license"] == "MIT"
+    assert project["license-files"] == ["LICENSE"]
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert text.startswith("MIT License\n")
+    assert "Copyright (c) 2026 the patrol authors" in text
+    assert 'THE SOFTWARE IS PROVIDED "AS IS"' in text
 
 
 # -- Dockerfile ---------------------------------------------------------------------------------
@@ -223,7 +194,47 @@ def test_dockerfile_keeps_the_run_time_habits() -> None:
         if "pip install" in arg:
             assert "--no-cache-dir" in arg
     default_image = next(arg.split("=", 1)[1] for arg in values("ARG") if arg.startswith("PYTHON_IMAGE="))
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", default_image), "base pinned to a patch release"
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+@sha256:[0-9a-f]{64}", default_image), \
+        "base pinned to a patch release by tag and by digest"
+    install = [arg for arg in values("RUN") if "pip install" in arg]
+    assert len(install) == 1 and "-c constraints.txt" in install[0], "the image installs the locked versions"
+
+
+def _revision_step() -> str:
+    (step,) = [arg for instruction, arg in _instructions(ROOT / "Dockerfile")
+               if instruction == "RUN" and "core/_build.py" in arg]
+    return step
+
+
+@pytest.mark.parametrize(("revision", "written"), [("1a2b3c4d", "1a2b3c4d"), ("unknown", None)])
+def test_the_image_build_writes_the_revision_patrol_reports(tmp_path: Path, revision: str,
+                                                            written: str | None) -> None:
+    """The Dockerfile's RUN step, run by sh as the build runs it, writes what core/build.py reads."""
+    (tmp_path / "core").mkdir()
+    subprocess.run(["/bin/sh", "-c", _revision_step()], cwd=tmp_path, env={"REVISION": revision},
+                   check=True, timeout=30)
+    spec = importlib.util.spec_from_file_location("patrol_test_built", tmp_path / "core" / "_build.py")
+    assert spec is not None and spec.loader is not None
+    sys.modules["patrol_test_built"] = module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        assert baked_revision("patrol_test_built") == written
+    finally:
+        sys.modules.pop("patrol_test_built", None)
+
+
+@pytest.mark.parametrize("revision", ['x"; import os; "', "", "a b"])
+def test_the_image_build_refuses_a_revision_that_is_not_a_commit(tmp_path: Path, revision: str) -> None:
+    (tmp_path / "core").mkdir()
+    result = subprocess.run(["/bin/sh", "-c", _revision_step()], cwd=tmp_path, env={"REVISION": revision},
+                            capture_output=True, text=True, check=False, timeout=30)
+    assert result.returncode != 0 and "REVISION must be a commit id" in result.stderr
+    assert not (tmp_path / "core" / "_build.py").exists()
+
+
+def test_the_generated_build_module_is_never_committed_nor_sent_to_the_build() -> None:
+    assert "/core/_build.py" in (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert "core/_build.py" in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
 
 
 def test_dockerignore_lets_in_only_what_the_build_copies() -> None:
@@ -240,38 +251,6 @@ def test_dockerignore_lets_in_only_what_the_build_copies() -> None:
 
 
 # -- rendering ---------------------------------------------------------------------------------
-
-def _canonical(docs: list[Doc]) -> list[Doc]:
-    return sorted(docs, key=_object_id)
-
-
-@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda d: str(d.relative_to(ROOT)))
-def test_renderer_agrees_with_kubectl_kustomize(directory: Path, rendered: dict[Path, list[Doc]]) -> None:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl not installed: the renderer's output is validated, but not cross-checked")
-    result = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True,
-                            timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
-    assert _canonical(_load_yaml_docs_text(result.stdout)) == _canonical(rendered[directory])
-
-
-def _load_yaml_docs_text(text: str) -> list[Doc]:
-    return [doc for doc in yaml.safe_load_all(text) if doc is not None]
-
-
-def test_renderer_refuses_what_it_does_not_implement(tmp_path: Path) -> None:
-    (tmp_path / "kustomization.yaml").write_text("resources: []\nnamespace: patrol\n", encoding="utf-8")
-    with pytest.raises(NotImplementedError, match="namespace"):
-        render(tmp_path)
-    inner = tmp_path / "inner"
-    inner.mkdir()
-    (inner / "kustomization.yaml").write_text("resources: [../outside.yaml]\n", encoding="utf-8")
-    (tmp_path / "outside.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n",
-                                           encoding="utf-8")
-    with pytest.raises(ValueError, match="not in or below"):
-        render(inner)
-
 
 @pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda d: str(d.relative_to(ROOT)))
 def test_rendered_objects_match_the_kubernetes_schemas(directory: Path,
@@ -297,7 +276,8 @@ def test_the_validator_rejects_a_broken_object(base: list[Doc]) -> None:
 
 
 def test_every_object_has_its_namespace_and_labels(rendered: dict[Path, list[Doc]]) -> None:
-    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
+                      "ValidatingAdmissionPolicyBinding"}
     for directory, docs in rendered.items():
         for doc in docs:
             meta = doc["metadata"]
@@ -364,7 +344,7 @@ def test_the_config_and_the_deployments_agree(base: list[Doc], config: Config) -
         assert container["args"][0] == service
         config_path = Path(_config_arg(base, deployment))
         config_volume = _volume(base, deployment, _mounts(base, deployment)[str(config_path.parent)])
-        assert config_volume["configMap"]["name"] == "patrol-config"
+        assert config_volume["configMap"]["name"] == _generated(base, "ConfigMap", "patrol-config")["metadata"]["name"]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert str(ports["http"]) == listen.rsplit(":", 1)[1]
         for remote in (c for c in config.clusters if not c.in_cluster):
@@ -559,3 +539,309 @@ def test_the_config_sinks_are_not_in_the_rendered_manifests(rendered: dict[Path,
             if doc["kind"] == "Secret":
                 assert doc.get("type") == "kubernetes.io/service-account-token"
                 assert not doc.get("data") and not doc.get("stringData")
+
+
+# -- conventions: config rollout, dashboard, network, disruption, optional volumes --------------
+
+@pytest.fixture
+def copy_of_deploy(tmp_path: Path) -> Path:
+    """deploy/ and dashboards/ side by side in a scratch directory, to render edited copies."""
+    shutil.copytree(DEPLOY, tmp_path / "deploy")
+    shutil.copytree(ROOT / "dashboards", tmp_path / "dashboards", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    return tmp_path
+
+
+def _pod_template(docs: list[Doc], deployment: str) -> Doc:
+    return dict(_one(docs, "Deployment", deployment)["spec"]["template"])
+
+
+def test_a_config_change_renames_the_configmap_and_rolls_both_deployments(base: list[Doc],
+                                                                         copy_of_deploy: Path) -> None:
+    name = _generated(base, "ConfigMap", "patrol-config")["metadata"]["name"]
+    for deployment in ("patrol-exporter", "patrol-worker"):
+        assert _volume(base, deployment, "config")["configMap"]["name"] == name
+    config = copy_of_deploy / "deploy" / "base" / "patrol.yaml"
+    config.write_text(config.read_text(encoding="utf-8").replace("renew_before: 7d", "renew_before: 8d"),
+                      encoding="utf-8")
+    changed = render(copy_of_deploy / "deploy" / "base")
+    new_name = _generated(changed, "ConfigMap", "patrol-config")["metadata"]["name"]
+    assert new_name != name
+    for deployment in ("patrol-exporter", "patrol-worker"):
+        assert _volume(changed, deployment, "config")["configMap"]["name"] == new_name
+        assert _pod_template(changed, deployment) != _pod_template(base, deployment), "the pods would not roll"
+    assert not [d for d in changed if d["kind"] == "ConfigMap" and d["metadata"]["name"] == name]
+
+
+def test_the_dashboard_configmap_is_generated_from_the_committed_dashboard(rendered: dict[Path, list[Doc]]) -> None:
+    (dashboard,) = [d for d in rendered[DEPLOY] if d["kind"] == "ConfigMap"
+                    and d["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    assert dashboard["metadata"]["namespace"] == PATROL_NAMESPACE
+    assert dashboard["metadata"]["name"] == "patrol-dashboard"          # no hash: nothing refers to it
+    assert dashboard["data"] == {"patrol.json": (ROOT / "dashboards" / "patrol.json").read_text(encoding="utf-8")}
+    assert not list(DEPLOY.rglob("*.json")), "a copy of the dashboard under deploy/ would drift"
+    assert not [d for d in rendered[DEPLOY / "base"] if d["kind"] == "ConfigMap"
+                and "grafana_dashboard" in d["metadata"]["labels"]]
+
+
+def test_a_dashboard_change_reaches_the_configmap(copy_of_deploy: Path) -> None:
+    dashboard = copy_of_deploy / "dashboards" / "patrol.json"
+    dashboard.write_text(dashboard.read_text(encoding="utf-8").replace("PAT health", "PAT health (edited)"),
+                         encoding="utf-8")
+    (configmap,) = [d for d in render(copy_of_deploy / "deploy") if d["kind"] == "ConfigMap"
+                    and d["metadata"]["name"] == "patrol-dashboard"]
+    assert "PAT health (edited)" in configmap["data"]["patrol.json"]
+
+
+def _selects(selector: Doc, labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, "only matchLabels selectors here"
+    return bool(selector["matchLabels"].items() <= labels.items())
+
+
+@pytest.mark.parametrize(("deployment", "clients"), [("patrol-exporter", {"prometheus"}),
+                                                     ("patrol-worker", {"prometheus", "alertmanager"})])
+def test_network_policies_admit_only_prometheus_and_alertmanager(base: list[Doc], deployment: str,
+                                                                 clients: set[str]) -> None:
+    labels = _template_labels(base, deployment)
+    policies = [p for p in base if p["kind"] == "NetworkPolicy" and _selects(p["spec"]["podSelector"], labels)]
+    assert len(policies) == 1, f"{deployment}: {len(policies)} NetworkPolicies select it"
+    spec = policies[0]["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    assert {peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in rule["from"]} == clients
+    assert all(set(peer) == {"namespaceSelector", "podSelector"} for peer in rule["from"]), "no ipBlock, no open peer"
+    container_ports = {p["name"] for p in _container(base, deployment)["ports"]}
+    assert [(p["port"], p["protocol"]) for p in rule["ports"]] == [("http", "TCP")]
+    assert "http" in container_ports
+    text = (DEPLOY / "base" / "networkpolicy.yaml").read_text(encoding="utf-8")
+    for client in clients:       # the comment says which labels the selectors assume
+        assert f"app.kubernetes.io/name: {client}" in text.split("apiVersion:")[0]
+
+
+def _disruptions_allowed(budget: Doc, replicas: int, ready: int) -> int:
+    """The eviction API's arithmetic (pkg/controller/disruption) for an integer budget."""
+    spec = budget["spec"]
+    desired = int(spec["minAvailable"]) if "minAvailable" in spec else replicas - int(spec["maxUnavailable"])
+    return max(ready - max(desired, 0), 0)
+
+
+@pytest.mark.parametrize(("deployment", "ready"), [("patrol-exporter", 1), ("patrol-worker", 1)])
+def test_disruption_budgets_never_block_a_drain(base: list[Doc], deployment: str, ready: int) -> None:
+    """The worker's standby is never Ready (only the Lease holder is): a budget keeping one worker
+    Ready would refuse to evict the holder forever. Steady state: one Ready pod each."""
+    labels = _template_labels(base, deployment)
+    budgets = [b for b in base if b["kind"] == "PodDisruptionBudget" and _selects(b["spec"]["selector"], labels)]
+    assert len(budgets) == 1, f"{deployment}: {len(budgets)} budgets"
+    budget = budgets[0]
+    assert budget["metadata"]["namespace"] == PATROL_NAMESPACE
+    replicas = int(_one(base, "Deployment", deployment)["spec"]["replicas"])
+    assert _disruptions_allowed(budget, replicas, ready) >= 1, "the Ready pod could never be evicted"
+    assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", "a not-Ready pod must stay evictable"
+    others = [d for d in base if d["kind"] == "Deployment" and d["metadata"]["name"] != deployment]
+    selector = budget["spec"]["selector"]
+    assert not [d for d in others if _selects(selector, _template_labels(base, d["metadata"]["name"]))]
+
+
+def test_the_budget_arithmetic_is_the_eviction_apis() -> None:
+    """The helper above refuses what a protective budget refuses (so the test could fail)."""
+    protective = {"spec": {"minAvailable": 1}}
+    assert _disruptions_allowed(protective, replicas=2, ready=1) == 0
+    assert _disruptions_allowed({"spec": {"maxUnavailable": 1}}, replicas=2, ready=1) == 0
+    assert _disruptions_allowed({"spec": {"maxUnavailable": 1}}, replicas=2, ready=2) == 1
+
+
+@pytest.mark.parametrize("deployment", ["patrol-exporter", "patrol-worker"])
+def test_the_kubeconfig_volume_is_optional(base: list[Doc], deployment: str) -> None:
+    volume = _volume(base, deployment, "kubeconfig")
+    assert volume["secret"]["secretName"] == "patrol-kubeconfig" and volume["secret"]["optional"] is True
+    assert _volume(base, "patrol-worker", "webhook-token")["secret"].get("optional") is not True, \
+        "the worker must not start without its webhook token"
+
+
+# -- the Prometheus Operator label, in one component ---------------------------------------------
+
+def test_the_release_label_is_set_by_one_component(rendered: dict[Path, list[Doc]]) -> None:
+    operator = [d for d in rendered[DEPLOY] if _group(d) == "monitoring.coreos.com"]
+    assert sorted(d["kind"] for d in operator) == ["PrometheusRule", "ServiceMonitor"]
+    assert {d["metadata"]["labels"]["release"] for d in operator} == {"kube-prometheus-stack"}
+    others = [d for d in rendered[DEPLOY] if _group(d) != "monitoring.coreos.com"]
+    assert not [d for d in others if "release" in d["metadata"].get("labels", {})]
+    naming = sorted(str(p.relative_to(DEPLOY)) for p in DEPLOY.rglob("*.yaml")
+                    if "kube-prometheus-stack" in "\n".join(line for line in p.read_text(encoding="utf-8").splitlines()
+                                                            if not line.lstrip().startswith("#")))
+    assert naming == ["components/prometheus-release/kustomization.yaml"], "the label is hard-coded elsewhere"
+
+
+def test_an_overlay_changes_the_release_label_after_the_component(copy_of_deploy: Path) -> None:
+    overlay = copy_of_deploy / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "resources: [../deploy]\n"
+        "patches:\n"
+        "  - target: {group: monitoring.coreos.com}\n"
+        "    patch: |-\n"
+        "      - {op: replace, path: /metadata/labels/release, value: my-prometheus}\n", encoding="utf-8")
+    operator = [d for d in render(overlay) if _group(d) == "monitoring.coreos.com"]
+    assert {d["metadata"]["labels"]["release"] for d in operator} == {"my-prometheus"}
+
+
+# -- the admission policy on patrol's ScaledJob patch -------------------------------------------
+
+# The ScaledJob spec and its jobTargetRef as KEDA v2.20.0 defines them
+# (config/crd/bases/keda.sh_scaledjobs.yaml): every field the policy must hold still.
+KEDA_SCALEDJOB_SPEC = {"envSourceContainerName", "failedJobsHistoryLimit", "jobTargetRef", "maxReplicaCount",
+                       "minReplicaCount", "pollingInterval", "rollout", "rolloutStrategy", "scalingStrategy",
+                       "successfulJobsHistoryLimit", "triggers"}
+KEDA_JOB_SPEC = {"activeDeadlineSeconds", "backoffLimit", "backoffLimitPerIndex", "completionMode", "completions",
+                 "managedBy", "manualSelector", "maxFailedIndexes", "parallelism", "podFailurePolicy",
+                 "podReplacementPolicy", "selector", "successPolicy", "suspend", "template", "ttlSecondsAfterFinished"}
+WORKER_USER = "system:serviceaccount:patrol:patrol-worker"
+
+
+def _policy(docs: list[Doc]) -> tuple[Doc, Doc]:
+    (policy,) = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"]
+    (binding,) = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding"]
+    return policy, binding
+
+
+@pytest.mark.parametrize("directory", [DEPLOY, DEPLOY / "remote-cluster"], ids=["deploy", "remote-cluster"])
+def test_the_policy_is_bound_and_matches_patrols_scaledjob_patches(rendered: dict[Path, list[Doc]],
+                                                                   directory: Path) -> None:
+    policy, binding = _policy(rendered[directory])
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    (rule,) = spec["matchConstraints"]["resourceRules"]
+    assert (rule["apiGroups"], rule["resources"], rule["operations"]) == (["keda.sh"], ["scaledjobs"], ["UPDATE"])
+    users = set(re.findall(r"'(system:serviceaccount:[^']+)'", spec["matchConditions"][0]["expression"]))
+    accounts = {f"system:serviceaccount:{a['metadata']['namespace']}:{a['metadata']['name']}"
+                for docs in rendered.values() for a in docs if a["kind"] == "ServiceAccount"
+                and a["metadata"]["name"] in ("patrol-worker", "patrol-remote")}
+    assert users == accounts == {WORKER_USER, "system:serviceaccount:azure-devops:patrol-remote"}
+    text = " ".join(v["expression"] for v in spec["validations"])
+    for field in (KEDA_SCALEDJOB_SPEC - {"jobTargetRef"}) | (KEDA_JOB_SPEC - {"template"}):
+        assert f".{field})" in text or f".{field} " in text, f"the policy does not hold {field} still"
+    assert _policy(rendered[DEPLOY / "components" / "scaledjob-guard"]) == (policy, binding)
+    assert not [d for d in rendered[DEPLOY / "base"] if d["kind"].startswith("ValidatingAdmission")]
+
+
+def _scaledjob() -> Doc:
+    return {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledJob",
+            "metadata": {"name": "azure-devops-agent", "namespace": "azure-devops", "labels": {"app": "agent"}},
+            "spec": {"pollingInterval": 30, "maxReplicaCount": 10, "rollout": {"strategy": "gradual"},
+                     "triggers": [{"type": "azure-pipelines", "metadata": {"poolName": "agents"},
+                                   "authenticationRef": {"name": "pipeline-trigger-auth"}}],
+                     "jobTargetRef": {"backoffLimit": 0, "template": {
+                         "spec": {"containers": [{"name": "agent", "image": "agent:1"}]}}}}}
+
+
+def _admit(policy: Doc, old: Doc, new: Doc, user: str = WORKER_USER) -> list[str] | None:
+    """Evaluate the policy's CEL as the API server would: None when the request is not matched,
+    else the messages of the validations that fail (empty: admitted)."""
+    import celpy  # type: ignore[import-untyped]
+    from celpy import celtypes
+
+    env = celpy.Environment()
+    spec = policy["spec"]
+    activation: dict[str, Any] = {
+        "object": celpy.json_to_cel(new), "oldObject": celpy.json_to_cel(old),
+        "request": celpy.json_to_cel({"operation": "UPDATE", "userInfo": {"username": user}})}
+
+    def run(expression: str) -> Any:
+        return env.program(env.compile(expression)).evaluate(activation)
+
+    if not all(run(c["expression"]) for c in spec["matchConditions"]):
+        return None
+    variables: dict[Any, Any] = {}
+    for variable in spec["variables"]:
+        activation["variables"] = celtypes.MapType(variables)
+        variables[celtypes.StringType(variable["name"])] = run(variable["expression"])
+    activation["variables"] = celtypes.MapType(variables)
+    return [v["message"] for v in spec["validations"] if not bool(run(v["expression"]))]
+
+
+def _changed(doc: Doc, change: Any) -> Doc:
+    changed = copy.deepcopy(doc)
+    change(changed)
+    return changed
+
+
+def _rotate(value: str) -> Any:
+    def change(doc: Doc) -> None:
+        template = doc["spec"]["jobTargetRef"]["template"]
+        template.setdefault("metadata", {}).setdefault("annotations", {})["patrol.io/rotation"] = value
+    return change
+
+
+def test_the_policy_admits_patrols_annotation_patch(rendered: dict[Path, list[Doc]]) -> None:
+    policy, _ = _policy(rendered[DEPLOY])
+    first = _changed(_scaledjob(), _rotate("0123456789ab"))
+    assert _admit(policy, _scaledjob(), first) == []                 # the first rotation adds metadata
+    assert _admit(policy, first, _changed(first, _rotate("ba9876543210"))) == []
+    assert _admit(policy, first, first) == []
+    changed_pool = _changed(first, lambda d: d["spec"]["triggers"][0]["metadata"].update(poolName="x"))
+    assert _admit(policy, first, changed_pool, user="system:serviceaccount:flux-system:kustomize-controller") is None
+
+
+@pytest.mark.parametrize(("change", "refused"), [
+    (lambda d: d["spec"]["triggers"][0]["metadata"].update(poolName="other"), "ScaledJob's spec"),
+    (lambda d: d["spec"].update(maxReplicaCount=1000), "ScaledJob's spec"),
+    (lambda d: d["spec"].pop("pollingInterval"), "ScaledJob's spec"),
+    (lambda d: d["metadata"].setdefault("annotations", {}).update({"autoscaling.keda.sh/paused": "true"}),
+     "labels or annotations"),
+    (lambda d: d["metadata"]["labels"].update(app="other"), "labels or annotations"),
+    (lambda d: d["spec"]["jobTargetRef"].update(backoffLimit=6), "job spec"),
+    (lambda d: d["spec"]["jobTargetRef"]["template"]["spec"]["containers"][0].update(image="evil:1"),
+     "pod template's spec"),
+    (lambda d: d["spec"]["jobTargetRef"]["template"]["metadata"].update(labels={"a": "b"}), "pod template's spec"),
+    (lambda d: d["spec"]["jobTargetRef"]["template"]["metadata"]["annotations"].update(other="x"),
+     "other pod-template annotations"),
+], ids=["trigger", "max-replicas", "polling-removed", "paused", "label", "backoff", "image", "template-labels",
+        "other-annotation"])
+def test_the_policy_refuses_any_other_change_by_patrol(rendered: dict[Path, list[Doc]], change: Any,
+                                                       refused: str) -> None:
+    policy, _ = _policy(rendered[DEPLOY])
+    before = _changed(_scaledjob(), _rotate("0123456789ab"))
+    messages = _admit(policy, before, _changed(before, change))
+    assert messages is not None and len(messages) == 1 and refused in messages[0], messages
+
+
+# -- the Flux example in deploy/README.md -------------------------------------------------------
+
+def _readme_yaml() -> list[Doc]:
+    text = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    docs: list[Doc] = []
+    for block in re.findall(r"```yaml\n(.*?)```", text, flags=re.DOTALL):
+        for doc in yaml.safe_load_all(block):
+            docs += doc if isinstance(doc, list) else [doc] if isinstance(doc, dict) else []
+    return docs
+
+
+def test_the_flux_example_renders_what_it_says(copy_of_deploy: Path, base: list[Doc]) -> None:
+    """Flux applies `images` and `patches` as kustomize does: the same, in an overlay here."""
+    (flux,) = [d for d in _readme_yaml() if d.get("apiVersion") == "kustomize.toolkit.fluxcd.io/v1"]
+    spec = flux["spec"]
+    assert (ROOT / spec["path"] / "kustomization.yaml").exists()
+    assert spec["prune"] is True and not spec.get("wait"), "wait: true never succeeds: the standby is never Ready"
+    for check in spec["healthChecks"]:
+        assert _one(base, check["kind"], check["name"])["metadata"]["namespace"] == check["namespace"]
+    overlay = copy_of_deploy / "flux"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(
+        {"resources": ["../deploy"], "images": spec["images"], "patches": spec["patches"]}), encoding="utf-8")
+    docs = render(overlay)
+    (image,) = spec["images"]
+    for deployment in ("patrol-exporter", "patrol-worker"):
+        assert _container(docs, deployment)["image"] == f"{image['newName']}:{image['newTag']}"
+    release = yaml.safe_load(spec["patches"][0]["patch"])[0]["value"]
+    assert {d["metadata"]["labels"]["release"] for d in docs if _group(d) == "monitoring.coreos.com"} == {release}
+
+
+def test_the_networkpolicy_patch_in_the_readme_narrows_both_policies(copy_of_deploy: Path) -> None:
+    (patch,) = [d for d in _readme_yaml() if isinstance(d.get("patch"), str) and "NetworkPolicy" in str(d)]
+    overlay = copy_of_deploy / "narrow"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({"resources": ["../deploy/base"], "patches": [patch]}),
+                                                encoding="utf-8")
+    for policy in (d for d in render(overlay) if d["kind"] == "NetworkPolicy"):
+        assert policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"] == {
+            "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}

@@ -137,7 +137,7 @@ def test_one_refresh_fills_every_metric_of_the_contract(exporter: Exporter) -> N
         "patrol_agent_pool_agents", "patrol_agent_pool_queued_jobs",
         "patrol_agent_pool_oldest_queued_job_age_seconds", "patrol_pipeline_last_run_timestamp_seconds",
         "patrol_pipeline_last_success_timestamp_seconds", "patrol_source_up",
-        "patrol_source_last_success_timestamp_seconds", "patrol_source_duration_seconds"}
+        "patrol_source_last_success_timestamp_seconds", "patrol_source_duration_seconds", "patrol_build_info"}
     assert families["patrol_keda_scaler_auth_failures"].type == "counter"
     assert families["patrol_keda_scaler_auth_failing"].type == "gauge"
     up = {s.labels["source"]: s.value for s in families["patrol_source_up"].samples}

@@ -1,0 +1,1 @@
+"""Repository tools run by make targets (not installed with patrol)."""
