@@ -305,7 +305,7 @@ class Sandbox:
             ],
             "exporter": {"listen": "127.0.0.1:0", **p.exporter_intervals},
             "worker": {"listen": "127.0.0.1:0", "webhook_token_file": webhook_file,
-                       "state_dir": os.path.join(d, "state"), "cooldown": "30s",
+                       "state_dir": os.path.join(d, "state"), "cooldown": p.config_cooldown,
                        "verify_deadline": "60s", "reconcile_interval": "30s"},
         }
         config_path = os.path.join(d, "patrol.yaml")
