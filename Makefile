@@ -14,7 +14,7 @@ APT_PACKAGES := prometheus prometheus-alertmanager
 KUBECTL_MIN_MINOR := 27
 DEMO_ARGS ?=
 
-.PHONY: help venv lock system-deps lint test test-fast demo bench clean
+.PHONY: help venv lock system-deps lint test test-fast demo bench soak mttr clean
 
 help:
 	@echo "make demo   - start the simulated world (sandbox) and watch patrol keep it alive"
@@ -22,6 +22,8 @@ help:
 	@echo "make lint   - ruff + mypy --strict + import-linter"
 	@echo "make bench  - run the benchmarks in bench/ (figures for docs/benchmarks.md)"
 	@echo "make lock   - pin what the venv has into constraints.txt (after changing dependencies)"
+	@echo "make soak   - 100 planned rotations through the whole loop, judged by what the world suffered"
+	@echo "make mttr   - time from an out-of-band PAT revocation to recovery, through the whole loop"
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "patrol needs Python >= 3.11"'
@@ -94,6 +96,14 @@ bench: venv
 	$(BIN)/python bench/scrape.py
 	$(BIN)/python bench/webhook.py
 	$(BIN)/python bench/rotation.py
+
+# The long runs of docs/reliability.md: real processes, real Prometheus and Alertmanager.
+SOAK_ARGS ?= --rotations 100
+soak: venv system-deps
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
+
+mttr: venv system-deps
+	$(BIN)/python bench/mttr.py $(MTTR_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
