@@ -220,17 +220,23 @@ def print_preview(preview: RotationPreview, out: TextIO) -> None:
         expires = f", expires {sink.state.expires_at:%Y-%m-%d}" if sink.state.expires_at else ""
         holds = sink.state.authorization_id or ("unknown PAT" if sink.state.exists else "nothing yet")
         print(f"    {sink.sink_id}: holds {holds}{expires}", file=out)
-    print("  switch (bump pod-template annotation), then verify:", file=out)
+    print("  switch (refresh: no spec change; bump: pod-template annotation), then verify:", file=out)
     for consumer in preview.consumers:
         c = consumer.consumer
         state = (f"problem: {consumer.problem}" if consumer.problem else
                  f"generation {consumer.generation}, Ready {consumer.ready}")
         if consumer.rollout_strategy is not None and not consumer.problem:
             state += f", rollout strategy {consumer.rollout_strategy}"
+        if consumer.switch is not None and not consumer.problem:
+            state += f", switch {consumer.switch}"
         print(f"    {c.k8s_kind} {c.cluster}/{c.namespace}/{c.name} (pool {c.pool}): {state}", file=out)
     if not preview.consumers:
         print("    (no consumers: verification probes the new token only)", file=out)
-    print("  revoke after verification: " + (", ".join(preview.would_revoke) or
+    drain = (f"at most {config.format_duration(token.drain_max)}" if token.drain_max is not None
+             else "bounded by the consumers' activeDeadlineSeconds, sink refresh intervals, pipeline timeout")
+    print(f"  drain: keep the previous PAT valid while something started before delivery holds it ({drain})",
+          file=out)
+    print("  revoke after the drain, then confirm: " + (", ".join(preview.would_revoke) or
           "nothing known (no authorizationId in the sinks, no earlier patrol PAT)"), file=out)
     for warning in preview.warnings:
         print(f"  WARNING: {warning}", file=out)

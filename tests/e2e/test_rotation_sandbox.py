@@ -115,6 +115,11 @@ class World:
     def auth_failures(self) -> int:
         return sum(int(s["auth_failures"]) for s in self.keda().values())
 
+    def failed_polls(self) -> int:
+        """KEDA polls that failed even after KEDA's own refresh-and-retry: an outage a consumer
+        saw (a refresh-mode switch makes one ADO call fail per scaler, which KEDA absorbs)."""
+        return sum(int(s["poll_errors"]) for s in self.keda().values())
+
     def statuses(self, service: str, method: str, path_part: str) -> list[int]:
         """HTTP statuses the sandbox answered (0 = connection dropped), oldest first."""
         return [r.status for r in self.call(self.sb.world.log.records, service=service)
@@ -222,7 +227,8 @@ def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> No
 
 def test_keda_rotation_recovers_and_revokes_the_old_pat_after_verification(world: World) -> None:
     seed = world.annotate_seed()
-    failures = world.auth_failures()
+    failures = world.failed_polls()
+    before = world.keda()
     record = world.rotate()
     assert record.outcome == "succeeded", record.error
     assert [s.status for s in record.steps] == ["done"] * len(STEPS)
@@ -234,14 +240,24 @@ def test_keda_rotation_recovers_and_revokes_the_old_pat_after_verification(world
     assert pats[seed]["status"] == "revoked"
     verified = record.step("verify").finished_at
     assert verified is not None and pats[seed]["revokedAt"] >= verified     # only after verification
-    # KEDA moved to the new PAT through the generation bump, before the old one died...
+    # switch: auto with KEDA's default rollout is a refresh: no spec change, no Job deleted...
+    assert {t.target: t.status for t in record.targets if t.step == "switch"} == {
+        f"{c}/{NS}/{SCALEDJOB}": "skipped" for c in CLUSTERS}
+    after = world.keda()
+    for key, stats in after.items():
+        assert stats["generation_seen"] == before[key]["generation_seen"]
+        assert stats["agents_killed"] == before[key]["agents_killed"]
+    # ...KEDA moved to the new PAT by its own refresh on the first poll after the revoke...
     fingerprint = pats[new_id]["fingerprint"][:8]
-    assert {s["token_fingerprint"] for s in world.keda().values()} == {fingerprint}
-    # ...and keeps working after the revoke: no outage, not even one failed poll.
-    polls = {k: s["polls"] for k, s in world.keda().items()}
+    assert {s["token_fingerprint"] for s in after.values()} == {fingerprint}
+    assert all(stats["refreshes"] > before[key]["refreshes"] for key, stats in after.items())
+    # ...and never surfaced a failed poll: no outage, not even one.
+    polls = {k: s["polls"] for k, s in after.items()}
     wait_for(lambda: all(s["polls"] >= polls[k] + 2 for k, s in world.keda().items()), timeout=15)
-    assert world.auth_failures() == failures
+    assert world.failed_polls() == failures
     assert all(s["ready"] == "True" for s in world.keda().values())
+    confirmed = record.step("confirm").finished_at
+    assert confirmed is not None and confirmed >= pats[seed]["revokedAt"] + 2 * 2     # two KEDA polls
     # a Normal event on each consumer
     for cluster in CLUSTERS:
         events = world.call(world.sb.world.clusters[cluster].events, NS)
@@ -273,23 +289,41 @@ def test_second_rotation_revokes_the_first_patrol_pat_without_annotations(unadop
     world.assert_converged()
 
 
-def test_default_rollout_strategy_is_warned_about_and_gradual_is_not(mixed_rollout_world: World) -> None:
-    """KEDA deletes a ScaledJob's running Jobs when its spec changes unless ``rollout.strategy``
-    is ``gradual``: the plan says so for cft-ptl (no rollout field, as the default scenario seeds
-    it) and not for sds-ptl (gradual); the switch still bumps both."""
+def test_auto_switch_refreshes_a_default_rollout_and_bumps_a_gradual_one(mixed_rollout_world: World) -> None:
+    """KEDA deletes a ScaledJob's running Jobs when its spec changes unless its rollout strategy
+    is ``gradual``: ``switch: auto`` leaves cft-ptl's spec alone (refresh) and bumps sds-ptl's
+    (gradual); no running agent is deleted on either, and nothing needs a warning."""
     world = mixed_rollout_world
     world.annotate_seed()
+    before = world.keda()
+    record = world.rotate()
+    assert record.outcome == "succeeded", record.error
+    assert "WARNING" not in record.step("plan").detail
+    switch = {t.target: (t.status, t.detail.split(":")[0]) for t in record.targets if t.step == "switch"}
+    assert switch == {f"cft-ptl/{NS}/{SCALEDJOB}": ("skipped", "refresh"),
+                      f"sds-ptl/{NS}/{SCALEDJOB}": ("done", "bump")}
+    after = world.keda()
+    for key in after:
+        assert after[key]["agents_killed"] == before[key]["agents_killed"], key
+    world.assert_converged()
+
+
+def test_explicit_bump_of_a_default_rollout_is_warned_about(mixed_rollout_world: World) -> None:
+    world = mixed_rollout_world
+    world.annotate_seed()
+    token = world.config.tokens[0]
+    world.config = replace(world.config, tokens=(
+        replace(token, consumers=tuple(replace(c, switch="bump") for c in token.consumers)),
+        *world.config.tokens[1:]))
     record = world.rotate()
     assert record.outcome == "succeeded", record.error
     plan = record.step("plan").detail
-    assert (f"WARNING: ScaledJob cft-ptl/{NS}/{SCALEDJOB} uses rollout strategy 'default': the switch "
-            "step makes KEDA delete its running agent Jobs (builds in flight are abandoned); set "
-            "spec.rollout.strategy: gradual on it") in plan
-    assert f"sds-ptl/{NS}/{SCALEDJOB}" not in plan
+    assert (f"WARNING: ScaledJob cft-ptl/{NS}/{SCALEDJOB} uses rollout strategy 'default': the switch step "
+            "(switch: bump) makes KEDA delete its running agent Jobs (builds in flight are abandoned); set "
+            "spec.rollout.strategy: gradual on it, or use switch: auto") in plan
     assert plan.count("WARNING") == 1
     assert {t.target: t.status for t in record.targets if t.step == "switch"} == {
         f"{c}/{NS}/{SCALEDJOB}": "done" for c in CLUSTERS}
-    assert world.keda()[f"sds-ptl/{NS}/{SCALEDJOB}"]["agents_killed"] == 0     # gradual: none deleted
     world.assert_converged()
 
 
@@ -355,7 +389,7 @@ def test_409_on_the_secret_is_retried(world: World) -> None:
 
 def test_a_sink_that_keeps_failing_ends_the_rotation_without_an_outage(world: World) -> None:
     seed = world.annotate_seed()
-    failures = world.auth_failures()
+    failures = world.failed_polls()
     world.fault(kind="status", service="kube:sds-ptl", path_regex=f"secrets/{SECRET}", method="PATCH",
                 status=500)
     record = world.rotate()
@@ -367,7 +401,7 @@ def test_a_sink_that_keeps_failing_ends_the_rotation_without_an_outage(world: Wo
         held = world.pat_id(world.sink_value(cluster))
         assert held is not None and pats[held]["status"] == "active"
     time.sleep(2.5)
-    assert world.auth_failures() == failures
+    assert world.failed_polls() == failures
     # The fault clears, a new rotation converges everything and revokes both older PATs.
     world.call(world.sb.world.faults.clear)
     again = world.rotate()
@@ -393,7 +427,7 @@ def test_scope_mismatch_revokes_the_new_pat_and_delivers_nothing(world: World) -
     seed = world.annotate_seed()
     before = {c: world.sink_value(c) for c in CLUSTERS}
     kv_versions = len(world.call(world.sb.world.kv.versions, SECRET))
-    failures = world.auth_failures()
+    failures = world.failed_polls()
     # An org policy narrows the scopes of the PAT ADO returns (sandbox simulation knob).
     world.call(world.sb.world.ado.set_policy, scope_override="vso.agentpools")
     world.journal.close()
@@ -427,7 +461,7 @@ def test_scope_mismatch_revokes_the_new_pat_and_delivers_nothing(world: World) -
     # KEDA never lost a working token: two more polls, no authentication failure.
     polls = {k: s["polls"] for k, s in world.keda().items()}
     wait_for(lambda: all(s["polls"] >= polls[k] + 2 for k, s in world.keda().items()), timeout=15)
-    assert world.auth_failures() == failures
+    assert world.failed_polls() == failures
     assert all(s["ready"] == "True" for s in world.keda().values())
     for cluster in CLUSTERS:
         events = world.call(world.sb.world.clusters[cluster].events, NS)
@@ -484,7 +518,7 @@ def test_verification_deadline_keeps_the_old_pat(world: World) -> None:
 @pytest.mark.parametrize("crash_after", STEPS[:-1])
 def test_crash_between_steps_is_recovered(world: World, crash_after: str) -> None:
     seed = world.annotate_seed()
-    failures = world.auth_failures()
+    failures = world.failed_polls()
 
     def crash(rotation_id: str, step: str) -> None:
         if step == crash_after:
@@ -524,7 +558,7 @@ def test_crash_between_steps_is_recovered(world: World, crash_after: str) -> Non
     # Revoked after a verification that finished: the one before the crash, or after the resume.
     verified = first_verify.finished_at if first_verify.status == "done" else record.step("verify").finished_at
     assert verified is not None and pats[seed]["revokedAt"] >= verified
-    assert world.auth_failures() == failures
+    assert world.failed_polls() == failures
 
 
 def test_orphan_pat_from_another_worker_is_revoked_after_the_grace(world: World) -> None:
@@ -745,7 +779,7 @@ def start_worker_process(config_path: Path, state_dir: Path, log: Path) -> tuple
 
 def test_worker_process_killed_mid_rotation_is_recovered_by_the_next(world: World, tmp_path: Path) -> None:
     seed = world.annotate_seed()
-    failures = world.auth_failures()
+    failures = world.failed_polls()
     doc = yaml.safe_load(Path(world.sb.ready["config"]).read_text())
     doc["worker"]["verify_deadline"] = "12s"          # settle 3 s: KEDA here polls every 2 s
     config_path = tmp_path / "patrol-fast.yaml"
@@ -788,4 +822,4 @@ def test_worker_process_killed_mid_rotation_is_recovered_by_the_next(world: Worl
     pats = world.pats()
     assert pats[seed]["status"] == "revoked"
     assert pats[seed]["revokedAt"] >= (record.step("verify").finished_at or 0)
-    assert world.auth_failures() == failures
+    assert world.failed_polls() == failures
