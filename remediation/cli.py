@@ -78,11 +78,16 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: M
         "rotate", help="rotate one token now (the runbook in one command)", formatter_class=fmt,
         description="Rotate TOKEN now with the same saga the worker runs, showing each step.",
         epilog="examples:\n  patrol rotate keda --config patrol.yaml --dry-run\n"
-               "  patrol rotate keda --config patrol.yaml --reason 'leaked in a log'")
+               "  patrol rotate keda --config patrol.yaml --reason 'leaked in a log' --compromised\n\n"
+               "--compromised revokes the previous PAT as soon as the new one is delivered and verified,\n"
+               "without waiting for builds that still hold it; if TOKEN's rotation is running (say,\n"
+               "draining), it is marked compromised instead and revokes at once.")
     rotate.add_argument("token", metavar="TOKEN", help="a token name from the configuration")
     rotate.add_argument("--dry-run", action="store_true",
                         help="print the plan (scopes, lifetime, sinks, consumers, what would be revoked)")
     rotate.add_argument("--reason", default=None, help="why (recorded in the journal)")
+    rotate.add_argument("--compromised", action="store_true",
+                        help="the current PAT leaked: skip the drain, revoke as soon as delivery is verified")
     rotate.set_defaults(handler=run_rotate)
     finish(rotate)
 
@@ -285,7 +290,15 @@ def run_rotate(args: argparse.Namespace, out: TextIO | None = None) -> int:
             planner = Planner([t.name for t in cfg.tokens], journal, cooldown=cfg.worker.cooldown,
                               locks=TokenLocks(state_dir / "locks"))
             reason = args.reason or f"patrol rotate by {getpass.getuser()}"
-            decision, request = planner.request(args.token, trigger="manual", reason=reason, force=True)
+            if args.compromised:
+                reason += " (compromised)"
+            decision, request = planner.request(args.token, trigger="manual", reason=reason, force=True,
+                                                compromised=args.compromised)
+            if request is None and decision.reason == "marked-compromised":
+                print(f"rotation {decision.rotation_id} of {args.token} is running: marked compromised, so "
+                      "it revokes the previous PAT as soon as delivery is verified (a drain ends at its "
+                      "next round); follow it with: patrol history --steps", file=out)
+                return EXIT_OK
             if request is None:
                 print(f"patrol: {args.token}: not started ({decision.reason})", file=sys.stderr)
                 return EXIT_FAILURE
@@ -325,6 +338,10 @@ def format_history(records: list[RotationRecord], *, steps: bool) -> str:
         detail = r.error if r.outcome == "failed" else (
             f"{r.old_authorization_id or '?'} -> {r.new_authorization_id or '?'}" if r.new_authorization_id
             else r.reason)
+        if r.state == "drain" and r.outcome is None:
+            detail += f"; draining: {r.step('drain').detail or 'starting'}"
+        if any(t.step == "plan" and t.target == "compromised" for t in r.targets):
+            detail = f"COMPROMISED; {detail}"
         lines.append(f"{r.id:<12}  {r.token:<16} {r.trigger:<8} {result:<10} {_when(r.created_at):<19}  "
                      f"{took:>7}  {detail}")
         if steps:
