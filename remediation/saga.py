@@ -720,22 +720,17 @@ class RotationSaga:
         return any(t.step == "plan" and t.target == COMPROMISED_TARGET for t in record.targets)
 
     def _still_valid(self, run: _Run) -> dict[str, PatInfo]:
-        """The PATs the revoke would revoke that still authenticate (active, not expired)."""
+        """The PATs the revoke would revoke that still authenticate (active, not expired).
+
+        Read from the list of *active* PATs: a GET by id also answers for a revoked PAT, and
+        PatInfo carries no status (API-CONTRACTS §1.2)."""
         assert run.new is not None
         pats = self.world.pats(run.token.organization)
-        valid: dict[str, PatInfo] = {p.authorization_id: p for p in self._patrol_pats(run.token)
-                                     if p.valid_to > self._now()}
-        for auth_id in sorted(run.old_ids - valid.keys()):
-            try:
-                info = self._retry(partial(pats.get, auth_id), f"read PAT {auth_id}")
-            except NotFoundError:
-                continue
-            except PolicyViolationError as exc:
-                if exc.code not in _PAT_NOT_FOUND:
-                    raise
-                continue
-            if info.valid_to > self._now():
-                valid[auth_id] = info
+        active = self._retry(lambda: pats.list("active"), f"list active PATs of {run.token.name}")
+        pattern = patrol_pat_pattern(run.token.name)
+        now = self._now()
+        valid = {p.authorization_id: p for p in active
+                 if (p.authorization_id in run.old_ids or pattern.match(p.display_name)) and p.valid_to > now}
         valid.pop(run.new.authorization_id, None)
         return valid
 

@@ -45,9 +45,12 @@ from sandbox.app import SandboxThread
 from sandbox.http import Fault
 from sandbox.scenarios import ClusterSpec, scenario
 
-E2E = SagaSettings(verify_deadline=30, verify_interval=0.5, verify_settle=2.5,
-                   api_backoff=Backoff(delays=(0.2, 0.5, 1.0)),
+E2E = SagaSettings(verify_deadline=30, verify_interval=0.5, verify_settle=2.5, drain_interval=0.5,
+                   secret_settle=1.0, api_backoff=Backoff(delays=(0.2, 0.5, 1.0)),
                    deliver_backoff=Backoff(delays=(0.2, 0.5, 1.0)))
+# The sandbox's "harm" counters (GET /state): what a rotation must leave at 0 (issue 7 §1).
+HARM_KEYS = ("builds_interrupted", "agent_unregister_failures", "keda_failed_polls", "secret_reader_failures",
+             "pipeline_runs_failed")
 WEBHOOK_TOKEN = "e2e-webhook-bearer-token-0123456789"
 NS, SECRET, KEY, SCALEDJOB = "azure-devops", "azure-devops-token", "token", "azure-devops-agent"
 CLUSTERS = ("cft-ptl", "sds-ptl")
@@ -262,6 +265,122 @@ def test_keda_rotation_recovers_and_revokes_the_old_pat_after_verification(world
     for cluster in CLUSTERS:
         events = world.call(world.sb.world.clusters[cluster].events, NS)
         assert any(e["reason"] == "PatRotated" and record.id in e["message"] for e in events)
+
+
+def harm(world: World) -> dict[str, int]:
+    status, text = asyncio.run(fetch(world.sb.ready["control_url"], "/state"))
+    assert status == 200, text
+    counters: dict[str, int] = json.loads(text)["harm"]
+    return {key: int(counters[key]) for key in HARM_KEYS}
+
+
+def test_a_planned_rotation_with_builds_running_harms_nothing(world: World) -> None:
+    """The promise: builds run across the rotation (the sandbox's agent Jobs run long enough),
+    and afterwards no build was interrupted, no agent failed to unregister, no KEDA poll failed,
+    no Key Vault reader used a dead value and no pipeline run failed. Needs the sandbox's harm
+    counters and batch/v1 agent Jobs (issue 7 §1)."""
+    world.annotate_seed()
+    before = harm(world)
+    assert before == dict.fromkeys(HARM_KEYS, 0)
+    keda = world.rotate()
+    daily = world.rotate("daily-checks")
+    assert keda.outcome == "succeeded", keda.error
+    assert daily.outcome == "succeeded", daily.error
+    for record in (keda, daily):
+        assert record.step("drain").status == "done" and record.step("confirm").status == "done"
+        assert "drain maximum reached" not in record.step("drain").detail
+    world.assert_converged()
+    world.assert_converged("daily-checks")
+    # agents that started before delivery unregister when their build ends: give them one poll
+    polls = {k: s["polls"] for k, s in world.keda().items()}
+    wait_for(lambda: all(s["polls"] >= polls[k] + 2 for k, s in world.keda().items()), timeout=15)
+    assert harm(world) == dict.fromkeys(HARM_KEYS, 0)
+
+
+def test_an_out_of_band_revocation_skips_the_drain(world: World) -> None:
+    seed = world.annotate_seed()
+    status, text = asyncio.run(post(world.sb.ready["control_url"], f"/ado/pats/{seed}/revoke"))
+    assert status == 200, text
+    record = world.rotate()
+    assert record.outcome == "succeeded", record.error
+    assert record.step("drain").detail.startswith("skipped: the previous PAT is already invalid")
+    world.assert_converged()
+    # KEDA recovered on its own next poll once the Secret held the new token
+    assert all(s["ready"] == "True" for s in world.keda().values())
+    fingerprint = world.pats()[str(record.new_authorization_id)]["fingerprint"][:8]
+    assert {s["token_fingerprint"] for s in world.keda().values()} == {fingerprint}
+
+
+def test_rotate_compromised_revokes_without_draining(world: World) -> None:
+    """`patrol rotate --compromised`, while a Key Vault reader would otherwise hold the old
+    value for its refresh interval: the old PAT is revoked as soon as delivery is verified."""
+    seed = world.sb.world.seeded.daily_pat_id
+    path = world.tmp / "patrol-slow-readers.yaml"
+    doc = yaml.safe_load(Path(world.sb.ready["config"]).read_text())
+    for token in doc["tokens"]:
+        for sink in token["sinks"]:
+            sink["refresh_interval"] = "1h"
+    path.write_text(yaml.safe_dump(doc))
+    out = io.StringIO()
+    args = cli_args(world, token="daily-checks", dry_run=False, compromised=True)
+    args.config = str(path)
+    started = time.monotonic()
+    assert cli.run_rotate(args, out=out) == cli.EXIT_OK, out.getvalue()
+    assert time.monotonic() - started < 60
+    [record] = world.journal.recent("daily-checks", limit=1)
+    assert record.step("drain").detail.startswith("skipped: the rotation is marked compromised")
+    assert "(compromised)" in record.reason
+    assert world.pats()[seed]["status"] == "revoked"
+    history = io.StringIO()
+    cli.run_history(cli_args(world, token="daily-checks", limit=5, steps=False, json=False), out=history)
+    assert "COMPROMISED" in history.getvalue()
+
+
+def test_a_drain_is_visible_and_blocks_no_other_token(world: World) -> None:
+    """daily-checks drains for its Key Vault readers' refresh interval: /rotations shows the
+    step running with what it waits for, the gauge is 1, and the keda rotation, started
+    meanwhile by an alert, runs at the same time."""
+    world.annotate_seed()
+    doc_cfg = world.config
+    daily = doc_cfg.token("daily-checks")
+    slow = replace(daily, sinks=tuple(replace(s, refresh_interval=timedelta(seconds=20)) for s in daily.sinks))
+    cfg = replace(doc_cfg, tokens=tuple(slow if t.name == "daily-checks" else t for t in doc_cfg.tokens))
+    world.journal.close()
+    service = world.service(config=cfg)
+    with WorkerThread(service) as worker:
+        _, request = service.planner.request("daily-checks", trigger="manual", reason="e2e drain")
+        assert request is not None and service.dispatcher.submit(request)
+
+        def draining() -> bool:
+            doc = json.loads(asyncio.run(fetch(worker.url, "/rotations"))[1])
+            rotations = doc["rotations"] if isinstance(doc, dict) else doc
+            mine = [r for r in rotations if r["id"] == request.rotation_id]
+            return bool(mine) and mine[0]["state"] == "drain" and any(
+                s["name"] == "drain" and s["status"] == "running" and "readers of keyvault/" in s["detail"]
+                for s in mine[0]["steps"])
+
+        wait_for(draining, timeout=30)
+        metrics = asyncio.run(fetch(worker.url, "/metrics"))[1]
+        assert 'patrol_rotation_draining{token="daily-checks"} 1.0' in metrics
+        assert 'patrol_rotation_drain_end_timestamp_seconds{token="daily-checks"}' in metrics
+        answers = asyncio.run(deliver(worker.url, alert_payload(fp="e2edrain")))
+        assert [code for code, _ in answers] == [202]
+
+        def keda_verified_while_daily_drains() -> bool:
+            keda = [r for r in service.journal.recent("keda", limit=1)]
+            if not keda or keda[0].step("verify").status != "done":
+                return False
+            assert service.journal.get(request.rotation_id).state == "drain"
+            return True
+
+        wait_for(keda_verified_while_daily_drains, timeout=15)
+        assert service.dispatcher.wait_idle(90)
+        record = service.journal.get(request.rotation_id)
+        metrics = asyncio.run(fetch(worker.url, "/metrics"))[1]
+    world.reopen()
+    assert record.outcome == "succeeded", record.error
+    assert record.step("drain").detail.startswith("nothing holds the previous PAT any more (2")
+    assert 'patrol_rotation_draining{token="daily-checks"} 0.0' in metrics
 
 
 def test_daily_checks_rotation_in_key_vault(world: World) -> None:
@@ -608,6 +727,11 @@ async def deliver(url: str, body: bytes, *, token: str = WEBHOOK_TOKEN,
                                     headers=headers) as resp:
                 return resp.status, await resp.text()
         return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def post(url: str, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.post(url + path) as resp:
+        return resp.status, await resp.text()
 
 
 async def fetch(url: str, path: str) -> tuple[int, str]:
