@@ -201,7 +201,8 @@ def run_worker(args: argparse.Namespace) -> int:
 def _print_step(out: TextIO) -> Callable[[StepEvent], None]:
     def show(event: StepEvent) -> None:
         if event.status == "running":
-            print(f"  {event.step:<8} ...", file=out, flush=True)
+            # the drain reports what it waits for on every round
+            print(f"  {event.step:<8} ... {event.detail}".rstrip(), file=out, flush=True)
         else:
             print(f"  {event.step:<8} {event.status:<6} {event.seconds:6.2f}s  {event.detail}", file=out,
                   flush=True)
