@@ -1,4 +1,4 @@
-"""Benchmark: time to recovery from an out-of-band revocation, through the real monitoring loop.
+"""Benchmark: where the time to recovery goes, step by step (bench/mttr.py times the whole loop).
 
 The setting of ``tests/e2e/test_prometheus_e2e.py``: the sandbox (KEDA polls every 2 s), the
 exporter and the worker with their real clients, and the Debian Prometheus and Alertmanager
@@ -12,7 +12,7 @@ round and as medians, with where the time went:
 - each saga step, from the journal;
 - exporter: rotation finished → ``min(patrol_pat_valid{token="keda"}) == 1`` in Prometheus.
 
-    .venv/bin/python bench/mttr.py [--rounds 5]
+    .venv/bin/python bench/recovery_steps.py [--rounds 5]
 
 Target (issue 7 §2): median revocation → recovery verified <= 15 s.
 """
