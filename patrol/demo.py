@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -163,11 +163,15 @@ class Demo:
     out: TextIO = sys.stdout
     incident_after: float = 20.0
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    named: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     stack: MonitoringStack | None = None
     ready: dict[str, Any] = field(default_factory=dict)
     exporter_url: str = ""
     worker_url: str = ""
     webhook_token: str = ""
+    scenario: str = "default"                 # the sandbox scenario (``soak`` for patrol.soak)
+    alert_for: str = "3s"                     # the short ``for`` of the alerts ``fast`` names
+    fast: Literal["all", "rotate"] = "rotate"
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -180,6 +184,7 @@ class Demo:
         finally:
             log.close()
         self.procs.append(proc)
+        self.named[name] = proc
         return proc
 
     def start(self) -> None:
@@ -187,7 +192,7 @@ class Demo:
         self.say(f"patrol demo: working directory {self.workdir} (logs: *.log there)")
         self.say("starting the sandbox: Azure DevOps, Entra, Key Vault, clusters cft-ptl and sds-ptl, KEDA ...")
         sandbox = self._spawn("sandbox", "sandbox", "--ready-file", str(ready_file),
-                              "--dir", str(self.workdir / "sandbox"), "--scenario", "default")
+                              "--dir", str(self.workdir / "sandbox"), "--scenario", self.scenario)
         deadline = time.monotonic() + 60
         while not ready_file.exists():
             if sandbox.poll() is not None or time.monotonic() > deadline:
@@ -213,7 +218,8 @@ class Demo:
                 targets={"patrol-exporter": f"127.0.0.1:{exporter_port}",
                          "patrol-worker": f"127.0.0.1:{worker_port}"},
                 webhook_url=f"{self.worker_url}/webhook/alertmanager",
-                webhook_token_file=self.ready["webhook_token_file"], fast="rotate")
+                webhook_token_file=self.ready["webhook_token_file"],
+                alert_for=self.alert_for, fast=self.fast)
             self.stack.start()
             self.say(f"Prometheus {self.stack.prometheus_url} (shipped rules) and Alertmanager "
                      f"{self.stack.alertmanager_url} (rotate alerts -> worker) are running")
