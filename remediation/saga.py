@@ -939,6 +939,8 @@ class RotationSaga:
                             f"{now - last_failure:.0f}s ({self.settings.confirm_polls} polling interval(s)) "
                             f"after the revoke, {rounds} round(s)")
                 deadline = revoked_at + max(self.settings.verify_deadline, watch + self.settings.verify_interval)
+                # Look at least twice per KEDA poll: the watch ends soon after KEDA proved itself.
+                pause = min(self.settings.verify_interval, max(0.5, (interval or 30) / 2))
                 if now >= deadline:
                     reasons = "; ".join(waiting) or "KEDA was not quiet long enough"
                     raise ConfirmationError(
@@ -946,7 +948,7 @@ class RotationSaga:
                         "sink holds the new PAT and the previous one is revoked: check the consumers "
                         "(kubectl describe the ScaledJob/ScaledObject and its Events), and if KEDA still "
                         "uses the old PAT restart the KEDA operator so it re-reads the Secret")
-                self._sleep(self.settings.verify_interval)
+                self._sleep(min(pause, max(0.0, revoked_at + watch - now)) or pause)
         finally:
             client.close()
 

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -282,6 +283,12 @@ def test_a_planned_rotation_with_builds_running_harms_nothing(world: World) -> N
     world.annotate_seed()
     before = harm(world)
     assert before == dict.fromkeys(HARM_KEYS, 0)
+
+    def agents_running() -> bool:
+        return all(any(job.running for job in world.adapters.cluster(c).list_jobs(
+            NS, label_selector=f"scaledjob.keda.sh/name={SCALEDJOB}")) for c in CLUSTERS)
+
+    wait_for(agents_running, timeout=30)                     # builds in flight when the rotation starts
     keda = world.rotate()
     daily = world.rotate("daily-checks")
     assert keda.outcome == "succeeded", keda.error
@@ -289,6 +296,9 @@ def test_a_planned_rotation_with_builds_running_harms_nothing(world: World) -> N
     for record in (keda, daily):
         assert record.step("drain").status == "done" and record.step("confirm").status == "done"
         assert "drain maximum reached" not in record.step("drain").detail
+    # the old KEDA PAT outlived the builds that started with it: the drain waited for them
+    rounds = re.search(r"after delivery, (\d+) round\(s\)\)", keda.step("drain").detail)
+    assert rounds is not None and int(rounds.group(1)) > 1, keda.step("drain").detail
     world.assert_converged()
     world.assert_converged("daily-checks")
     # agents that started before delivery unregister when their build ends: give them one poll
