@@ -165,8 +165,11 @@ class SagaSettings:
         deadline = worker.verify_deadline.total_seconds()
         # KEDA polls every 30 s by default: hold the conditions for one poll, within the deadline.
         settle = min(30.0, deadline / 4)
+        # The drain's rounds are cheap list calls; one every few seconds ends it soon after the
+        # last holder is done, without hammering the APIs during an hour-long drain.
         return cls(verify_deadline=deadline, verify_settle=settle,
-                   verify_interval=max(0.5, min(5.0, settle / 3)))
+                   verify_interval=max(0.5, min(5.0, settle / 3)),
+                   drain_interval=max(0.5, min(10.0, settle / 3)))
 
 
 @dataclass(frozen=True)

@@ -464,3 +464,10 @@ def test_a_journal_from_before_drain_and_confirm_still_resumes(journal: Journal,
     record = journal.get(RID)
     assert [s.name for s in record.steps] == list(STEPS)
     assert all(s.status == "done" for s in record.steps)
+
+
+def test_settings_from_config_pace_the_drain_with_verification() -> None:
+    production = SagaSettings.from_config(config.WorkerSettings(verify_deadline=timedelta(minutes=5)))
+    assert (production.verify_settle, production.verify_interval, production.drain_interval) == (30, 5, 10)
+    sandbox = SagaSettings.from_config(config.WorkerSettings(verify_deadline=timedelta(seconds=30)))
+    assert (sandbox.verify_settle, sandbox.drain_interval) == (7.5, 2.5)
