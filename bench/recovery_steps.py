@@ -12,7 +12,7 @@ round and as medians, with where the time went:
 - each saga step, from the journal;
 - exporter: rotation finished → ``min(patrol_pat_valid{token="keda"}) == 1`` in Prometheus.
 
-    .venv/bin/python bench/recovery_steps.py [--rounds 5]
+    PYTHONPATH=. .venv/bin/python bench/recovery_steps.py [--rounds 5]
 
 Target (issue 7 §2): median revocation → recovery verified <= 15 s.
 """
