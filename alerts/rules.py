@@ -321,14 +321,17 @@ GROUPS: tuple[Group, ...] = (
             ),
             Alert(
                 name="PatrolRotationStuck",
-                expr="max by (token) (patrol_rotation_in_progress) == 1\n",
+                # A drain waits, on purpose and bounded, for builds that hold the old PAT: not stuck.
+                expr=("max by (token) (patrol_rotation_in_progress) == 1\n"
+                      "unless max by (token) (patrol_rotation_draining) == 1\n"),
                 for_="30m",
                 severity="warning",
                 summary="Rotation of PAT {{ $labels.token }} has run for over 30 minutes",
                 description=(
                     "A rotation of {{ $labels.token }} started more than 30 minutes ago and has not "
                     "finished; it holds the token's lock, so no other rotation of it can start. Read "
-                    "the worker's journal to see the step it waits on."
+                    "the worker's journal to see the step it waits on (time spent draining does not "
+                    "count)."
                 ),
             ),
         ),

@@ -18,6 +18,9 @@ from typing import Any
 from core.errors import BadRequestError
 
 SUPPORTED_VERSION = "4"
+# An alert with compromised="true" marks the token leaked: revoke the old PAT as soon as the new
+# one is delivered and verified, without draining (docs/rotation.md, "Emergencies").
+COMPROMISED_LABEL = "compromised"
 _STATUSES = ("firing", "resolved")
 # RFC 3339 as Go marshals it: optional fraction of 1-9 digits, "Z" or a numeric offset.
 _RFC3339 = re.compile(
@@ -46,6 +49,10 @@ class Alert:
     @property
     def name(self) -> str:
         return self.labels.get("alertname", "")
+
+    @property
+    def compromised(self) -> bool:
+        return self.labels.get(COMPROMISED_LABEL, "").strip().lower() == "true"
 
     @property
     def dedupe_key(self) -> str:

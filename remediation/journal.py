@@ -24,7 +24,10 @@ from typing import Literal
 
 from core.logs import redact
 
-STEPS: tuple[str, ...] = ("plan", "create", "deliver", "switch", "verify", "revoke", "record")
+# Journals written before drain/confirm existed lack those rows: start_step adds a missing row,
+# and a record lists only the steps it has, so old rotations still load and resume.
+STEPS: tuple[str, ...] = ("plan", "create", "deliver", "switch", "verify", "drain", "revoke", "confirm",
+                          "record")
 StepStatus = Literal["pending", "running", "done", "failed", "skipped"]
 Outcome = Literal["succeeded", "failed", "skipped"]
 JOURNAL_FILE = "journal.sqlite3"
@@ -244,6 +247,8 @@ class Journal:
         self._check_step(step)
         now = self._clock()
         with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO steps (rotation_id, name, status) VALUES (?, ?, 'pending')",
+                       (rotation_id, step))
             db.execute(
                 "UPDATE steps SET status='running', started_at=COALESCE(started_at, ?),"
                 " attempts=attempts+1, finished_at=NULL WHERE rotation_id=? AND name=?",
@@ -261,6 +266,15 @@ class Journal:
                 " started_at=COALESCE(started_at, ?) WHERE rotation_id=? AND name=?",
                 (status, now, _clean(detail), now, rotation_id, step),
             )
+            db.execute("UPDATE rotations SET updated_at=? WHERE id=?", (now, rotation_id))
+
+    def note_step(self, rotation_id: str, step: str, detail: str) -> None:
+        """What a long-running step waits for now (the drain), shown while it runs."""
+        self._check_step(step)
+        now = self._clock()
+        with self._tx() as db:
+            db.execute("UPDATE steps SET detail=? WHERE rotation_id=? AND name=?",
+                       (_clean(detail), rotation_id, step))
             db.execute("UPDATE rotations SET updated_at=? WHERE id=?", (now, rotation_id))
 
     def set_target(self, rotation_id: str, step: str, target: str, status: StepStatus,

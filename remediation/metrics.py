@@ -34,6 +34,14 @@ class WorkerMetrics:
         self.in_progress = Gauge(
             "patrol_rotation_in_progress", "1 while a rotation of the token runs.",
             ["token"], registry=self.registry)
+        self.draining = Gauge(
+            "patrol_rotation_draining",
+            "1 while a rotation of the token keeps the previous PAT valid for what still holds it (drain).",
+            ["token"], registry=self.registry)
+        self.drain_end = Gauge(
+            "patrol_rotation_drain_end_timestamp_seconds",
+            "When the current (or last) drain of the token ends at the latest: the previous PAT is revoked then.",
+            ["token"], registry=self.registry)
         self.webhook_requests = Counter(
             "patrol_webhook_requests_total", "Webhook deliveries by HTTP status code.",
             ["code"], registry=self.registry)
@@ -42,6 +50,7 @@ class WorkerMetrics:
         """Export zeros for every configured token, so absent() and rate() work from the start."""
         for token in tokens:
             self.in_progress.labels(token=token).set(0)
+            self.draining.labels(token=token).set(0)
             for result in RESULTS:
                 self.rotations.labels(token=token, result=result)
             self.duration.labels(token=token)

@@ -63,9 +63,11 @@ class WorkerService:
                                locks=TokenLocks(self.state_dir / "locks"), clock=clock)
         self.leadership = Leadership(lease)
         self.saga = RotationSaga(cfg, world, self.journal, settings=settings, clock=clock, sleep=sleep,
-                                 may_continue=self.may_rotate, on_step=on_step, after_step=after_step)
+                                 may_continue=self.may_rotate, on_step=on_step, after_step=after_step,
+                                 metrics=self.metrics)
         self.dispatcher = Dispatcher(self.saga.run, locks=self.planner.locks, journal=self.journal,
-                                     metrics=self.metrics, max_workers=max_workers, clock=clock)
+                                     metrics=self.metrics, max_workers=max_workers, tokens=len(cfg.tokens),
+                                     clock=clock)
         self.recovery = Recovery(cfg, world, self.journal, self.planner, submit=self.dispatcher.submit,
                                  may_act=self.may_rotate, clock=clock, sleep=sleep, orphan_grace=orphan_grace)
         self.server = WorkerServer(planner=self.planner, dispatcher=self.dispatcher, journal=self.journal,
