@@ -2,7 +2,9 @@
 
 The webhook answers fast and does nothing on a bad request: authentication (constant-time
 Bearer compare), content type, size and schema are checked before anything is planned, so a
-401/413/415/400 leaves no trace but a counter. An accepted delivery gets 202 at once and the
+401/413/415/400 leaves no trace but a counter; so does a sender that hangs up mid-body (counted
+as 499). Hostile bytes (undecodable header values, lone surrogates, times at the calendar's
+edge) are bad requests, never a 503. An accepted delivery gets 202 at once and the
 rotation continues in the background (:mod:`remediation.dispatch`). 503 is reserved for "cannot
 accept work now" (not the Lease holder, shutting down), the only answer that makes
 Alertmanager retry (API-CONTRACTS §5.2).
@@ -29,6 +31,7 @@ from remediation.planner import Planner
 log = logging.getLogger("patrol.webhook")
 
 MAX_BODY = 1024 * 1024
+CLIENT_CLOSED = 499
 WEBHOOK_PATH = "/webhook/alertmanager"
 _JSON_TYPES = ("application/json",)
 
@@ -70,7 +73,7 @@ class WorkerServer:
         self.journal = journal
         self.metrics = metrics
         self._accepting = accepting
-        for code in ("202", "400", "401", "413", "415", "503"):
+        for code in ("202", "400", "401", "413", "415", str(CLIENT_CLOSED), "503"):
             metrics.webhook_requests.labels(code=code)
 
     def app(self) -> web.Application:
@@ -108,7 +111,10 @@ class WorkerServer:
         scheme, _, credentials = header.partition(" ")
         if scheme.lower() != "bearer" or not credentials:
             return False
-        return hmac.compare_digest(credentials.strip().encode(), self._expected)
+        # aiohttp keeps undecodable header bytes as surrogate escapes; encoding them back gives the
+        # bytes that were sent (a plain .encode() raised on "Bearer \xff\xfe" and answered 503).
+        presented = credentials.strip().encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(presented, self._expected)
 
     async def webhook(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):
@@ -123,6 +129,12 @@ class WorkerServer:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _reply(413, f"body larger than {MAX_BODY} bytes")
+        except ConnectionResetError:
+            # The client went away mid-body: nothing was admitted and nobody reads the answer.
+            # Counted as 499 (nginx's "client closed request"), not as our failure (503).
+            log.info("webhook client disconnected before sending the whole body",
+                     extra={"remote": request.remote or ""})
+            return _reply(CLIENT_CLOSED, "client closed the connection before the body was complete")
         try:
             notification = parse_body(body)
         except PayloadError as exc:
