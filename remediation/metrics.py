@@ -16,6 +16,7 @@ RESULTS = ("succeeded", "failed", "skipped")
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._declare_hardening()
         self.rotations = Counter(
             "patrol_rotations_total", "Rotations finished, by result (succeeded, failed, skipped).",
             ["token", "result"], registry=self.registry)
@@ -37,3 +38,11 @@ class WorkerMetrics:
             for result in RESULTS:
                 self.rotations.labels(token=token, result=result)
             self.duration.labels(token=token)
+
+    def _declare_hardening(self) -> None:
+        """Metrics of the defences against hostile input and a failing state volume (issue 10)."""
+        self.webhook_connections_closed = Counter(
+            "patrol_webhook_connections_closed_total",
+            "Connections the worker closed: header_timeout (no request within the bound: a slow or"
+            " idle sender), too_many (over the connection cap).",
+            ["reason"], registry=self.registry)

@@ -16,8 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from aiohttp import web
-
 from core import config
 from core.secret import Secret
 from remediation.dispatch import Dispatcher
@@ -27,7 +25,7 @@ from remediation.metrics import WorkerMetrics
 from remediation.planner import Planner, TokenLocks
 from remediation.recovery import DEFAULT_ORPHAN_GRACE, Recovery, RecoveryReport
 from remediation.saga import RotationSaga, SagaSettings, StepEvent
-from remediation.server import WorkerServer
+from remediation.server import ServerLimits, WorkerServer
 from remediation.world import World
 
 log = logging.getLogger("patrol.worker")
@@ -51,6 +49,7 @@ class WorkerService:
         reconcile_interval: float | None = None,
         on_step: Callable[[StepEvent], None] | None = None,
         after_step: Callable[[str, str], None] | None = None,
+        server_limits: ServerLimits | None = None,
     ) -> None:
         self.config = cfg
         self.world = world
@@ -70,7 +69,8 @@ class WorkerService:
                                  may_act=self.may_rotate, clock=clock, sleep=sleep, orphan_grace=orphan_grace)
         self.server = WorkerServer(planner=self.planner, dispatcher=self.dispatcher, journal=self.journal,
                                    metrics=self.metrics, webhook_token=webhook_token,
-                                   insecure_no_auth=insecure_no_auth, accepting=self.not_accepting_reason)
+                                   insecure_no_auth=insecure_no_auth, accepting=self.not_accepting_reason,
+                                   limits=server_limits)
         self.reconcile_interval = (reconcile_interval if reconcile_interval is not None
                                    else cfg.worker.reconcile_interval.total_seconds())
         self._reconcile_now = threading.Event()
@@ -130,18 +130,11 @@ class WorkerService:
     async def serve(self, host: str, port: int, *, started: Callable[[int], None] | None = None,
                     stop: asyncio.Event | None = None) -> None:
         """Serve HTTP until ``stop`` is set; calls ``started(port)`` once listening."""
-        runner = web.AppRunner(self.server.app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0][1] if runner.addresses else port
-        log.info("worker listening on %s:%d", host, bound)
-        if started is not None:
-            started(bound)
-        try:
+        async with self.server.serving(host, port) as bound:
+            log.info("worker listening on %s:%d", host, bound)
+            if started is not None:
+                started(bound)
             await (stop or asyncio.Event()).wait()
-        finally:
-            await runner.cleanup()
 
 
 class WorkerThread:

@@ -7,16 +7,18 @@ traceback; each must now be a quiet 4xx with no side effect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from remediation.server import WEBHOOK_PATH
-from tests.unit.test_webhook_server import TOKEN, World, payload, served
+from remediation.server import WEBHOOK_PATH, ServerLimits
+from tests.unit.test_webhook_server import TOKEN, World, payload, post, served
 
 
 @pytest.fixture
@@ -122,3 +124,100 @@ def test_a_client_that_disconnects_mid_body_is_quiet_and_counted_499(
     assert world.sample("patrol_webhook_requests_total", code="503") == 0
     world.assert_no_side_effect()
     assert_quiet(caplog)
+
+
+# -- slow senders and connection floods (defect 5) -------------------------------------------------
+
+LIMITS = ServerLimits(header_timeout=1.0, body_timeout=1.0, max_connections=20)
+
+
+async def trickle_until_closed(url: str, head: bytes, drip: bytes, *, every: float = 0.1,
+                               give_up: float = 10.0) -> tuple[float, bytes]:
+    """Send ``head`` then ``drip`` one byte at a time; return (seconds until the server closed, answer)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    started = time.monotonic()
+    writer.write(head)
+    answer = b""
+
+    async def read_all() -> None:
+        nonlocal answer
+        while chunk := await reader.read(4096):
+            answer += chunk
+
+    reading = asyncio.create_task(read_all())
+    try:
+        for i in range(int(give_up / every)):
+            if reading.done():
+                break
+            with contextlib.suppress(ConnectionError):
+                writer.write(drip[i % len(drip):i % len(drip) + 1])
+                await writer.drain()
+            await asyncio.sleep(every)
+        await asyncio.wait_for(reading, 2)
+    finally:
+        writer.close()
+    return time.monotonic() - started, answer
+
+
+def test_a_sender_trickling_its_request_head_is_cut_off_within_the_bound(tmp_path: Path) -> None:
+    w = World(tmp_path, limits=LIMITS)
+    try:
+        async def go() -> tuple[float, bytes]:
+            async with served(w.server) as (url, _):
+                return await trickle_until_closed(
+                    url, f"POST {WEBHOOK_PATH} HTTP/1.1\r\n".encode(), b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaa\r\n")
+
+        seconds, answer = asyncio.run(go())
+        assert seconds < LIMITS.header_timeout * 1.25 + 0.5, seconds
+        assert answer == b""                                   # cut off, never handled
+        assert w.sample("patrol_webhook_connections_closed_total", reason="header_timeout") == 1
+        w.assert_no_side_effect()
+    finally:
+        w.close()
+
+
+def test_a_sender_trickling_its_body_gets_408_within_the_bound(tmp_path: Path) -> None:
+    w = World(tmp_path, limits=LIMITS)
+    body = json.dumps(payload()).encode()
+    try:
+        async def go() -> tuple[float, bytes]:
+            async with served(w.server) as (url, _):
+                return await trickle_until_closed(url, raw_request(b"", content_length=len(body)), body)
+
+        seconds, answer = asyncio.run(go())
+        assert seconds < LIMITS.body_timeout * 1.5 + 0.5, seconds         # + lingering
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert w.sample("patrol_webhook_requests_total", code="408") == 1
+        w.assert_no_side_effect()
+    finally:
+        w.close()
+
+
+def test_a_connection_flood_is_capped_and_real_deliveries_still_get_in(tmp_path: Path) -> None:
+    w = World(tmp_path, limits=LIMITS)
+    try:
+        async def go() -> tuple[int, int, int]:
+            async with served(w.server) as (url, session):
+                host, port = url.removeprefix("http://").split(":")
+                flood = [await asyncio.open_connection(host, int(port)) for _ in range(60)]
+                await asyncio.sleep(LIMITS.header_timeout / 2)    # a few sweeps, well before the timeout
+                still_open = 0
+                for reader, _ in flood:
+                    try:
+                        eof = await asyncio.wait_for(reader.read(1), 0.05) == b""
+                    except TimeoutError:
+                        eof = False
+                    still_open += not eof
+                status, _ = await post(session, url, doc=payload())
+                for _, writer in flood:
+                    writer.close()
+                return still_open, status, len(flood)
+
+        still_open, status, flooded = asyncio.run(go())
+        assert still_open <= LIMITS.max_connections
+        closed = w.sample("patrol_webhook_connections_closed_total", reason="too_many")
+        assert closed >= flooded - LIMITS.max_connections
+        assert status == 202
+    finally:
+        w.close()
