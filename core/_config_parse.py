@@ -505,7 +505,8 @@ _PIPELINE_KEYS = ("project", "definition", "max_age")
 _EXPORTER_KEYS = ("listen", "pat_interval", "validity_interval", "keda_interval", "pools_interval",
                   "pipeline_interval", "concurrency")
 _WORKER_KEYS = ("listen", "webhook_token_file", "state_dir", "cooldown", "verify_deadline",
-                "reconcile_interval", "lease")
+                "reconcile_interval", "lease",
+                "decision_retention", "rotation_retention", "decisions_per_minute")
 _WORKER_REJECTED = {
     "webhook_token": ("a webhook token written in the config file",
                       f"{_NO_SECRETS_FIX}: use 'webhook_token_file' or the PATROL_WEBHOOK_TOKEN "
@@ -937,7 +938,18 @@ class _Parser:
             verify_deadline=sec.duration("verify_deadline", d.verify_deadline, example="5m"),
             reconcile_interval=sec.duration("reconcile_interval", d.reconcile_interval, example="5m"),
             lease=lease,
+            **self.journal_bounds(sec, d),
         )
+
+    def journal_bounds(self, sec: _Section, d: WorkerSettings) -> dict[str, Any]:
+        decisions = sec.duration("decision_retention", d.decision_retention, example="7d")
+        rotations = sec.duration("rotation_retention", d.rotation_retention, example="365d")
+        if rotations < decisions:
+            sec.problem(sec.sub("rotation_retention"), "is shorter than decision_retention",
+                        "keep rotations (the audit trail) at least as long as decisions, e.g. "
+                        "'rotation_retention: 365d'", sec.line_of("rotation_retention"))
+        return {"decision_retention": decisions, "rotation_retention": rotations,
+                "decisions_per_minute": sec.integer("decisions_per_minute", d.decisions_per_minute, minimum=1)}
 
 
 # --------------------------------------------------------------------------- entry points
