@@ -970,6 +970,14 @@ def parse_text(text: str, *, file: str, base_dir: str) -> Config:
     except yaml.YAMLError as exc:
         raise ConfigErrors(file, [ConfigProblem(file, "", f"not valid YAML: {exc}",
                                                 "check the file's syntax")]) from None
+    except RecursionError:
+        # PyYAML composes nested collections recursively: a hostile or broken file with
+        # thousands of '[' or indented levels exhausts the stack. No patrol config nests deeper
+        # than a handful of levels, so this is never a real configuration.
+        raise ConfigErrors(file, [ConfigProblem(
+            file, "", "the YAML is nested too deeply to read (hundreds of levels of lists or mappings)",
+            "a patrol configuration nests only a few levels: check for runaway brackets or indentation; "
+            "`patrol config example` prints a valid file")]) from None
     parser = _Parser(file, base_dir)
     config = parser.config(data)
     if parser.problems.items or config is None:
