@@ -27,6 +27,7 @@ ROTATE_ALERTS = {"PatRenewalDue", "PatInvalid", "KedaScalerAuthFailing"}
 DESIGN_ALERTS = ROTATE_ALERTS | {
     "PatExpiringSoon", "PatExpired", "AgentPoolStarved", "DailyChecksStale", "DailyChecksFailing",
     "PatrolSourceDown", "PatrolRotationFailed", "PatrolRotationStuck",
+    "PatrolJournalNotWritable", "PatrolJournalReset",     # issue 10: the worker's state volume
 }
 
 
