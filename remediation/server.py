@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.secret import Secret
@@ -33,6 +34,25 @@ from remediation.metrics import WorkerMetrics
 from remediation.planner import Planner
 
 log = logging.getLogger("patrol.webhook")
+
+
+class _MalformedHttpFilter(logging.Filter):
+    """aiohttp logs every unparsable request (control bytes in a header, a broken request line)
+    as an ERROR with a traceback, then answers 400 itself. That is a client's fault, not ours:
+    keep it to one INFO line without the traceback, and leave every other error loud."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            log.info("malformed HTTP request answered %s by aiohttp: %s", exc.code,
+                     str(exc.message).splitlines()[0][:200] if exc.message else type(exc).__name__)
+            return False
+        return True
+
+
+# The logger aiohttp's protocol reports request errors to (RequestHandler(logger=...)).
+HTTP_LOG = logging.getLogger("patrol.webhook.http")
+HTTP_LOG.addFilter(_MalformedHttpFilter())
 
 MAX_BODY = 1024 * 1024
 CLIENT_CLOSED = 499
@@ -186,7 +206,7 @@ class WorkerServer:
         # After an early answer (408/413) aiohttp reads and drops the rest of a body for
         # ``lingering_time`` so the client sees the answer, not a reset; keep that short too.
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=5.0,
-                               lingering_time=min(2.0, self.limits.body_timeout / 2))
+                               lingering_time=min(2.0, self.limits.body_timeout / 2), logger=HTTP_LOG)
         await runner.setup()
         try:
             site = web.TCPSite(runner, host, port)

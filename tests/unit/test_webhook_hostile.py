@@ -71,6 +71,20 @@ def test_non_utf8_authorization_is_401_not_503(world: World, caplog: pytest.LogC
     assert_quiet(caplog)
 
 
+def test_an_unparsable_request_is_a_quiet_400(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    """Control bytes in a header: aiohttp answers 400 itself and used to log an ERROR traceback."""
+    async def go() -> tuple[int, bytes]:
+        async with served(world.server) as (url, _):
+            return await exchange(url, raw_request(b"{}", authorization=b"Bearer \x06\x1ab"))
+
+    with caplog.at_level(logging.INFO):
+        status, _ = asyncio.run(go())
+    assert status == 400
+    world.assert_no_side_effect()
+    assert_quiet(caplog)
+    assert any("malformed HTTP request" in r.getMessage() for r in caplog.records)
+
+
 def alert_with(**changes: Any) -> dict[str, Any]:
     doc = payload()
     doc["alerts"][0].update(changes)
