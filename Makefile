@@ -18,7 +18,7 @@ help:
 	@echo "make test   - install everything needed, lint, and run every test"
 	@echo "make lint   - ruff + mypy --strict + import-linter"
 	@echo "make bench  - run the benchmarks in bench/ (figures for docs/benchmarks.md)"
-	@echo "make fuzz   - fuzz the webhook of a live worker with 100,000 inputs (make test runs 2,000)"
+	@echo "make fuzz   - fuzz a live worker's webhook (100,000 inputs) and the config loader (10,000 files)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "patrol needs Python >= 3.11"'
@@ -65,11 +65,15 @@ test: venv system-deps lint
 test-fast: venv
 	$(BIN)/pytest -q tests/unit
 
-# Property-based fuzzing of the webhook against a live worker server: 0 5xx, 0 tracebacks,
-# 0 rotations from invalid input. FUZZ_EXAMPLES=N to change the count; the figures are printed.
+# Property-based fuzzing of the webhook against a live worker server (0 5xx, 0 tracebacks,
+# 0 rotations from invalid input) and of the config loader (a config or problems naming the
+# file, never a traceback). FUZZ_EXAMPLES / FUZZ_CONFIG_EXAMPLES change the counts; the
+# figures are printed.
 FUZZ_EXAMPLES ?= 100000
+FUZZ_CONFIG_EXAMPLES ?= 10000
 fuzz: venv
-	PATROL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -s -p no:cacheprovider --timeout=0 tests/fuzz
+	PATROL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) PATROL_FUZZ_CONFIG_EXAMPLES=$(FUZZ_CONFIG_EXAMPLES) \
+	  $(BIN)/pytest -q -s -p no:cacheprovider --timeout=0 tests/fuzz
 
 demo: venv system-deps
 	$(BIN)/patrol demo $(DEMO_ARGS)
