@@ -4,6 +4,12 @@
 from a :class:`core.config.Config` and a :class:`remediation.world.World`, so the command line
 (``patrol worker``), the end-to-end tests and the benchmarks build the very same thing.
 :class:`WorkerThread` serves it on loopback from a background thread for tests and benchmarks.
+
+The worker is ready (``/readyz``, and the webhook accepts work) only while it is not stopping,
+holds the Lease, and can write its journal. A keeper thread tries a small journal write every
+``journal_probe_interval``: a full volume turns readiness off before a rotation trips on it,
+and space coming back turns it on again and resumes at once what was cut short. The same
+thread prunes the journal every ``prune_interval`` by the configured retentions.
 """
 
 from __future__ import annotations
