@@ -507,7 +507,8 @@ _PIPELINE_KEYS = ("project", "definition", "max_age", "timeout")
 _EXPORTER_KEYS = ("listen", "pat_interval", "validity_interval", "keda_interval", "pools_interval",
                   "pipeline_interval", "concurrency")
 _WORKER_KEYS = ("listen", "webhook_token_file", "state_dir", "cooldown", "verify_deadline",
-                "reconcile_interval", "lease")
+                "reconcile_interval", "lease",
+                "decision_retention", "rotation_retention", "decisions_per_minute")
 _WORKER_REJECTED = {
     "webhook_token": ("a webhook token written in the config file",
                       f"{_NO_SECRETS_FIX}: use 'webhook_token_file' or the PATROL_WEBHOOK_TOKEN "
@@ -957,7 +958,18 @@ class _Parser:
             verify_deadline=sec.duration("verify_deadline", d.verify_deadline, example="5m"),
             reconcile_interval=sec.duration("reconcile_interval", d.reconcile_interval, example="5m"),
             lease=lease,
+            **self.journal_bounds(sec, d),
         )
+
+    def journal_bounds(self, sec: _Section, d: WorkerSettings) -> dict[str, Any]:
+        decisions = sec.duration("decision_retention", d.decision_retention, example="7d")
+        rotations = sec.duration("rotation_retention", d.rotation_retention, example="365d")
+        if rotations < decisions:
+            sec.problem(sec.sub("rotation_retention"), "is shorter than decision_retention",
+                        "keep rotations (the audit trail) at least as long as decisions, e.g. "
+                        "'rotation_retention: 365d'", sec.line_of("rotation_retention"))
+        return {"decision_retention": decisions, "rotation_retention": rotations,
+                "decisions_per_minute": sec.integer("decisions_per_minute", d.decisions_per_minute, minimum=1)}
 
 
 # --------------------------------------------------------------------------- entry points
@@ -978,6 +990,14 @@ def parse_text(text: str, *, file: str, base_dir: str) -> Config:
     except yaml.YAMLError as exc:
         raise ConfigErrors(file, [ConfigProblem(file, "", f"not valid YAML: {exc}",
                                                 "check the file's syntax")]) from None
+    except RecursionError:
+        # PyYAML composes nested collections recursively: a hostile or broken file with
+        # thousands of '[' or indented levels exhausts the stack. No patrol config nests deeper
+        # than a handful of levels, so this is never a real configuration.
+        raise ConfigErrors(file, [ConfigProblem(
+            file, "", "the YAML is nested too deeply to read (hundreds of levels of lists or mappings)",
+            "a patrol configuration nests only a few levels: check for runaway brackets or indentation; "
+            "`patrol config example` prints a valid file")]) from None
     parser = _Parser(file, base_dir)
     config = parser.config(data)
     if parser.problems.items or config is None:

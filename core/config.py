@@ -190,6 +190,11 @@ class WorkerSettings:
     verify_deadline: timedelta = timedelta(minutes=5)
     reconcile_interval: timedelta = timedelta(minutes=5)
     lease: LeaseSettings | None = None
+    # The journal's bound (issue 10): decisions are pruned sooner than rotations (the audit
+    # trail that matters), and at most decisions_per_minute are written.
+    decision_retention: timedelta = timedelta(days=7)
+    rotation_retention: timedelta = timedelta(days=365)
+    decisions_per_minute: int = 10
 
 
 @dataclass(frozen=True)

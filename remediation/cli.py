@@ -177,13 +177,19 @@ def run_worker(args: argparse.Namespace) -> int:
                           "(or pass --insecure-no-auth for a local test)")
     host, port = parse_listen(args.listen or cfg.worker.listen)
     world = CoreWorld(cfg, env=env)
-    lease = None
-    if cfg.worker.lease is not None:
-        settings = cfg.worker.lease
-        lease = LeaseLock(world.cluster(settings.cluster), settings.namespace, settings.name,
-                          lease_identity(env), settings.duration)
-    service = WorkerService(cfg, world, state_dir=_state_dir(args, cfg), webhook_token=token,
-                            insecure_no_auth=args.insecure_no_auth, lease=lease)
+    try:
+        lease = None
+        if cfg.worker.lease is not None:
+            settings = cfg.worker.lease
+            lease = LeaseLock(world.cluster(settings.cluster), settings.namespace, settings.name,
+                              lease_identity(env), settings.duration)
+        # An unusable state dir is a ConfigError naming it (exit 2); a corrupt journal is moved
+        # aside and a fresh one started (remediation.journal).
+        service = WorkerService(cfg, world, state_dir=_state_dir(args, cfg), webhook_token=token,
+                                insecure_no_auth=args.insecure_no_auth, lease=lease)
+    except BaseException:
+        world.close()
+        raise
 
     async def main() -> None:
         stop = asyncio.Event()

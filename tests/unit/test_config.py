@@ -778,3 +778,27 @@ def test_drain_max_must_be_positive_and_refresh_interval_a_duration(tmp_path: Pa
     data = base()
     data["tokens"][0]["sinks"][0]["refresh_interval"] = "0s"
     assert load(tmp_path, data).token("keda").sinks[0].refresh_interval == timedelta(0)
+
+
+@pytest.mark.parametrize("text", [
+    "a: " + "[" * 5000 + "]" * 5000 + "\n",
+    "a: " + "{x: " * 3000 + "1" + "}" * 3000 + "\n",
+    "".join(" " * i + f"k{i}:\n" for i in range(3000)) + " " * 3000 + "v: 1\n",
+], ids=["flow lists", "flow mappings", "block mappings"])
+def test_deeply_nested_yaml_is_a_problem_naming_the_file_not_a_recursion_error(tmp_path: Path, text: str) -> None:
+    problem = only(tmp_path, text, "")
+    assert "nested too deeply" in problem.problem and "patrol config example" in problem.fix
+
+
+def test_journal_bounds_are_read_and_rotations_outlive_decisions(tmp_path: Path) -> None:
+    data = base()
+    data["worker"] = {"decision_retention": "3d", "rotation_retention": "90d", "decisions_per_minute": 5}
+    worker = load(tmp_path, data).worker
+    assert (worker.decision_retention, worker.rotation_retention, worker.decisions_per_minute) == (
+        timedelta(days=3), timedelta(days=90), 5)
+    defaults = load(tmp_path, base()).worker
+    assert defaults.rotation_retention > defaults.decision_retention and defaults.decisions_per_minute >= 1
+    problem = only(tmp_path, lambda d: d.update(worker={"decision_retention": "30d", "rotation_retention": "7d"}),
+                   "worker.rotation_retention")
+    assert "shorter than decision_retention" in problem.problem
+    only(tmp_path, lambda d: d.update(worker={"decisions_per_minute": 0}), "worker.decisions_per_minute")
