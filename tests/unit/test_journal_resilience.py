@@ -141,18 +141,6 @@ def test_a_read_only_volume_is_a_config_error_naming_the_dir(tmp_path: Path) -> 
     assert str(tmp_path / "ro") in str(caught.value) and "readonly" in str(caught.value)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file modes; the injected case above covers it")
-def test_a_chmod_read_only_state_dir_is_a_config_error(tmp_path: Path) -> None:
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        with pytest.raises(ConfigError, match=str(ro)):
-            Journal.in_state_dir(ro)
-    finally:
-        ro.chmod(0o700)
-
-
 def test_patrol_worker_on_an_unwritable_state_dir_exits_2_with_the_fix(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tests.unit.test_worker_cli import write_config
