@@ -35,19 +35,14 @@ def use_colour(stream: TextIO, env: Mapping[str, str], choice: ColourChoice = "a
 
 
 def status_line(snap: Snapshot) -> str:
-    """The world in one line: token validity, each ScaledJob, alerts, the rotation running."""
-    parts = []
-    for token, sinks in sorted((snap.valid or {}).items()):
-        bad = sorted(short_sink(s) for s, v in sinks.items() if v < 1)
-        parts.append(f"{token}: INVALID at {','.join(bad)}" if bad else f"{token}: valid")
+    """The world in one line, most telling first: tokens, alerts, the rotation running, each ScaledJob."""
     if snap.valid is None:
-        parts.append("exporter: no answer")
-    keda = []
-    for key, job in sorted((snap.scaledjobs or {}).items()):
-        ready = "Ready" if job.get("ready") == "True" else "NOT READY" if job.get("ready") == "False" else "?"
-        keda.append(f"{job.get('cluster', key)} {ready} q{job.get('queue_length', '?')} "
-                    f"a{job.get('agents_running', '?')}")
-    parts.append("KEDA " + (", ".join(keda) if keda else "?"))
+        parts = ["exporter: no answer"]
+    else:
+        bad = [f"{token} INVALID at {','.join(sorted(short_sink(s) for s, v in sinks.items() if v < 1))}"
+               for token, sinks in sorted(snap.valid.items()) if any(v < 1 for v in sinks.values())]
+        parts = ["; ".join(bad) if bad else f"tokens valid ({len(snap.valid)})" if snap.valid
+                 else "exporter warming up"]
     if snap.alerts is not None:
         firing = sorted(name for name, state in snap.alerts.items() if state == "firing")
         pending = sum(1 for state in snap.alerts.values() if state == "pending")
@@ -56,6 +51,12 @@ def status_line(snap: Snapshot) -> str:
     running = [r for r in snap.rotations or [] if not r.get("outcome")]
     parts.append("rotating " + ", ".join(f"{r.get('token')}: {r.get('state') or '?'}" for r in running)
                  if running else "no rotation running")
+    keda = []
+    for key, job in sorted((snap.scaledjobs or {}).items()):
+        ready = "Ready" if job.get("ready") == "True" else "NOT READY" if job.get("ready") == "False" else "?"
+        keda.append(f"{job.get('cluster', key)} {ready} q{job.get('queue_length', '?')} "
+                    f"a{job.get('agents_running', '?')}")
+    parts.append("KEDA " + (", ".join(keda) if keda else "?"))
     return " | ".join(parts)
 
 

@@ -38,9 +38,11 @@ def test_colour_only_on_a_terminal_without_no_color() -> None:
 
 def test_the_status_line_says_how_things_stand() -> None:
     assert status_line(FAILING) == (
-        "daily-checks: valid | keda: INVALID at cft-ptl | KEDA cft-ptl NOT READY q3 a0, sds-ptl Ready q1 a2 | "
-        "alerts: PatInvalid{token=keda} (1 pending) | rotating keda: verify")
-    assert status_line(Snapshot(at=0.0)) == "exporter: no answer | KEDA ? | no rotation running"
+        "keda INVALID at cft-ptl | alerts: PatInvalid{token=keda} (1 pending) | rotating keda: verify | "
+        "KEDA cft-ptl NOT READY q3 a0, sds-ptl Ready q1 a2")
+    assert status_line(Snapshot(at=0.0)) == "exporter: no answer | no rotation running | KEDA ?"
+    calm = Snapshot(at=0.0, valid={"keda": {"s": 1.0}, "other": {"k": 1.0}}, alerts={}, rotations=[])
+    assert status_line(calm) == "tokens valid (2) | alerts: none firing | no rotation running | KEDA ?"
 
 
 def test_piped_output_is_a_plain_timeline_with_the_status_only_when_it_changed() -> None:
@@ -55,10 +57,10 @@ def test_piped_output_is_a_plain_timeline_with_the_status_only_when_it_changed()
     narrator.close()
     lines = out.getvalue().splitlines()
     assert lines == [
-        "[   +1.0s] daily-checks: valid | keda: INVALID at cft-ptl | KEDA cft-ptl NOT READY q3 a0, "
-        "sds-ptl Ready q1 a2 | alerts: PatInvalid{token=keda} (1 pending) | rotating keda: verify",
+        "[   +1.0s] keda INVALID at cft-ptl | alerts: PatInvalid{token=keda} (1 pending) | rotating keda: verify"
+        " | KEDA cft-ptl NOT READY q3 a0, sds-ptl Ready q1 a2",
         "[   +5.5s] alert PatInvalid{token=keda} firing",
-        "[  +12.0s] KEDA ? | alerts: none firing | no rotation running",
+        "[  +12.0s] exporter warming up | alerts: none firing | no rotation running | KEDA ?",
     ]
     assert "\x1b" not in out.getvalue() and "\r" not in out.getvalue()
 
@@ -72,7 +74,7 @@ def test_on_a_terminal_the_status_is_rewritten_in_place_under_the_events() -> No
     narrator.close()
     text = out.getvalue()
     first, event, second = text.split("\r\x1b[K")[1:4]
-    assert first.startswith("\x1b[2m[   +1.0s] daily-checks") and not first.endswith("\n")
+    assert first.startswith("\x1b[2m[   +1.0s] keda INVALID") and not first.endswith("\n")
     assert len(first.removeprefix("\x1b[2m").removesuffix("\x1b[0m")) == 59   # cut to the width, no wrap
     assert event == "\x1b[2m[   +2.0s]\x1b[0m \x1b[32magent pool p recovered\x1b[0m\n"
     assert second.startswith("\x1b[2m[   +3.0s]")
