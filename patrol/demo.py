@@ -173,6 +173,13 @@ class Demo:
                 ("sandbox state", f"{self.ready['control_url']}/state")]
         return out
 
+    def exited(self) -> list[tuple[str, int]]:
+        """The demo's processes that are no longer running, with their exit codes."""
+        procs = list(self.named.items())
+        if self.stack is not None:
+            procs += list(zip(("alertmanager", "prometheus"), self.stack.procs, strict=False))
+        return [(name, code) for name, proc in procs if (code := proc.poll()) is not None]
+
     def incident(self) -> float:
         """Revoke the KEDA PAT out of band; returns when (unix seconds)."""
         at = time.time()
@@ -238,34 +245,21 @@ def run(*, duration: float | None = None, interval: float = 1.0, workdir: str | 
                         width=shutil.get_terminal_size().columns)
     demo = Demo(workdir=path, out=out, incident_after=incident_after)
     story = Story(started_at=time.time())
+    code = 0
     with _sigterm_as_interrupt():
         try:
             demo.start()
             narrator.started_at = story.started_at = time.time()
-            narrator.line()
-            narrator.line("open while it runs:", "title")
-            for name, url in demo.urls():
-                narrator.line(f"  {name:<18} {url}")
-            narrator.line(f"  {'logs':<18} {path}")
-            narrator.line()
-            narrator.line(f"watching (Ctrl-C to stop); the incident is played at +{incident_after:.0f}s", "title")
-            previous: Snapshot | None = None
-            while duration is None or time.time() - story.started_at < duration:
-                if story.incident_at is None and time.time() - story.started_at >= incident_after:
-                    event = Event(demo.incident(), "incident", INCIDENT, "bad")
-                    narrator.event(event)
-                    story.add([event])
-                snap = demo.snapshot(previous)
-                events = detect(previous, snap)
-                for event in events:
-                    narrator.event(event)
-                story.add(events)
-                story.last = previous = snap
-                narrator.status(snap, snap.at)
-                time.sleep(interval)
+            _urls(demo, narrator, path, incident_after)
+            code = _watch(demo, narrator, story, duration=duration, interval=interval,
+                          incident_after=incident_after)
         except KeyboardInterrupt:
             narrator.close()
             narrator.line("stopping ...")
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            narrator.close()
+            print(f"patrol demo: {exc}; the logs are in {path}", file=sys.stderr)
+            code = 1
         finally:
             narrator.close()
             if story.last is not None:
@@ -273,4 +267,37 @@ def run(*, duration: float | None = None, interval: float = 1.0, workdir: str | 
                 for i, text in enumerate(story.summary(str(path), time.time())):
                     narrator.line(text, "title" if i < 2 else "")
             demo.stop()
+    return code
+
+
+def _urls(demo: Demo, narrator: Narrator, logs: Path, incident_after: float) -> None:
+    narrator.line()
+    narrator.line("open while it runs:", "title")
+    for name, url in demo.urls():
+        narrator.line(f"  {name:<18} {url}")
+    narrator.line(f"  {'logs':<18} {logs}")
+    narrator.line()
+    narrator.line(f"watching (Ctrl-C to stop); the incident is played at +{incident_after:.0f}s", "title")
+
+
+def _watch(demo: Demo, narrator: Narrator, story: Story, *, duration: float | None, interval: float,
+           incident_after: float) -> int:
+    """Look, tell what changed, repeat; 1 if one of the demo's processes died (the story would stall)."""
+    previous: Snapshot | None = None
+    while duration is None or time.time() - story.started_at < duration:
+        for name, code in demo.exited():
+            narrator.line(f"the {name} exited with code {code} (see its log in {demo.workdir}); stopping", "bad")
+            return 1
+        if story.incident_at is None and time.time() - story.started_at >= incident_after:
+            event = Event(demo.incident(), "incident", INCIDENT, "bad")
+            narrator.event(event)
+            story.add([event])
+        snap = demo.snapshot(previous)
+        events = detect(previous, snap)
+        for event in events:
+            narrator.event(event)
+        story.add(events)
+        story.last = previous = snap
+        narrator.status(snap, snap.at)
+        time.sleep(interval)
     return 0

@@ -6,12 +6,15 @@ Prometheus and the exporter around an out-of-band revocation of the KEDA PAT (se
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from patrol.demo import Demo, _watch
+from patrol.narrator import Narrator
 from patrol.timeline import Event, Snapshot, Story, alert_name, detect, parse_alerts, poll_error, seconds
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "demo" / "timeline.json"
@@ -151,3 +154,36 @@ def test_small_parsers() -> None:
     assert poll_error(None) == "no error text"
     assert poll_error("x" * 100).endswith("...") and len(poll_error("x" * 100)) == 80
     assert [seconds(v) for v in (0.041, 16.05, 125.0)] == ["0.04 s", "16.1 s", "2m05s"]
+
+
+class RecordedDemo(Demo):
+    """The demo's loop fed from the recording instead of live processes; it 'dies' at the end."""
+
+    def __init__(self, doc: dict[str, Any], workdir: Path) -> None:
+        super().__init__(workdir=workdir)
+        self.doc = doc
+        self.left = _snapshots(doc)
+
+    def exited(self) -> list[tuple[str, int]]:
+        return [] if self.left else [("sandbox", 3)]
+
+    def incident(self) -> float:
+        return float(self.doc["incident_at"])
+
+    def snapshot(self, previous: Snapshot | None = None) -> Snapshot:
+        return self.left.pop(0).carry(previous)
+
+
+def test_the_loop_tells_the_recording_and_stops_when_a_process_dies(recorded: dict[str, Any],
+                                                                    tmp_path: Path) -> None:
+    out = io.StringIO()
+    narrator = Narrator(out, started_at=recorded["started_at"], status_every=5.0)
+    story = Story(started_at=recorded["started_at"])
+    code = _watch(RecordedDemo(recorded, tmp_path), narrator, story, duration=None, interval=0.0,
+                  incident_after=0.0)
+    text = out.getvalue()
+    assert code == 1
+    assert text.splitlines()[-1] == f"the sandbox exited with code 3 (see its log in {tmp_path}); stopping"
+    assert "[  +15.6s] incident: the KEDA PAT held by cft-ptl and sds-ptl is revoked out of band" in text
+    assert "[  +37.7s] rotation 30115604fe65 of keda succeeded in 16.4 s" in text
+    assert story.recovery() is not None and story.last is not None
