@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -55,6 +55,7 @@ from azure.identity import (
 from azure.identity import (
     AuthenticationRequiredError as AzureAuthenticationRequiredError,
 )
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from core import config
 from core.errors import (
@@ -361,6 +362,43 @@ class CredentialLedger:
 
 
 CREDENTIALS = CredentialLedger()
+
+CREDENTIAL_OK = "patrol_credential_ok"
+CREDENTIAL_FAILURES = "patrol_credential_failures"        # exposed as ..._total
+# Every cause patrol names (the label's values); each is exported from zero per organization so
+# increase() sees the first failure. "other" is a refusal patrol has no advice for.
+CREDENTIAL_CAUSES = (
+    "mfa_required", "mfa_enrollment_required", "conditional_access_blocked", "consent_missing",
+    "public_client_flows_disabled", "token_rejected", "sign_in_required", "invalid_credentials",
+    "password_expired", "account_disabled", "account_locked", "app_not_found", "other",
+)
+
+
+class CredentialCollector:
+    """``patrol_credential_ok{organization}`` and ``patrol_credential_failures_total{organization,
+    cause}`` from a :class:`CredentialLedger` (a prometheus_client collector; reads memory only).
+
+    Registered by the exporter and the worker alike: each reports the bot credentials it uses.
+    ``patrol_credential_ok`` appears once the organization's credential was first used.
+    """
+
+    def __init__(self, ledger: CredentialLedger | None = None) -> None:
+        self._ledger = ledger if ledger is not None else CREDENTIALS
+
+    def collect(self) -> Iterator[Metric]:
+        states = self._ledger.snapshot()
+        ok = GaugeMetricFamily(CREDENTIAL_OK, "1 if the bot credential's last sign-in or token use "
+                               "succeeded, 0 after a permanent refusal (see the failures' cause)",
+                               labels=["organization"])
+        failures = CounterMetricFamily(CREDENTIAL_FAILURES, "Permanent refusals of the bot credential by "
+                                       "cause (MFA, Conditional Access, consent, rejected token, ...)",
+                                       labels=["organization", "cause"])
+        for org, state in sorted(states.items()):
+            if state.ok is not None:
+                ok.add_metric([org], 1.0 if state.ok else 0.0)
+            for cause in (*CREDENTIAL_CAUSES, *sorted(set(state.failures) - set(CREDENTIAL_CAUSES))):
+                failures.add_metric([org, cause], float(state.failures.get(cause, 0)))
+        yield from (family for family in (ok, failures) if family.samples)
 
 # The claims challenge a resource sends when it has revoked a token (continuous access
 # evaluation: "token issued after this time"); asking for it makes MSAL skip its cached access

@@ -19,8 +19,12 @@ import pytest
 
 from core import config, entra
 from core.ado import PatLifecycleClient
+from core.config import load_config
 from core.errors import CredentialError
 from core.retry import Backoff
+from exporter.assembly import CoreClients, build
+from remediation.metrics import WorkerMetrics
+from remediation.world import CoreWorld
 from sandbox.app import SandboxThread
 from sandbox.scenarios import scenario
 
@@ -163,3 +167,54 @@ def test_a_second_rejection_in_a_row_is_the_credential_error(
         assert statuses == [401, 401]                         # one retry, not a loop
     state = ledger.snapshot()["sandbox-org"]
     assert state.ok is False and state.failures == {"token_rejected": 1}
+
+
+# -- where the message and the metric surface: the exporter and the worker's PAT client ---------
+
+def test_the_exporter_shows_the_refusal_as_the_source_error_and_in_its_metrics(
+        sandbox: SandboxThread, control: httpx.Client) -> None:
+    cfg = load_config(sandbox.ready["config"])
+    org = sandbox.params.org
+    quick = Backoff(delays=(0.05,))
+    control.post("/entra/failures", json={"kind": "mfa_required"})
+    clients = CoreClients(cfg, {}, backoff=quick, probe_backoff=quick)
+    made = build(cfg, clients, watch_timeout=1, credentials=clients.credentials)
+    try:
+        made.refresher.refresh_once()
+        source = made.source(f"pat-lifecycle/{org}")
+        assert not source.health.up
+        assert source.health.reason is not None
+        assert "MFA is required for the bot account (AADSTS50076): run `patrol login`" in source.health.reason
+        registry = made.exposition.registry
+        assert registry.get_sample_value("patrol_credential_ok", {"organization": org}) == 0
+        failures = registry.get_sample_value("patrol_credential_failures_total",
+                                             {"organization": org, "cause": "mfa_required"})
+        assert failures is not None and failures >= 1
+        assert sandbox.ready["bot"]["password"].encode() not in made.exposition.body()
+
+        control.delete("/entra/failures")
+        made.refresher.refresh_once()
+        assert made.source(f"pat-lifecycle/{org}").health.up
+        made.exposition.invalidate()
+        assert registry.get_sample_value("patrol_credential_ok", {"organization": org}) == 1
+    finally:
+        made.close()
+
+
+def test_the_workers_pat_client_records_in_the_process_ledger_its_metrics_read(
+        sandbox: SandboxThread, control: httpx.Client) -> None:
+    cfg = load_config(sandbox.ready["config"])
+    org = sandbox.params.org
+    metrics = WorkerMetrics()                         # reads entra.CREDENTIALS, as in the worker
+
+    def failures() -> float:
+        got = metrics.registry.get_sample_value("patrol_credential_failures_total",
+                                                {"organization": org, "cause": "consent_missing"})
+        return got or 0.0
+
+    before = failures()
+    control.post("/entra/failures", json={"kind": "consent_missing"})
+    with CoreWorld(cfg, env={}) as world, pytest.raises(CredentialError, match="grant admin consent"):
+        world.pats(org).list()
+    assert failures() == before + 1
+    assert metrics.registry.get_sample_value("patrol_credential_ok", {"organization": org}) == 0
