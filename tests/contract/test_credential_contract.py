@@ -11,8 +11,10 @@ second rejection in a row must surface as the credential error.
 from __future__ import annotations
 
 import gc
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,6 +25,7 @@ from core.config import load_config
 from core.errors import CredentialError
 from core.retry import Backoff
 from exporter.assembly import CoreClients, build
+from patrol.cli import main
 from remediation.metrics import WorkerMetrics
 from remediation.world import CoreWorld
 from sandbox.app import SandboxThread
@@ -106,10 +109,11 @@ def test_each_tenant_refusal_fails_fast_with_its_cause_and_fix(
     assert code in str(error) and fix in str(error)
     assert "username-password credential of organization sandbox-org" in str(error)
     assert sandbox.ready["bot"]["password"] not in str(error)
-    # fail fast: one sign-in attempt, no blind retries, and ADO never called with nothing
+    # fail fast: one sign-in attempt, no blind retries, and the PAT API never called without a
+    # token (the sandbox's KEDA keeps polling ADO with its PAT meanwhile: not ours)
     token_calls = [p for p, _, _ in requests(sandbox, "entra", since) if p.endswith("/token")]
     assert len(token_calls) == 1, token_calls
-    assert requests(sandbox, "ado", since) == []
+    assert not [p for p, _, _ in requests(sandbox, "ado", since) if "/_apis/tokens/pats" in p]
     state = ledger.snapshot()["sandbox-org"]
     assert state.ok is False and state.failures == {cause: 1}
     assert state.reason == str(error)
@@ -145,7 +149,7 @@ def test_a_token_revoked_server_side_is_dropped_and_acquired_again_once(
         assert any(p.endswith("/token") for p, _, _ in requests(sandbox, "entra", since))
         since = now(sandbox)
         client.list()                                         # and the new token is kept
-        assert [s for p, s, _ in requests(sandbox, "ado", since)] == [200]
+        assert [s for p, s, _ in requests(sandbox, "ado", since) if p.endswith("/_apis/tokens/pats")] == [200]
         assert not any(p.endswith("/token") for p, _, _ in requests(sandbox, "entra", since))
     state = ledger.snapshot()["sandbox-org"]
     assert state.ok is True and state.failures == {}
@@ -218,3 +222,23 @@ def test_the_workers_pat_client_records_in_the_process_ledger_its_metrics_read(
         world.pats(org).list()
     assert failures() == before + 1
     assert metrics.registry.get_sample_value("patrol_credential_ok", {"organization": org}) == 0
+
+
+def test_patrol_rotate_fails_fast_with_the_cause_and_fix_in_its_result_and_journal(
+        sandbox: SandboxThread, control: httpx.Client, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    control.post("/entra/failures", json={"kind": "conditional_access_blocked"})
+    since = now(sandbox)
+    code = main(["rotate", "keda", "--config", sandbox.ready["config"], "--state-dir", str(tmp_path),
+                 "--json", "--reason", "credential test"], env={})
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert code == 1 and result["outcome"] == "failed", result
+    assert "a Conditional Access policy blocks the bot account's sign-in (AADSTS53003)" in result["message"]
+    assert "AADSTS53003" in result["rotation"]["error"]                # what /rotations serves
+    assert "Traceback" not in err
+    # patrol's own sign-in (to read the bot's password from Key Vault) and one refused bot
+    # sign-in: no blind retries, and the PAT API never called without a token
+    token_calls = [p for p, _, _ in requests(sandbox, "entra", since) if p.endswith("/token")]
+    assert len(token_calls) == 2, token_calls
+    assert not [p for p, _, _ in requests(sandbox, "ado", since) if "/_apis/tokens/pats" in p]
