@@ -1,5 +1,12 @@
 """Entra ID credentials: the bot user's token for ADO, and patrol's own for Key Vault.
 
+Guarantees: a tenant's refusal (MFA, Conditional Access, consent, public client flows, an
+expired refresh token, ...) leaves here at once, unretried, as a :class:`CredentialError`
+whose ``cause`` is a fixed word and whose message names the fix (:data:`TENANT_REFUSALS`); a
+token a service rejected is never handed out again (:meth:`TokenProvider.reject` also skips
+MSAL's own cache); every outcome of the bot's sign-in is recorded in a :class:`CredentialLedger`
+for ``patrol_credential_*``; no message holds a token, refresh token or password.
+
 Why this module exists: the PAT Lifecycle API takes only a *user-delegated* Entra token
 (API-CONTRACTS §0.1), so patrol signs in as the bot account; and patrol reaches Key Vault with
 its own (workload/managed/service-principal) identity. Both go through the real
