@@ -219,6 +219,7 @@ class AdoSession:
         except UnauthorizedError as again:
             if again.status not in _REJECTED:
                 raise
+            bearer.reject(sent[0])          # not reused either: the next call acquires again
             raise bearer.rejected_again(again) from again
 
     # -- one attempt ---------------------------------------------------------------------------

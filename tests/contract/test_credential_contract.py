@@ -160,7 +160,7 @@ def test_a_second_rejection_in_a_row_is_the_credential_error(
     with provider(sandbox, ledger) as tokens, pats(sandbox, tokens) as client:
         client.list()
         fault = {"kind": "status", "service": "ado", "path_regex": "/_apis/tokens/pats", "status": 401,
-                 "remaining": 3}
+                 "remaining": 2}
         assert control.post("/faults", json=fault).status_code == 201
         since = now(sandbox)
         with pytest.raises(CredentialError) as info:
@@ -169,8 +169,11 @@ def test_a_second_rejection_in_a_row_is_the_credential_error(
         assert "rejected a newly acquired Entra token" in str(info.value)
         statuses = [s for p, s, _ in requests(sandbox, "ado", since) if p.endswith("/_apis/tokens/pats")]
         assert statuses == [401, 401]                         # one retry, not a loop
+        state = ledger.snapshot()["sandbox-org"]
+        assert state.ok is False and state.failures == {"token_rejected": 1}
+        client.list()                 # the fault is used up: a new token works, and says so
     state = ledger.snapshot()["sandbox-org"]
-    assert state.ok is False and state.failures == {"token_rejected": 1}
+    assert state.ok is True and state.failures == {"token_rejected": 1}
 
 
 # -- where the message and the metric surface: the exporter and the worker's PAT client ---------

@@ -237,6 +237,10 @@ def test_a_second_rejection_in_a_row_is_the_sources_credential_error_not_a_loop(
     assert info.value.cause == "token_rejected"
     assert seen == ["token-1-value", "token-2-value"]
     assert len(tokens.again) == 1 and tokens.again[0].status == 401
+    assert tokens.rejected == ["token-1-value", "token-2-value"]      # neither is reused
+    with pat_client(handler, tokens) as client:
+        client.list()
+    assert seen[-1] == "token-3-value"
 
 
 def test_403_is_a_permission_problem_and_is_not_renewed() -> None:
