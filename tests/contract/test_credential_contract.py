@@ -245,3 +245,36 @@ def test_patrol_rotate_fails_fast_with_the_cause_and_fix_in_its_result_and_journ
     token_calls = [p for p, _, _ in requests(sandbox, "entra", since) if p.endswith("/token")]
     assert len(token_calls) == 2, token_calls
     assert not [p for p, _, _ in requests(sandbox, "ado", since) if "/_apis/tokens/pats" in p]
+
+
+def test_a_revoked_token_of_a_device_code_sign_in_is_renewed_from_its_refresh_token(
+        sandbox: SandboxThread, control: httpx.Client, ledger: entra.CredentialLedger, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MFA tenant's path: after `patrol login`, a revoked access token is replaced silently
+    (the claims challenge makes MSAL redeem the cached refresh token, no person needed)."""
+    monkeypatch.setenv("HOME", str(tmp_path))            # azure-identity's persistent cache lives there
+    ready = sandbox.ready
+    bot = ready["bot"]
+    record = tmp_path / "auth-record.json"
+    cred = config.UserCredential(kind="device-code", tenant_id=bot["tenant_id"], client_id=bot["client_id"],
+                                 authority=ready["entra_authority"], cache_name="patrol-renewal",
+                                 record_file=str(record))
+    azure = config.AzureSettings(ca_bundle=ready["ca_bundle"])
+
+    def approve(message: str) -> None:
+        code = message.split("enter the code ", 1)[1].split(maxsplit=1)[0]
+        sandbox.call(sandbox.world.entra.approve_device_code, code, bot["username"])
+
+    control.post("/entra/failures", json={"kind": "mfa_required"})     # the reason for device code
+    entra.login_device_code(cred, azure=azure, record_file=str(record), prompt=approve, retry_total=0)
+    with entra.user_token_provider(cred, azure=azure, secret_reader=None, env={}, retry_total=0,
+                                   organization="sandbox-org", ledger=ledger) as tokens, \
+            pats(sandbox, tokens) as client:
+        client.list()
+        assert control.post("/entra/failures", json={"kind": "access_tokens_revoked"}).json()["revoked"] >= 1
+        since = now(sandbox)
+        client.list()
+        statuses = [s for p, s, _ in requests(sandbox, "ado", since) if p.endswith("/_apis/tokens/pats")]
+        assert statuses == [401, 200]
+        assert not any("devicecode" in p for p, _, _ in requests(sandbox, "entra", since))
+    assert ledger.snapshot()["sandbox-org"].ok is True
