@@ -13,6 +13,10 @@ things ADO gets wrong in surprising ways are handled once:
   next request waits that long first (``throttle_until``).
 - Transport failures become :class:`~core.errors.UnavailableError`, and
   :func:`core.retry.call_with_retry` retries the transient ones per the :class:`Backoff`.
+- An Entra bearer token the service rejects (401, or the sign-in page) is dropped from its
+  source (:class:`RenewableToken`, i.e. :class:`core.entra.TokenProvider`) and the call is sent
+  once more with a newly acquired token; a second rejection is the source's credential error.
+  Without this a token revoked server-side was reused until it expired (up to an hour of 401s).
 
 ``requests_made`` counts every attempt on the wire, retries included, for benchmarks.
 
@@ -37,7 +41,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from importlib import metadata
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
@@ -53,6 +57,7 @@ from core.errors import (
 )
 from core.logs import redact
 from core.retry import Backoff, call_with_retry
+from core.secret import Secret
 
 log = logging.getLogger("patrol.ado")
 
@@ -73,6 +78,23 @@ def _user_agent() -> str:
 
 
 USER_AGENT = _user_agent()
+
+
+@runtime_checkable
+class RenewableToken(Protocol):
+    """A bearer-token source that can be told a token was rejected (:class:`core.entra.TokenProvider`)."""
+
+    def __call__(self) -> Secret: ...
+
+    def reject(self, token: Secret) -> None:
+        """Drop ``token`` so the next call acquires a new one."""
+
+    def rejected_again(self, error: UnauthorizedError) -> PatrolError:
+        """The error to raise when a newly acquired token is rejected too."""
+
+
+# How ADO says "this credential is not accepted" (401, or a sign-in page/redirect: 203, 3xx).
+_REJECTED = frozenset({401, 203, 301, 302, 303, 307, 308})
 
 
 class NotSentError(UnavailableError):
@@ -125,6 +147,10 @@ class AdoPool:
         """Send over this pool with ``authorization`` (called per request for the header)."""
         return AdoSession(self, authorization)
 
+    def bearer_session(self, token: RenewableToken) -> AdoSession:
+        """Send over this pool with ``Bearer`` tokens from ``token``, renewed once if rejected."""
+        return AdoSession(self, lambda: "Bearer " + token().reveal(), bearer=token)
+
     def close(self) -> None:
         if self._own_client:
             self.client.close()
@@ -133,9 +159,11 @@ class AdoPool:
 class AdoSession:
     """Sends requests with one credential scheme and turns answers into data or errors."""
 
-    def __init__(self, pool: AdoPool, authorization: Callable[[], str]) -> None:
+    def __init__(self, pool: AdoPool, authorization: Callable[[], str], *,
+                 bearer: RenewableToken | None = None) -> None:
         self.pool = pool
         self._authorization = authorization
+        self._bearer = bearer
         self.service = pool.service
 
     # -- the one public verb -------------------------------------------------------------------
@@ -153,27 +181,58 @@ class AdoSession:
         """Send with retries; return a 2xx JSON-or-empty response or raise a PatrolError.
 
         A non-idempotent call (a PAT create) is retried only when the server surely did not act
-        on it: a 429, or a connection that never opened.
+        on it: a 429, or a connection that never opened. With a :class:`RenewableToken`, a
+        rejected token is renewed and the call sent once more (a rejected call did nothing, so
+        this holds for a create too).
         """
         backoff = self.pool.backoff
         if not idempotent:
             backoff = replace(backoff, retry_on=(ThrottledError, NotSentError))
         path = urllib.parse.urlsplit(url).path
-        return call_with_retry(
-            lambda: self._send_once(method, url, path=path, params=params, body=body,
-                                    error_hook=error_hook),
-            backoff, what=f"{self.service} {method} {path}", sleep=self.pool.sleep, logger=log)
+        what = f"{self.service} {method} {path}"
+        bearer = self._bearer
+        sent: list[Secret] = []
+
+        def authorization() -> str:
+            if bearer is None:
+                return self._authorization()
+            token = bearer()
+            sent[:] = [token]
+            return "Bearer " + token.reveal()
+
+        def attempt() -> httpx.Response:
+            return call_with_retry(
+                lambda: self._send_once(method, url, path=path, params=params, body=body,
+                                        error_hook=error_hook, authorization=authorization),
+                backoff, what=what, sleep=self.pool.sleep, logger=log)
+
+        try:
+            return attempt()
+        except UnauthorizedError as exc:
+            if bearer is None or exc.status not in _REJECTED or not sent:
+                raise
+            bearer.reject(sent[0])
+        log.info("%s: the access token was rejected; retrying once with a new one", what,
+                 extra={"service": self.service})
+        try:
+            return attempt()
+        except UnauthorizedError as again:
+            if again.status not in _REJECTED:
+                raise
+            bearer.reject(sent[0])          # not reused either: the next call acquires again
+            raise bearer.rejected_again(again) from again
 
     # -- one attempt ---------------------------------------------------------------------------
 
     def _send_once(self, method: str, url: str, *, path: str, params: Params | None,
-                   body: Mapping[str, Any] | None, error_hook: ErrorHook | None) -> httpx.Response:
+                   body: Mapping[str, Any] | None, error_hook: ErrorHook | None,
+                   authorization: Callable[[], str]) -> httpx.Response:
         self._wait_for_throttle()
         headers = {
             "Accept": "application/json",
             "X-TFS-FedAuthRedirect": "Suppress",
             "User-Agent": USER_AGENT,
-            "Authorization": self._authorization(),
+            "Authorization": authorization(),
         }
         what = f"{self.service} {method} {path}"
         pool = self.pool

@@ -59,7 +59,7 @@ from core._ado_models import (
     parse_scopes,
     pat_token_error,
 )
-from core._ado_session import AdoPool, AdoSession, Params, json_body
+from core._ado_session import AdoPool, AdoSession, Params, RenewableToken, json_body
 from core.errors import (
     NotFoundError,
     PatrolError,
@@ -151,7 +151,9 @@ class PatLifecycleClient(_Client):
     """The PAT Lifecycle API (``{vssps_url}/_apis/tokens/pats``) with a user's Entra token.
 
     ``token_provider`` returns an access token for the Azure DevOps resource; it is called for
-    every request so a refreshed token is picked up. ``client`` (the caller's, closed by the
+    every request so a refreshed token is picked up. A provider that can renew a rejected token
+    (:class:`core._ado_session.RenewableToken`, e.g. :class:`core.entra.TokenProvider`) is told
+    of a 401 and the call is sent once more with a new token. ``client`` (the caller's, closed by the
     caller) or ``transport`` (for tests) replace the cookie-free client made here. A
     ``patTokenError`` other than ``none``
     raises :class:`~core.errors.PolicyViolationError` with that code, whether ADO sent it with
@@ -174,7 +176,10 @@ class PatLifecycleClient(_Client):
         self._api_version = api_version
         self._pool = AdoPool(service="ado-pats", client=client, transport=transport, backoff=backoff,
                              sleep=sleep, clock=clock)
-        self._session = self._pool.session(lambda: "Bearer " + token_provider().reveal())
+        if isinstance(token_provider, RenewableToken):
+            self._session = self._pool.bearer_session(token_provider)
+        else:
+            self._session = self._pool.session(lambda: "Bearer " + token_provider().reveal())
 
     def list(self, display_filter: DisplayFilter = "active", *,
              name_prefix: str | None = None) -> builtins.list[PatInfo]:
@@ -543,7 +548,11 @@ class AdoClient(_Organization):
     ) -> None:
         pool = AdoPool(service="ado", client=client, transport=transport, backoff=backoff,
                        sleep=sleep, clock=clock)
-        super().__init__(organization_url, pool.session(_authorization(credential, auth)),
+        if auth == "bearer" and isinstance(credential, RenewableToken):
+            session = pool.bearer_session(credential)
+        else:
+            session = pool.session(_authorization(credential, auth))
+        super().__init__(organization_url, session,
                          vsrm_url=vsrm_url, api_version=api_version)
 
 

@@ -1,5 +1,12 @@
 """Entra ID credentials: the bot user's token for ADO, and patrol's own for Key Vault.
 
+Guarantees: a tenant's refusal (MFA, Conditional Access, consent, public client flows, an
+expired refresh token, ...) leaves here at once, unretried, as a :class:`CredentialError`
+whose ``cause`` is a fixed word and whose message names the fix (:data:`TENANT_REFUSALS`); a
+token a service rejected is never handed out again (:meth:`TokenProvider.reject` also skips
+MSAL's own cache); every outcome of the bot's sign-in is recorded in a :class:`CredentialLedger`
+for ``patrol_credential_*``; no message holds a token, refresh token or password.
+
 Why this module exists: the PAT Lifecycle API takes only a *user-delegated* Entra token
 (API-CONTRACTS §0.1), so patrol signs in as the bot account; and patrol reaches Key Vault with
 its own (workload/managed/service-principal) identity. Both go through the real
@@ -15,13 +22,17 @@ which drops the port. See :func:`_userrealm_port_hook`.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -51,12 +62,15 @@ from azure.identity import (
 from azure.identity import (
     AuthenticationRequiredError as AzureAuthenticationRequiredError,
 )
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from core import config
 from core.errors import (
     AuthenticationRequiredError,
     ConfigError,
+    CredentialError,
     PatrolError,
+    PermanentError,
     ServerError,
     ThrottledError,
     UnauthorizedError,
@@ -114,17 +128,100 @@ def _retry_after(response: Any) -> float | None:
         return None
 
 
+@dataclass(frozen=True)
+class TenantRefusal:
+    """What an ``AADSTS`` code means for patrol: the ``cause`` label, what happened, the fix."""
+
+    cause: str
+    problem: str
+    fix: str
+
+
+AZURE_CLI_CLIENT_ID = config.DEFAULT_PUBLIC_CLIENT_ID   # the Azure CLI's public client id
+_LOGIN_FIX = ("run `patrol login` (device code; set the organization's credential.kind: device-code) "
+              "so a person signs in once")
+# Microsoft Learn, "Microsoft Entra authentication and authorization error codes":
+# https://learn.microsoft.com/entra/identity-platform/reference-error-codes
+TENANT_REFUSALS: Mapping[int, TenantRefusal] = {
+    50076: TenantRefusal("mfa_required", "MFA is required for the bot account",
+                         "run `patrol login` (device code) or exclude it via Conditional Access"),
+    50079: TenantRefusal("mfa_enrollment_required", "the bot account must enroll in MFA",
+                         "run `patrol login` (device code) and complete the enrollment in the browser, "
+                         "or exclude the account from the MFA registration policy"),
+    50072: TenantRefusal("mfa_enrollment_required", "the bot account must enroll in MFA",
+                         "run `patrol login` (device code) and complete the enrollment in the browser, "
+                         "or exclude the account from the MFA registration policy"),
+    53003: TenantRefusal("conditional_access_blocked",
+                         "a Conditional Access policy blocks the bot account's sign-in",
+                         "ask an Entra admin to exclude the bot account (or patrol's network location) "
+                         "from the policy named in the sign-in logs; `patrol login` cannot pass a block"),
+    65001: TenantRefusal("consent_missing", "the app has no consent to sign the bot in to Azure DevOps",
+                         "grant admin consent for the app registration's delegated Azure DevOps "
+                         "user_impersonation permission (API permissions > Grant admin consent), or run "
+                         "`patrol login` once so the bot consents in the browser"),
+    7000218: TenantRefusal("public_client_flows_disabled",
+                           "the app registration does not allow public client flows",
+                           "enable \"Allow public client flows\" under Authentication on the app "
+                           "registration, or set credential.client_id to the Azure CLI's "
+                           f"{AZURE_CLI_CLIENT_ID}"),
+    50126: TenantRefusal("invalid_credentials", "Entra refused the bot's username or password",
+                         "put the bot's current password where credential names it (Key Vault or env)"),
+    50034: TenantRefusal("invalid_credentials", "the bot account does not exist in the tenant",
+                         "check the username and credential.tenant_id"),
+    50055: TenantRefusal("password_expired", "the bot account's password has expired",
+                         "set a new password (and a non-expiring password policy for the bot) and store it "
+                         "where credential names it"),
+    50057: TenantRefusal("account_disabled", "the bot account is disabled in Entra",
+                         "re-enable it (ADO revoked its PATs when it was disabled: rotate every token after)"),
+    50053: TenantRefusal("account_locked", "the bot account is locked (too many failed sign-ins)",
+                         "wait for the lockout to end and check nothing else signs in with an old password"),
+    50173: TenantRefusal("sign_in_required", "the bot's refresh token was revoked", _LOGIN_FIX),
+    700082: TenantRefusal("sign_in_required", "the bot's refresh token expired (unused for ~90 days)",
+                          _LOGIN_FIX),
+    70043: TenantRefusal("sign_in_required", "a sign-in frequency policy expired the bot's refresh token",
+                         _LOGIN_FIX),
+    700016: TenantRefusal("app_not_found", "the app registration (credential.client_id) is not in the tenant",
+                          "check credential.client_id and credential.tenant_id"),
+}
+_AADSTS = re.compile(r"AADSTS(\d+)")
+
+
+def _refusal_code(chain: list[BaseException]) -> int | None:
+    """The first ``AADSTSnnnn`` in the chain's messages or in the Entra error body they carry."""
+    for e in chain:
+        texts = [getattr(e, "message", None) or str(e)]
+        response = getattr(e, "response", None)
+        text_of = getattr(response, "text", None)
+        if callable(text_of):
+            with contextlib.suppress(Exception):
+                texts.append(str(text_of()))
+        for text in texts:
+            found = _AADSTS.search(text or "")
+            if found:
+                return int(found.group(1))
+    return None
+
+
 def translate_auth_error(exc: BaseException, *, what: str) -> PatrolError:
     """Map an azure-identity/azure-core failure to patrol's errors (message safe to log).
 
-    ``AuthenticationRequiredError`` (a human must sign in again) → :class:`AuthenticationRequiredError`;
-    a connection failure anywhere in the cause chain → :class:`UnavailableError`; an Entra answer
-    of 429/5xx → :class:`ThrottledError`/:class:`ServerError`; any other refusal
+    An Entra refusal whose ``AADSTS`` code patrol knows (:data:`TENANT_REFUSALS`) →
+    :class:`CredentialError` naming the cause and the fix; ``AuthenticationRequiredError`` (a
+    human must sign in again) → :class:`AuthenticationRequiredError`; a connection failure
+    anywhere in the cause chain → :class:`UnavailableError`; an Entra answer of 429/5xx →
+    :class:`ThrottledError`/:class:`ServerError`; any other refusal
     (``ClientAuthenticationError``, ``CredentialUnavailableError``) → :class:`UnauthorizedError`.
     """
     chain = _causes(exc)
     detail = redact(getattr(exc, "message", None) or str(exc)).strip().splitlines()
     text = detail[0] if detail else type(exc).__name__
+    code = _refusal_code(chain)
+    refusal = TENANT_REFUSALS.get(code) if code is not None else None
+    if refusal is not None:
+        message = f"{what}: {refusal.problem} (AADSTS{code}): {refusal.fix}"
+        if refusal.cause == "sign_in_required":
+            return AuthenticationRequiredError(message)
+        return CredentialError(message, cause=refusal.cause, service=SERVICE)
     if any(isinstance(e, AzureAuthenticationRequiredError) for e in chain):
         return AuthenticationRequiredError(
             f"{what}: interactive sign-in required (no usable cached token or refresh token); "
@@ -219,24 +316,134 @@ def _authority_kwargs(authority: str, ca_bundle: str | None, retry_total: int | 
 # Token provider (what the ADO client calls for a bearer token)
 # --------------------------------------------------------------------------------------------
 
+@dataclass
+class CredentialState:
+    """One organization's bot credential as this process last saw it."""
+
+    ok: bool | None = None                   # None: no token asked for yet
+    failures: dict[str, int] = field(default_factory=dict)     # permanent failures by cause
+    reason: str | None = None                # the last failure's message (safe to log)
+
+
+class CredentialLedger:
+    """What happened to each organization's bot credential, for the metrics to read.
+
+    Guarantees: thread-safe; a success sets ``ok``; a *permanent* failure (a
+    :class:`PermanentError`: the tenant refused, the service kept rejecting the token) clears it
+    and counts one under its cause (:attr:`CredentialError.cause`, else ``"other"``); a
+    transient failure (Entra unreachable, throttled) changes nothing, because retrying fixes it.
+    Holds no token. :data:`CREDENTIALS` is the process's ledger, the default of every
+    :class:`TokenProvider` and of the exporter's and worker's metrics, so that both see the
+    same credential without being wired to each other.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[str, CredentialState] = {}
+
+    def declare(self, organization: str) -> None:
+        """Make the organization known (so its counters export zeros before any failure)."""
+        with self._lock:
+            self._states.setdefault(organization, CredentialState())
+
+    def succeeded(self, organization: str) -> None:
+        with self._lock:
+            state = self._states.setdefault(organization, CredentialState())
+            state.ok = True
+            state.reason = None
+
+    def failed(self, organization: str, error: PatrolError) -> None:
+        if not isinstance(error, PermanentError):
+            return
+        cause = error.cause if isinstance(error, CredentialError) else "other"
+        with self._lock:
+            state = self._states.setdefault(organization, CredentialState())
+            state.ok = False
+            state.failures[cause] = state.failures.get(cause, 0) + 1
+            state.reason = str(error)
+
+    def snapshot(self) -> dict[str, CredentialState]:
+        """A copy, safe to read while providers keep recording."""
+        with self._lock:
+            return {org: CredentialState(s.ok, dict(s.failures), s.reason) for org, s in self._states.items()}
+
+
+CREDENTIALS = CredentialLedger()
+
+CREDENTIAL_OK = "patrol_credential_ok"
+CREDENTIAL_FAILURES = "patrol_credential_failures"        # exposed as ..._total
+# Every cause patrol names (the label's values); each is exported from zero per organization so
+# increase() sees the first failure. "other" is a refusal patrol has no advice for.
+CREDENTIAL_CAUSES = (
+    "mfa_required", "mfa_enrollment_required", "conditional_access_blocked", "consent_missing",
+    "public_client_flows_disabled", "token_rejected", "sign_in_required", "invalid_credentials",
+    "password_expired", "account_disabled", "account_locked", "app_not_found", "other",
+)
+
+
+class CredentialCollector:
+    """``patrol_credential_ok{organization}`` and ``patrol_credential_failures_total{organization,
+    cause}`` from a :class:`CredentialLedger` (a prometheus_client collector; reads memory only).
+
+    Registered by the exporter and the worker alike: each reports the bot credentials it uses.
+    ``patrol_credential_ok`` appears once the organization's credential was first used.
+    """
+
+    def __init__(self, ledger: CredentialLedger | None = None) -> None:
+        self._ledger = ledger if ledger is not None else CREDENTIALS
+
+    def collect(self) -> Iterator[Metric]:
+        states = self._ledger.snapshot()
+        ok = GaugeMetricFamily(CREDENTIAL_OK, "1 if the bot credential's last sign-in or token use "
+                               "succeeded, 0 after a permanent refusal (see the failures' cause)",
+                               labels=["organization"])
+        failures = CounterMetricFamily(CREDENTIAL_FAILURES, "Permanent refusals of the bot credential by "
+                                       "cause (MFA, Conditional Access, consent, rejected token, ...)",
+                                       labels=["organization", "cause"])
+        for org, state in sorted(states.items()):
+            if state.ok is not None:
+                ok.add_metric([org], 1.0 if state.ok else 0.0)
+            for cause in (*CREDENTIAL_CAUSES, *sorted(set(state.failures) - set(CREDENTIAL_CAUSES))):
+                failures.add_metric([org, cause], float(state.failures.get(cause, 0)))
+        yield from (family for family in (ok, failures) if family.samples)
+
+# The claims challenge a resource sends when it has revoked a token (continuous access
+# evaluation: "token issued after this time"); asking for it makes MSAL skip its cached access
+# token and redeem the refresh token (or sign in again). Microsoft Learn, "How to use Continuous
+# Access Evaluation enabled APIs in your applications":
+# https://learn.microsoft.com/entra/identity-platform/app-resilience-continuous-access-evaluation
+def _issued_after(when: float) -> str:
+    return json.dumps({"access_token": {"nbf": {"essential": True, "value": str(int(when))}}},
+                      separators=(",", ":"))
+
+
 class TokenProvider:
     """A ``Callable[[], Secret]`` yielding an access token for one scope, cached in memory.
 
     The credential is built on first use (so a Key Vault hiccup at startup is not fatal) and
     rebuilt after an :class:`UnauthorizedError` (so a password rotated in Key Vault is re-read).
-    A cached token is reused until less than :data:`REFRESH_MARGIN_SECONDS` remain.
+    A cached token is reused until less than :data:`REFRESH_MARGIN_SECONDS` remain, or until a
+    service rejects it (:meth:`reject`): then it is dropped here *and* in the credential's own
+    MSAL cache, and the next call acquires a new one. Every outcome is recorded in ``ledger``
+    under ``organization`` (the ``patrol_credential_*`` metrics).
     """
 
     def __init__(self, factory: Callable[[], TokenCredential], *, scope: str = ADO_SCOPE,
-                 what: str = "entra token", clock: Callable[[], float] = time.time) -> None:
+                 what: str = "entra token", clock: Callable[[], float] = time.time,
+                 organization: str = "", ledger: CredentialLedger | None = None) -> None:
         self._factory = factory
         self._scope = scope
         self._what = what
         self._clock = clock
+        self._organization = organization
+        self._ledger = ledger if ledger is not None else CREDENTIALS
         self._lock = threading.Lock()
         self._credential: TokenCredential | None = None
         self._token: Secret | None = None
         self._expires_on = 0.0
+        self._rejected_at: float | None = None     # a service refused the token acquired before this
+        if organization:
+            self._ledger.declare(organization)
 
     @property
     def expires_on(self) -> float | None:
@@ -248,23 +455,67 @@ class TokenProvider:
             if self._token is not None and self._expires_on - self._clock() >= REFRESH_MARGIN_SECONDS:
                 return self._token
             try:
-                if self._credential is None:
-                    self._credential = self._factory()
-                access: AccessToken = self._credential.get_token(self._scope)
-            except PatrolError:
-                self._drop_credential()
+                token = self._acquire()
+            except PatrolError as error:
+                self._ledger.failed(self._organization, error)
                 raise
-            except Exception as exc:
-                error = translate_auth_error(exc, what=self._what)
-                if isinstance(error, (UnauthorizedError, AuthenticationRequiredError)):
-                    self._drop_credential()
-                raise error from exc
-            self._token = Secret(access.token)
-            self._expires_on = float(access.expires_on)
-            return self._token
+            self._ledger.succeeded(self._organization)
+            return token
+
+    def _acquire(self) -> Secret:
+        try:
+            if self._credential is None:
+                self._credential = self._factory()
+            credential = self._credential
+            if self._rejected_at is not None and isinstance(credential, _MSAL_USER_CREDENTIALS):
+                access: AccessToken = credential.get_token(self._scope,
+                                                           claims=_issued_after(self._rejected_at))
+            else:
+                access = credential.get_token(self._scope)
+        except PatrolError:
+            self._drop_credential()
+            raise
+        except Exception as exc:
+            error = translate_auth_error(exc, what=self._what)
+            if isinstance(error, UnauthorizedError):
+                self._drop_credential()
+            raise error from exc
+        self._rejected_at = None
+        self._token = Secret(access.token)
+        self._expires_on = float(access.expires_on)
+        return self._token
+
+    def reject(self, token: Secret) -> None:
+        """A service answered 401 to ``token``: drop it, so the next call acquires a new one.
+
+        Only the token that was sent is dropped (another thread may already hold a newer one).
+        The credential's MSAL cache would hand the same token back until it expires, so the next
+        acquisition asks for a token issued after now (a claims challenge); a credential that
+        cannot take one (Azure CLI, anything else) is rebuilt instead.
+        """
+        with self._lock:
+            if self._token is None or self._token.reveal() != token.reveal():
+                return
+            self._token = None
+            self._expires_on = 0.0
+            self._rejected_at = self._clock()
+            if not isinstance(self._credential, _MSAL_USER_CREDENTIALS):
+                self._drop_credential()
+        log.info("%s: a service rejected the access token; acquiring a new one", self._what,
+                 extra={"organization": self._organization})
+
+    def rejected_again(self, error: UnauthorizedError) -> CredentialError:
+        """The error for a freshly acquired token the service rejected too (recorded as a failure)."""
+        refused = CredentialError(
+            f"{self._what}: {error}: the service rejected a newly acquired Entra token for the bot account "
+            "as well (fix: check the account still has Basic access in the organization and is not "
+            "blocked; Entra sign-in logs show why its tokens are revoked)",
+            cause="token_rejected", service=error.service, status=error.status)
+        self._ledger.failed(self._organization, refused)
+        return refused
 
     def invalidate(self) -> None:
-        """Forget the cached token (e.g. after the API answered 401 with it)."""
+        """Forget the cached token (the next call asks the credential, which may reuse its cache)."""
         with self._lock:
             self._token = None
             self._expires_on = 0.0
@@ -285,6 +536,11 @@ class TokenProvider:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+# Credentials built on MSAL's public client (azure-identity's InteractiveCredential): they keep
+# their own access-token cache and skip it when asked for claims.
+_MSAL_USER_CREDENTIALS = (UsernamePasswordCredential, DeviceCodeCredential)
 
 
 def _close(credential: object) -> None:
@@ -408,15 +664,19 @@ def user_token_provider(cred: config.UserCredential, *, azure: config.AzureSetti
                         secret_reader: Callable[[str, str], Secret] | None,
                         env: Mapping[str, str], home: str | None = None,
                         clock: Callable[[], float] = time.time,
-                        retry_total: int | None = None) -> TokenProvider:
+                        retry_total: int | None = None, organization: str = "",
+                        ledger: CredentialLedger | None = None) -> TokenProvider:
     """A callable yielding the bot user's Entra access token for Azure DevOps (a Secret).
+
+    ``organization`` names the credential in messages and in ``ledger`` (default: the process's
+    :data:`CREDENTIALS`, which the exporter's and worker's metrics read).
 
     ``home`` resolves ``~`` in ``cred.record_file`` and the default record location
     (``~/.config/patrol/auth-record.json``). The device-code token cache itself lives where
     azure-identity puts it, ``$HOME/.IdentityService/`` of the process.
     """
     ca_bundle = azure.ca_bundle
-    what = f"{cred.kind} credential"
+    what = f"{cred.kind} credential" + (f" of organization {organization}" if organization else "")
 
     def factory() -> TokenCredential:
         if cred.kind == "username-password":
@@ -434,7 +694,8 @@ def user_token_provider(cred: config.UserCredential, *, azure: config.AzureSetti
         raise ConfigError("configuration", "credential.kind", f"unknown credential kind {cred.kind!r}",
                           "use username-password, device-code, azure-cli or environment")
 
-    return TokenProvider(factory, scope=ADO_SCOPE, what=what, clock=clock)
+    return TokenProvider(factory, scope=ADO_SCOPE, what=what, clock=clock, organization=organization,
+                         ledger=ledger)
 
 
 def _write_private(path: str, text: str) -> None:

@@ -13,11 +13,12 @@ boundary (``raise X(...) from exc``); services and the saga never catch a third-
     │   └── ConflictError              409 / resourceVersion precondition failed
     └── PermanentError                 retrying will not help
         ├── UnauthorizedError          401, 203 + HTML sign-in page, 403
+        │   └── CredentialError(cause) the bot's sign-in is refused for a reason a human must fix
+        │       └── AuthenticationRequiredError  a credential needs a human (expired refresh token)
         ├── NotFoundError              404
         ├── BadRequestError            other 4xx
         ├── PolicyViolationError(code) PAT API answered patTokenError != "none"
-        ├── ScopeMismatchError         a created PAT does not carry exactly the scopes asked for
-        └── AuthenticationRequiredError  a credential needs a human (MFA, expired refresh token)
+        └── ScopeMismatchError         a created PAT does not carry exactly the scopes asked for
 
 Every message must be safe to log: never put a token value in one.
 """
@@ -151,5 +152,22 @@ class ScopeMismatchError(PermanentError):
     """A PAT came back with scopes other than those requested."""
 
 
-class AuthenticationRequiredError(PermanentError):
+class CredentialError(UnauthorizedError):
+    """A credential is refused for a reason only a human can fix (MFA, Conditional Access, consent,
+    app settings, a token the service keeps rejecting). ``cause`` is a short, fixed word naming
+    it (the ``cause`` label of ``patrol_credential_failures_total``); the message names the cause
+    and the fix. Retrying does not help, so nothing retries it.
+    """
+
+    def __init__(self, message: str, *, cause: str, service: str = "entra",
+                 status: int | None = None) -> None:
+        super().__init__(message, service=service, status=status)
+        self.cause = cause
+
+
+class AuthenticationRequiredError(CredentialError):
     """A credential cannot get a token without a human (run ``patrol login``)."""
+
+    def __init__(self, message: str, *, cause: str = "sign_in_required", service: str = "entra",
+                 status: int | None = None) -> None:
+        super().__init__(message, cause=cause, service=service, status=status)

@@ -34,7 +34,14 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from core import config
 from core.ado import AdoClient, PatLifecycleClient
 from core.build import BuildInfo, build_info
-from core.entra import TokenProvider, azure_credential, close_credential, user_token_provider
+from core.entra import (
+    CredentialCollector,
+    CredentialLedger,
+    TokenProvider,
+    azure_credential,
+    close_credential,
+    user_token_provider,
+)
 from core.keyvault import KeyVaultReader
 from core.kube import KubeCluster
 from core.retry import Backoff
@@ -88,6 +95,8 @@ class CoreClients:
         self._ado: dict[str, AdoClient] = {}
         self._probers: dict[str, AdoProber] = {}
         self._clusters: dict[str, KubeCluster] = {}
+        # what the bot credentials did (patrol_credential_*): pass to build(credentials=...)
+        self.credentials = CredentialLedger()
 
     def _key_vault_reader(self) -> KeyVaultReader:
         """patrol's own identity on every vault: the sinks, and the bot's sign-in secrets."""
@@ -104,7 +113,7 @@ class CoreClients:
         if org.name not in self._tokens:
             self._tokens[org.name] = user_token_provider(
                 org.credential, azure=self._config.azure, secret_reader=self._key_vault_reader(),
-                env=self._env)
+                env=self._env, organization=org.name, ledger=self.credentials)
         return self._tokens[org.name]
 
     def pat_lister(self, org: config.Organization) -> PatLister:
@@ -218,11 +227,13 @@ class BuildInfoCollector:
 
 def build(cfg: config.Config, clients: Clients, *, clock: Callable[[], float] = time.time,
           monotonic: Callable[[], float] = time.monotonic, watch: bool = True,
-          watch_timeout: int = 60, info: BuildInfo | None = None) -> Exporter:
+          watch_timeout: int = 60, info: BuildInfo | None = None,
+          credentials: CredentialLedger | None = None) -> Exporter:
     """Every source the configuration calls for, wired to ``clients``; not started.
 
     ``watch=False`` follows KEDA Events by listing only (one-shot runs need no watch threads).
     ``info`` is what ``patrol_build_info`` says (default: this process's :func:`build_info`).
+    ``credentials`` (:attr:`CoreClients.credentials`) adds ``patrol_credential_*``.
     """
     settings = cfg.exporter
     fanout = Fanout(settings.concurrency)
@@ -272,8 +283,9 @@ def build(cfg: config.Config, clients: Clients, *, clock: Callable[[], float] = 
                                watch=watch, watch_timeout=watch_timeout, **common))
 
     sources = (*first, *second)
+    extra = [CredentialCollector(credentials)] if credentials is not None else []
     exposition = Exposition([*sources, ConsumerInfo(cfg.tokens),
-                             BuildInfoCollector(info or build_info())])
+                             BuildInfoCollector(info or build_info()), *extra])
 
     def rendered() -> None:
         exposition.invalidate()

@@ -89,7 +89,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     # sources and their clients (the worker and the CLI stay lighter for it)
     from exporter.assembly import CoreClients, build
 
-    exporter = build(cfg, CoreClients(cfg, env), watch=not args.once)
+    clients = CoreClients(cfg, env)
+    exporter = build(cfg, clients, watch=not args.once, credentials=clients.credentials)
     try:
         if args.once:
             return once(exporter, sys.stdout.buffer, sys.stderr)

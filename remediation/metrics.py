@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from core.build import BuildInfo, build_info
+from core.entra import CredentialCollector, CredentialLedger
 
 # Rotations take seconds (sandbox) to many minutes (real KEDA polls every 30 s + verification).
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
@@ -63,8 +64,12 @@ class JournalCollector(Collector):
 
 
 class WorkerMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None, *, info: BuildInfo | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, info: BuildInfo | None = None,
+                 credentials: CredentialLedger | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        # patrol_credential_*: the bot credentials the worker's PAT clients use (default: the
+        # process's ledger, core.entra.CREDENTIALS, where CoreWorld's token providers record)
+        self.registry.register(CredentialCollector(credentials))
         # which patrol answers, as on the exporter (default: this process's build_info())
         build = (info or build_info()).labels()
         self.build_info = Gauge(

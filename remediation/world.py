@@ -138,7 +138,7 @@ class CoreWorld:
                 needs_kv = org.credential.from_keyvault is not None
                 provider = user_token_provider(org.credential, azure=self.config.azure,
                                                secret_reader=self._vaults() if needs_kv else None,
-                                               env=self._env)
+                                               env=self._env, organization=organization)
                 self._providers[organization] = provider
                 client = PatLifecycleClient(org.vssps_url, provider)
                 self._pats[organization] = client
