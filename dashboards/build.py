@@ -36,7 +36,7 @@ from grafana_foundation_sdk.builders import dashboard as dashboard_builder
 from grafana_foundation_sdk.builders import prometheus, stat, statetimeline, table, timeseries
 from grafana_foundation_sdk.cog import builder as cog
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
-from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import common, units
 from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models import prometheus as prometheus_model
 
@@ -49,6 +49,7 @@ RUNBOOK_URL = "https://github.com/hmcts/patrol/blob/main/docs/runbook.md"
 DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 
 TOKEN = 'token=~"$token"'
+DAYS_UNIT = "suffix: d"            # a custom unit: the SDK's unit constants have no plain "days"
 DAILY_CHECKS_MAX_AGE_SECONDS = 26 * 3600
 
 # What Grafana puts in place of its variables, for running the queries outside Grafana.
@@ -60,6 +61,8 @@ PROMETHEUS_SUBSTITUTIONS: dict[str, str] = {
 }
 
 JsonObject = dict[str, Any]
+# The SDK generates each panel kind's builder separately (no common base class), so what all
+# panels share is written once against this type variable.
 AnyPanel = TypeVar("AnyPanel", stat.Panel, timeseries.Panel, statetimeline.Panel, table.Panel)
 PanelBuilder = stat.Panel | timeseries.Panel | statetimeline.Panel | table.Panel
 
@@ -69,6 +72,7 @@ def _ref_id(index: int) -> str:
 
 
 def query(expr: str, legend: str = "__auto", *, instant: bool = False) -> prometheus.Dataquery:
+    """One PromQL query as written in Grafana's code editor; its refId is given by the panel."""
     built = prometheus.Dataquery().expr(expr).legend_format(legend).editor_mode(prometheus_model.QueryEditorMode.CODE)
     return built.instant() if instant else built.range()
 
@@ -125,6 +129,7 @@ def _common(
     mappings: list[model.ValueMapping],
     decimals: int | None,
 ) -> AnyPanel:
+    """What every panel sets alike: text, size, queries (refIds A, B, ...) and its field defaults."""
     panel = (
         panel.title(title)
         .description(description)
@@ -148,7 +153,7 @@ def stat_panel(
     *queries: prometheus.Dataquery,
     width: int = 12,
     height: int = 6,
-    unit: str = "short",
+    unit: str = units.Short,
     thresholds: dashboard_builder.ThresholdsConfig = NEUTRAL_THRESHOLDS,
     mappings: Sequence[model.ValueMapping] = (),
     decimals: int | None = None,
@@ -173,7 +178,7 @@ def stat_panel(
     )
     for name, color in (colors_by_name or {}).items():
         panel = panel.override_by_name(name, [model.DynamicConfigValue(
-            id_val="color", value={"mode": model.FieldColorModeId.FIXED, "fixedColor": color},
+            id_val="color", value=model.FieldColor(mode=model.FieldColorModeId.FIXED, fixed_color=color),
         )])
     return panel
 
@@ -186,7 +191,7 @@ def timeseries_panel(
     height: int = 8,
     bars: bool = False,
     threshold_style: common.GraphThresholdsStyleMode = common.GraphThresholdsStyleMode.OFF,
-    unit: str = "short",
+    unit: str = units.Short,
     thresholds: dashboard_builder.ThresholdsConfig = NEUTRAL_THRESHOLDS,
     decimals: int | None = None,
 ) -> timeseries.Panel:
@@ -222,7 +227,7 @@ def state_timeline_panel(
     height: int = 6,
 ) -> statetimeline.Panel:
     panel = _common(
-        statetimeline.Panel(), title, description, queries, width=width, height=height, unit="short",
+        statetimeline.Panel(), title, description, queries, width=width, height=height, unit=units.Short,
         thresholds=NEUTRAL_THRESHOLDS, mappings=list(mappings), decimals=None,
     )
     return (
@@ -261,7 +266,7 @@ def table_panel(
     panel = _common(
         table.Panel(), title, description,
         [q.instant().format(prometheus_model.PromQueryFormat.TABLE) for q in queries],
-        width=width, height=height, unit="short", thresholds=NEUTRAL_THRESHOLDS, mappings=[], decimals=None,
+        width=width, height=height, unit=units.Short, thresholds=NEUTRAL_THRESHOLDS, mappings=[], decimals=None,
     )
     panel = (
         panel.color_scheme(_color(model.FieldColorModeId.THRESHOLDS))
@@ -297,7 +302,7 @@ def layout() -> list[dashboard_builder.Row | PanelBuilder]:
             "Days until each PAT expires (recording rule patrol:pat_days_to_expiry). "
             "Red below 3 days, orange below 7.",
             query(f"bottomk(20, {DAYS})", "{{token}}", instant=True),
-            unit="suffix: d",
+            unit=DAYS_UNIT,
             decimals=1,
             thresholds=DAYS_THRESHOLDS,
         ),
@@ -312,7 +317,7 @@ def layout() -> list[dashboard_builder.Row | PanelBuilder]:
             overrides=(
                 _column(
                     "Days to expiry",
-                    ("unit", "suffix: d"),
+                    ("unit", DAYS_UNIT),
                     ("decimals", 1),
                     ("thresholds", DAYS_THRESHOLDS.build()),
                     ("custom.cellOptions", common.TableColoredBackgroundCellOptions(
@@ -321,18 +326,18 @@ def layout() -> list[dashboard_builder.Row | PanelBuilder]:
                 ),
                 _column(
                     "Renewal in",
-                    ("unit", "s"),
+                    ("unit", units.Seconds),
                     ("thresholds", RENEWAL_THRESHOLDS.build()),
                     ("custom.cellOptions", common.TableColorTextCellOptions()),
                 ),
-                _column("Expires", ("unit", "dateTimeAsIso")),
+                _column("Expires", ("unit", units.DatetimeISO)),
             ),
         ),
         timeseries_panel(
             "Days to expiry over time",
             "Each PAT's days to expiry; a rotation shows as a jump up.",
             query(DAYS, "{{token}}"),
-            unit="suffix: d",
+            unit=DAYS_UNIT,
             decimals=1,
             thresholds=DAYS_THRESHOLDS,
             threshold_style=common.GraphThresholdsStyleMode.LINE_AND_AREA,
@@ -344,7 +349,7 @@ def layout() -> list[dashboard_builder.Row | PanelBuilder]:
             query(f"bottomk(20, {RENEWAL_IN})", "{{token}}", instant=True),
             width=12,
             height=8,
-            unit="s",
+            unit=units.Seconds,
             thresholds=RENEWAL_THRESHOLDS,
         ),
         dashboard_builder.Row("Token validity"),
@@ -428,7 +433,7 @@ def layout() -> list[dashboard_builder.Row | PanelBuilder]:
             "How long the oldest waiting job has waited.",
             query("max by (organization, pool) (patrol_agent_pool_oldest_queued_job_age_seconds)", "{{pool}}"),
             width=8,
-            unit="s",
+            unit=units.Seconds,
         ),
         timeseries_panel(
             "Agents online / offline",
@@ -448,7 +453,7 @@ def layout() -> list[dashboard_builder.Row | PanelBuilder]:
                 instant=True,
             ),
             width=8,
-            unit="s",
+            unit=units.Seconds,
             thresholds=AGE_THRESHOLDS,
         ),
         stat_panel(
@@ -460,7 +465,7 @@ def layout() -> list[dashboard_builder.Row | PanelBuilder]:
                 instant=True,
             ),
             width=8,
-            unit="s",
+            unit=units.Seconds,
             thresholds=AGE_THRESHOLDS,
         ),
         stat_panel(
@@ -507,7 +512,7 @@ def layout() -> list[dashboard_builder.Row | PanelBuilder]:
             ),
             width=6,
             height=8,
-            unit="s",
+            unit=units.Seconds,
             color_mode=common.BigValueColorMode.NONE,
         ),
         timeseries_panel(
@@ -536,7 +541,7 @@ def layout() -> list[dashboard_builder.Row | PanelBuilder]:
             query("sum by (code) (rate(patrol_webhook_requests_total[$__rate_interval]))", "{{code}}"),
             width=24,
             height=6,
-            unit="reqps",
+            unit=units.RequestsPerSecond,
         ),
         dashboard_builder.Row("patrol sources"),
         stat_panel(
@@ -553,14 +558,14 @@ def layout() -> list[dashboard_builder.Row | PanelBuilder]:
             "Age of each source's data; it grows while a source is down.",
             query("time() - max by (source) (patrol_source_last_success_timestamp_seconds)", "{{source}}"),
             width=8,
-            unit="s",
+            unit=units.Seconds,
         ),
         timeseries_panel(
             "Refresh duration",
             "How long each source's last refresh took.",
             query("max by (source) (patrol_source_duration_seconds)", "{{source}}"),
             width=8,
-            unit="s",
+            unit=units.Seconds,
         ),
         stat_panel(
             "patrol versions running",
