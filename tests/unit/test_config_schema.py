@@ -280,3 +280,12 @@ def test_the_duration_pattern_is_what_parse_duration_reads(text: str) -> None:
     except DurationError:
         parsed = False
     assert bool(re.search(DURATION_PATTERN, text)) == parsed, "schema and parse_duration disagree"
+
+
+def test_every_key_of_the_schema_is_in_the_configuration_reference() -> None:
+    """docs/configuration.md's reference tables name every key an editor will offer."""
+    text = CONFIGURATION_DOC.read_text(encoding="utf-8")
+    reference = text.split("\n## Reference\n", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`(?:[a-z_]+(?:\[\])?\.)*([a-z_]+)(?:\[\])?`", reference))
+    keys = set(_properties(config_schema()))
+    assert keys <= documented, f"not in docs/configuration.md's reference: {sorted(keys - documented)}"
