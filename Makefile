@@ -14,7 +14,7 @@ APT_PACKAGES := prometheus prometheus-alertmanager
 KUBECTL_MIN_MINOR := 27
 DEMO_ARGS ?=
 
-.PHONY: help venv lock system-deps lint test test-fast demo bench clean
+.PHONY: help venv lock system-deps lint test test-fast fuzz demo bench soak mttr clean
 
 help:
 	@echo "make demo   - start the simulated world (sandbox) and watch patrol keep it alive"
@@ -22,6 +22,9 @@ help:
 	@echo "make lint   - ruff + mypy --strict + import-linter"
 	@echo "make bench  - run the benchmarks in bench/ (figures for docs/benchmarks.md)"
 	@echo "make lock   - pin what the venv has into constraints.txt (after changing dependencies)"
+	@echo "make soak   - 100 planned rotations through the whole loop, judged by what the world suffered"
+	@echo "make mttr   - time from an out-of-band PAT revocation to recovery, through the whole loop"
+	@echo "make fuzz   - fuzz a live worker's webhook (100,000 inputs) and the config loader (10,000 files)"
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "patrol needs Python >= 3.11"'
@@ -87,6 +90,16 @@ test: venv system-deps lint
 test-fast: venv
 	$(BIN)/pytest -q tests/unit
 
+# Property-based fuzzing of the webhook against a live worker server (0 5xx, 0 tracebacks,
+# 0 rotations from invalid input) and of the config loader (a config or problems naming the
+# file, never a traceback). FUZZ_EXAMPLES / FUZZ_CONFIG_EXAMPLES change the counts; the
+# figures are printed.
+FUZZ_EXAMPLES ?= 100000
+FUZZ_CONFIG_EXAMPLES ?= 10000
+fuzz: venv
+	PATROL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) PATROL_FUZZ_CONFIG_EXAMPLES=$(FUZZ_CONFIG_EXAMPLES) \
+	  $(BIN)/pytest -q -s -p no:cacheprovider --timeout=0 tests/fuzz
+
 demo: venv system-deps
 	$(BIN)/patrol demo $(DEMO_ARGS)
 
@@ -94,6 +107,14 @@ bench: venv
 	$(BIN)/python bench/scrape.py
 	$(BIN)/python bench/webhook.py
 	$(BIN)/python bench/rotation.py
+
+# The long runs of docs/reliability.md: real processes, real Prometheus and Alertmanager.
+SOAK_ARGS ?= --rotations 100
+soak: venv system-deps
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
+
+mttr: venv system-deps
+	$(BIN)/python bench/mttr.py $(MTTR_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -41,6 +41,7 @@ from core.config import (
     Organization,
     PipelineCheck,
     Sink,
+    SwitchMode,
     Token,
     UserCredential,
     WorkerSettings,
@@ -487,25 +488,27 @@ _GLOBAL_PAT = ("global PATs (allOrgs) are not supported: Azure DevOps retires th
                "remove it; patrol always creates PATs for one organization (allOrgs: false); "
                "configure one token per organization")
 _TOKEN_KEYS = ("name", "organization", "scopes", "lifetime", "renew_before", "sinks", "consumers",
-               "pipeline")
+               "pipeline", "drain_max")
 _ALL_ORGS_KEYS = ("allOrgs", "all_orgs", "allorgs", "all-orgs")
 _ALL_ORGS_FALSE = ("not a setting: patrol always creates PATs for one organization (allOrgs: false)",
                    "remove it")
 _SINK_KINDS = ("kubernetes-secret", "keyvault")
 _SINK_KEYS: dict[str, tuple[str, ...]] = {
-    "kubernetes-secret": ("kind", "cluster", "namespace", "secret", "key", "flux"),
-    "keyvault": ("kind", "vault_url", "secret"),
+    "kubernetes-secret": ("kind", "cluster", "namespace", "secret", "key", "flux", "refresh_interval"),
+    "keyvault": ("kind", "vault_url", "secret", "refresh_interval"),
 }
 _ALL_SINK_KEYS = tuple(dict.fromkeys(k for keys in _SINK_KEYS.values() for k in keys))
 _FLUX: tuple[FluxPolicy, ...] = ("refuse", "ignore-drift-risk")
 ConsumerKind = Literal["keda-scaledjob", "keda-scaledobject"]
 _CONSUMER_KINDS: tuple[ConsumerKind, ...] = ("keda-scaledjob", "keda-scaledobject")
-_CONSUMER_KEYS = ("kind", "cluster", "namespace", "name", "pool")
-_PIPELINE_KEYS = ("project", "definition", "max_age")
+_CONSUMER_KEYS = ("kind", "cluster", "namespace", "name", "pool", "switch")
+_SWITCH_MODES: tuple[SwitchMode, ...] = ("auto", "refresh", "bump")
+_PIPELINE_KEYS = ("project", "definition", "max_age", "timeout")
 _EXPORTER_KEYS = ("listen", "pat_interval", "validity_interval", "keda_interval", "pools_interval",
                   "pipeline_interval", "concurrency")
 _WORKER_KEYS = ("listen", "webhook_token_file", "state_dir", "cooldown", "verify_deadline",
-                "reconcile_interval", "lease")
+                "reconcile_interval", "lease",
+                "decision_retention", "rotation_retention", "decisions_per_minute")
 _WORKER_REJECTED = {
     "webhook_token": ("a webhook token written in the config file",
                       f"{_NO_SECRETS_FIX}: use 'webhook_token_file' or the PATROL_WEBHOOK_TOKEN "
@@ -743,9 +746,10 @@ class _Parser:
             consumers = self.consumers(sec)
             pipeline_sec = sec.section("pipeline", _PIPELINE_KEYS)
             pipeline = self.pipeline(pipeline_sec) if pipeline_sec else None
+            drain_max = sec.duration("drain_max", None, example="2h") if sec.has("drain_max") else None
             result.append(Token(name=name, organization=org, scopes=scopes, lifetime=lifetime,
                                 renew_before=renew_before, sinks=sinks, consumers=consumers,
-                                pipeline=pipeline))
+                                pipeline=pipeline, drain_max=drain_max))
         return tuple(result)
 
     def scopes(self, sec: _Section) -> tuple[str, ...]:
@@ -800,6 +804,7 @@ class _Parser:
                     key=sec.text_or("key", "token", pattern=_SECRET_KEY,
                                     rule="a Secret data key: letters, digits, '-', '_' and '.'"),
                     flux=cast(FluxPolicy, sec.choice("flux", _FLUX, "refuse")),
+                    refresh_interval=self.refresh_interval(sec),
                 )
             elif kind == "keyvault":
                 sink = KeyVaultSink(
@@ -808,6 +813,7 @@ class _Parser:
                     secret=sec.required_text("secret", "azure-devops-token", pattern=_KEYVAULT_NAME,
                                              rule="a Key Vault secret name: letters, digits and '-', "
                                                   "at most 127"),
+                    refresh_interval=self.refresh_interval(sec),
                 )
             if sink is None or len(self.problems.items) > known_problems:
                 continue
@@ -841,6 +847,7 @@ class _Parser:
                 name=sec.required_text("name", "azure-devops-agent", pattern=_DNS_SUBDOMAIN,
                                        rule=f"a Kubernetes object name: {_SUBDOMAIN_RULE}"),
                 pool=sec.required_text("pool", "my-agent-pool"),
+                switch=self.switch(sec, kind),
             )
             ident = (consumer.kind, consumer.cluster, consumer.namespace, consumer.name)
             if ident in seen:
@@ -856,7 +863,21 @@ class _Parser:
             project=sec.required_text("project", "MyProject"),
             definition=sec.required_text("definition", "daily-checks", allow_int=True),
             max_age=sec.duration("max_age", PipelineCheck.max_age, example="26h"),
+            timeout=sec.duration("timeout", PipelineCheck.timeout, example="60m"),
         )
+
+    def refresh_interval(self, sec: _Section) -> timedelta:
+        return sec.duration("refresh_interval", timedelta(0), example="1h", positive=False)
+
+    def switch(self, sec: _Section, kind: str) -> SwitchMode:
+        mode = cast(SwitchMode, sec.choice("switch", _SWITCH_MODES, "auto", label="switch modes"))
+        if mode == "bump" and kind == "keda-scaledobject":
+            sec.problem(sec.sub("switch"), "a ScaledObject cannot be bumped: it has no pod template and "
+                        "no spec field patrol may safely change",
+                        "remove 'switch' (or write 'switch: refresh'): a ScaledObject always picks up "
+                        "the new PAT on KEDA's first failed poll after the revoke", sec.line_of("switch"))
+            return "refresh"
+        return mode
 
     # -- services
 
@@ -937,7 +958,18 @@ class _Parser:
             verify_deadline=sec.duration("verify_deadline", d.verify_deadline, example="5m"),
             reconcile_interval=sec.duration("reconcile_interval", d.reconcile_interval, example="5m"),
             lease=lease,
+            **self.journal_bounds(sec, d),
         )
+
+    def journal_bounds(self, sec: _Section, d: WorkerSettings) -> dict[str, Any]:
+        decisions = sec.duration("decision_retention", d.decision_retention, example="7d")
+        rotations = sec.duration("rotation_retention", d.rotation_retention, example="365d")
+        if rotations < decisions:
+            sec.problem(sec.sub("rotation_retention"), "is shorter than decision_retention",
+                        "keep rotations (the audit trail) at least as long as decisions, e.g. "
+                        "'rotation_retention: 365d'", sec.line_of("rotation_retention"))
+        return {"decision_retention": decisions, "rotation_retention": rotations,
+                "decisions_per_minute": sec.integer("decisions_per_minute", d.decisions_per_minute, minimum=1)}
 
 
 # --------------------------------------------------------------------------- entry points
@@ -958,6 +990,14 @@ def parse_text(text: str, *, file: str, base_dir: str) -> Config:
     except yaml.YAMLError as exc:
         raise ConfigErrors(file, [ConfigProblem(file, "", f"not valid YAML: {exc}",
                                                 "check the file's syntax")]) from None
+    except RecursionError:
+        # PyYAML composes nested collections recursively: a hostile or broken file with
+        # thousands of '[' or indented levels exhausts the stack. No patrol config nests deeper
+        # than a handful of levels, so this is never a real configuration.
+        raise ConfigErrors(file, [ConfigProblem(
+            file, "", "the YAML is nested too deeply to read (hundreds of levels of lists or mappings)",
+            "a patrol configuration nests only a few levels: check for runaway brackets or indentation; "
+            "`patrol config example` prints a valid file")]) from None
     parser = _Parser(file, base_dir)
     config = parser.config(data)
     if parser.problems.items or config is None:

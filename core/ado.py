@@ -387,6 +387,14 @@ class _Organization(_Client):
         url = f"{self._project_url(self._url, project)}/_apis/build/builds"
         return self._parsed(url, params, "builds", parse_build)
 
+    def running_builds(self, project: str, definition_id: int, *, top: int = 100) -> builtins.list[Build]:
+        """Runs of a definition in progress now (``statusFilter=inProgress``): a run that started
+        before a Key Vault secret changed keeps the value it fetched until it ends."""
+        params: dict[str, str | int | bool] = {
+            "definitions": str(int(definition_id)), "$top": int(top), "statusFilter": "inProgress"}
+        url = f"{self._project_url(self._url, project)}/_apis/build/builds"
+        return self._parsed(url, params, "builds", parse_build)
+
     def latest_release_deployments(self, project: str, definition_id: int | None = None,
                                    top: int = 1) -> builtins.list[Deployment]:
         """The newest classic-release deployments (vsrm), optionally of one definition."""

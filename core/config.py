@@ -27,6 +27,13 @@ DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 CredentialKind = Literal["username-password", "device-code", "azure-cli", "environment"]
 AzureCredentialKind = Literal["default", "client-secret", "managed-identity", "azure-cli", "environment"]
 FluxPolicy = Literal["refuse", "ignore-drift-risk"]
+# How a consumer is moved to a new PAT (docs/rotation.md, "Switch modes"): ``refresh`` changes no
+# spec (KEDA re-reads the Secret on its first failed poll after the revoke), ``bump`` changes the
+# ScaledJob's pod template (KEDA rebuilds the scaler at once), ``auto`` bumps only a ScaledJob
+# whose effective rollout strategy is ``gradual`` (KEDA keeps its running Jobs), else refreshes.
+SwitchMode = Literal["auto", "refresh", "bump"]
+# ADO's default job timeout: how long a pipeline run holding a Key Vault value may still use it.
+DEFAULT_PIPELINE_TIMEOUT = timedelta(minutes=60)
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,9 @@ class KubernetesSecretSink:
     secret: str
     key: str = "token"
     flux: FluxPolicy = "refuse"
+    # The longest interval at which anything reading this sink re-reads it (a CSI driver's
+    # rotation poll, External Secrets' refreshInterval): the old PAT stays valid that long.
+    refresh_interval: timedelta = timedelta(0)
     kind: Literal["kubernetes-secret"] = "kubernetes-secret"
 
     @property
@@ -104,6 +114,7 @@ class KubernetesSecretSink:
 class KeyVaultSink:
     vault_url: str
     secret: str
+    refresh_interval: timedelta = timedelta(0)    # e.g. External Secrets' refreshInterval
     kind: Literal["keyvault"] = "keyvault"
 
     @property
@@ -122,6 +133,7 @@ class KedaConsumer:
     namespace: str
     name: str
     pool: str
+    switch: SwitchMode = "auto"
 
     @property
     def resource(self) -> str:
@@ -137,6 +149,9 @@ class PipelineCheck:
     project: str
     definition: str                               # name or numeric id
     max_age: timedelta = timedelta(hours=26)
+    # The pipeline's job timeout: a run that started before delivery holds the old value at
+    # most this long (ADO's default job timeout is 60 minutes).
+    timeout: timedelta = DEFAULT_PIPELINE_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -149,6 +164,9 @@ class Token:
     sinks: tuple[Sink, ...]
     consumers: tuple[KedaConsumer, ...] = ()
     pipeline: PipelineCheck | None = None
+    # The longest the previous PAT stays valid after delivery while something still holds it;
+    # None: derived at rotation time (docs/rotation.md, "The drain"). Always capped by its expiry.
+    drain_max: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +190,11 @@ class WorkerSettings:
     verify_deadline: timedelta = timedelta(minutes=5)
     reconcile_interval: timedelta = timedelta(minutes=5)
     lease: LeaseSettings | None = None
+    # The journal's bound (issue 10): decisions are pruned sooner than rotations (the audit
+    # trail that matters), and at most decisions_per_minute are written.
+    decision_retention: timedelta = timedelta(days=7)
+    rotation_retention: timedelta = timedelta(days=365)
+    decisions_per_minute: int = 10
 
 
 @dataclass(frozen=True)

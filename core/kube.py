@@ -110,6 +110,9 @@ class KubeEvent:
     action: str = ""
 
 
+DEFAULT_POLLING_INTERVAL = 30                 # KEDA's default spec.pollingInterval, seconds
+KEDA_JOB_NAME_LABEL = "scaledjob.keda.sh/name"
+KEDA_JOB_GENERATION_ANNOTATION = "scaledjob.keda.sh/generation"
 ROLLOUT_DEFAULT = "default"
 ROLLOUT_GRADUAL = "gradual"
 ROLLOUT_NOT_APPLICABLE = "n/a"
@@ -130,6 +133,36 @@ class KedaScaler:
     # them all, "gradual" lets them finish (keda-docs, ScaledJob spec, "Rollout Strategy").
     # Whatever the object says is kept verbatim; ScaledObjects have no Jobs: ROLLOUT_NOT_APPLICABLE.
     rollout_strategy: str = ROLLOUT_DEFAULT
+    polling_interval: int = DEFAULT_POLLING_INTERVAL   # spec.pollingInterval, seconds
+    # ScaledJobs: spec.jobTargetRef.activeDeadlineSeconds, copied onto every agent Job KEDA
+    # creates (pkg/scaling/executor/scale_jobs.go, v2.20.0); None when unset (no bound).
+    active_deadline_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class KubeJob:
+    """A batch/v1 Job as the drain reads it (KEDA's agent Jobs: pkg/scaling/executor/scale_jobs.go)."""
+
+    name: str
+    namespace: str
+    created: datetime | None
+    start_time: datetime | None
+    completion_time: datetime | None
+    active: int
+    succeeded: int
+    failed: int
+    finished: bool                          # a Complete or Failed condition is True
+    generation: str | None                  # annotation scaledjob.keda.sh/generation
+    active_deadline_seconds: int | None
+
+    @property
+    def started(self) -> datetime | None:
+        """When its pod could first have read the Secret (startTime, else creation)."""
+        return self.start_time or self.created
+
+    @property
+    def running(self) -> bool:
+        return not self.finished and self.completion_time is None
 
 
 @dataclass(frozen=True)
@@ -256,11 +289,16 @@ def parse_scaler(obj: Mapping[str, Any], resource: str) -> KedaScaler:
             message = cond.get("message") or None
     annotations: dict[str, str] = {}
     rollout = ROLLOUT_NOT_APPLICABLE
+    spec = obj.get("spec") if isinstance(obj.get("spec"), Mapping) else {}
+    spec = spec or {}
+    deadline: int | None = None
     if resource == "scaledjobs":
-        spec = obj.get("spec") or {}
-        template = ((spec.get("jobTargetRef") or {}).get("template") or {})
+        target = spec.get("jobTargetRef") if isinstance(spec.get("jobTargetRef"), Mapping) else {}
+        template = ((target or {}).get("template") or {})
         annotations = _str_map((template.get("metadata") or {}).get("annotations"))
         rollout = _rollout_strategy(spec)
+        deadline = _opt_int((target or {}).get("activeDeadlineSeconds"))
+    polling = _opt_int(spec.get("pollingInterval"))
     return KedaScaler(
         name=str(meta.get("name", "")),
         namespace=str(meta.get("namespace", "")),
@@ -272,14 +310,49 @@ def parse_scaler(obj: Mapping[str, Any], resource: str) -> KedaScaler:
         pod_template_annotations=annotations,
         resource_version=str(meta.get("resourceVersion", "")),
         rollout_strategy=rollout,
+        polling_interval=polling if polling is not None and polling > 0 else DEFAULT_POLLING_INTERVAL,
+        active_deadline_seconds=deadline,
     )
 
 
+def _opt_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _rollout_strategy(spec: Mapping[str, Any]) -> str:
-    """``spec.rollout.strategy``, else the deprecated ``spec.rolloutStrategy``, else KEDA's default."""
+    """The strategy KEDA acts on: the deprecated ``spec.rolloutStrategy`` whenever it is set,
+    else ``spec.rollout.strategy``, else KEDA's default — the precedence of
+    ``deletePreviousVersionScaleJobs`` (controllers/keda/scaledjob_controller.go, v2.20.0)."""
+    deprecated = spec.get("rolloutStrategy")
+    if deprecated:
+        return str(deprecated)
     rollout = spec.get("rollout")
     strategy = rollout.get("strategy") if isinstance(rollout, Mapping) else None
-    return str(strategy or spec.get("rolloutStrategy") or ROLLOUT_DEFAULT)
+    return str(strategy or ROLLOUT_DEFAULT)
+
+
+def parse_job(obj: Mapping[str, Any]) -> KubeJob:
+    """A batch/v1 Job (JSON) → :class:`KubeJob`."""
+    meta = _meta(obj)
+    spec = obj.get("spec") if isinstance(obj.get("spec"), Mapping) else {}
+    status = obj.get("status") if isinstance(obj.get("status"), Mapping) else {}
+    status = status or {}
+    finished = any(isinstance(c, Mapping) and c.get("type") in ("Complete", "Failed")
+                   and str(c.get("status", "")).lower() == "true"
+                   for c in status.get("conditions") or [])
+    return KubeJob(
+        name=str(meta.get("name", "")),
+        namespace=str(meta.get("namespace", "")),
+        created=parse_time(meta.get("creationTimestamp")),
+        start_time=parse_time(status.get("startTime")),
+        completion_time=parse_time(status.get("completionTime")),
+        active=_opt_int(status.get("active")) or 0,
+        succeeded=_opt_int(status.get("succeeded")) or 0,
+        failed=_opt_int(status.get("failed")) or 0,
+        finished=finished,
+        generation=_str_map(meta.get("annotations")).get(KEDA_JOB_GENERATION_ANNOTATION),
+        active_deadline_seconds=_opt_int((spec or {}).get("activeDeadlineSeconds")),
+    )
 
 
 def parse_lease(obj: Mapping[str, Any]) -> LeaseRecord:
@@ -406,6 +479,7 @@ class KubeCluster:
         self._core = k8s_client.CoreV1Api(self._api)
         self._custom = k8s_client.CustomObjectsApi(self._api)
         self._coordination = k8s_client.CoordinationV1Api(self._api)
+        self._batch = k8s_client.BatchV1Api(self._api)
         self._timeout = request_timeout
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -550,6 +624,15 @@ class KubeCluster:
         doc = self._call(f"patch {resource} {ns}/{name}", self._custom.patch_namespaced_custom_object,
                          KEDA_GROUP, KEDA_VERSION, ns, resource, name, body)
         return parse_scaler(doc, resource)
+
+    # -- Jobs (the rotation's drain) --------------------------------------------------------
+
+    def list_jobs(self, ns: str, *, label_selector: str) -> list[KubeJob]:
+        """batch/v1 Jobs in ``ns`` matching ``label_selector`` (e.g. KEDA's
+        ``scaledjob.keda.sh/name=<scaledjob>``)."""
+        doc = self._call(f"list Jobs in {ns}", self._batch.list_namespaced_job, ns,
+                         label_selector=label_selector)
+        return [parse_job(item) for item in doc.get("items") or [] if isinstance(item, Mapping)]
 
     # -- Leases (used by core.lease.LeaseLock) -----------------------------------------------
 

@@ -136,7 +136,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
               "  patrol sandbox --ready-file /tmp/sb.json --scenario large --duration 600",
               _run_sandbox)
     sb.add_argument("--ready-file", required=True, metavar="PATH", help="where to write the ready JSON")
-    sb.add_argument("--scenario", default="default", help="scenario: default, large or unadopted")
+    sb.add_argument("--scenario", default="default",
+                    help="scenario: default, large, unadopted or soak (docs/sandbox.md)")
     sb.add_argument("--dir", default=None, metavar="DIR", help="working directory (default: a new temp dir)")
     sb.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                     help="stop after this long (default: until Ctrl-C)")

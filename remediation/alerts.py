@@ -18,6 +18,9 @@ from typing import Any
 from core.errors import BadRequestError
 
 SUPPORTED_VERSION = "4"
+# An alert with compromised="true" marks the token leaked: revoke the old PAT as soon as the new
+# one is delivered and verified, without draining (docs/rotation.md, "Emergencies").
+COMPROMISED_LABEL = "compromised"
 _STATUSES = ("firing", "resolved")
 # RFC 3339 as Go marshals it: optional fraction of 1-9 digits, "Z" or a numeric offset.
 _RFC3339 = re.compile(
@@ -48,6 +51,10 @@ class Alert:
         return self.labels.get("alertname", "")
 
     @property
+    def compromised(self) -> bool:
+        return self.labels.get(COMPROMISED_LABEL, "").strip().lower() == "true"
+
+    @property
     def dedupe_key(self) -> str:
         """Fingerprint + startsAt: the same alert episode, however often it is re-sent."""
         return f"{self.fingerprint}@{self.starts_at.isoformat(timespec='microseconds')}"
@@ -76,10 +83,10 @@ def parse_time(text: str, where: str) -> datetime | None:
     if day.startswith("0001-"):
         return None
     try:
-        parsed = datetime.fromisoformat(f"{day}T{clock}.{micro}{zone}")
-    except ValueError as exc:
+        # astimezone overflows at the calendar's edges (9999-12-31T23:59:59-23:59).
+        return datetime.fromisoformat(f"{day}T{clock}.{micro}{zone}").astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
         raise PayloadError(f"{where}: not a valid time") from exc
-    return parsed.astimezone(UTC)
 
 
 def _str_map(value: Any, where: str, *, required: bool = True) -> Mapping[str, str]:
@@ -169,4 +176,17 @@ def parse_body(body: bytes) -> Notification:
         raise PayloadError(f"body: invalid JSON at line {exc.lineno} column {exc.colno}") from exc
     except RecursionError as exc:
         raise PayloadError("body: nested too deeply") from exc
+    _refuse_lone_surrogates(body, doc)
     return parse_notification(doc)
+
+
+def _refuse_lone_surrogates(body: bytes, doc: Any) -> None:
+    """JSON may escape half a surrogate pair (``"\\ud800"``); Python decodes it to a string that
+    cannot be encoded again, so the journal write would fail later. Refuse it as a bad request.
+    Only bodies with a ``\\u`` escape of a surrogate are re-encoded to check (the cheap path)."""
+    if b"\\ud" not in body.lower():
+        return
+    try:
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PayloadError("body: contains a lone UTF-16 surrogate escape (not valid Unicode)") from exc

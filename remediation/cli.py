@@ -79,8 +79,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: M
         "rotate", help="rotate one token now (the runbook in one command)", formatter_class=fmt,
         description="Rotate TOKEN now with the same saga the worker runs, showing each step.",
         epilog="examples:\n  patrol rotate keda --config patrol.yaml --dry-run\n"
-               "  patrol rotate keda --config patrol.yaml --reason 'leaked in a log'\n"
-               "  patrol rotate keda --config patrol.yaml --json | jq -r .outcome")
+               "  patrol rotate keda --config patrol.yaml --json | jq -r .outcome\n"
+               "  patrol rotate keda --config patrol.yaml --reason 'leaked in a log' --compromised\n\n"
+               "--compromised revokes the previous PAT as soon as the new one is delivered and verified,\n"
+               "without waiting for builds that still hold it; if TOKEN's rotation is running (say,\n"
+               "draining), it is marked compromised instead and revokes at once.")
     rotate.add_argument("token", metavar="TOKEN", help="a token name from the configuration")
     rotate.add_argument("--dry-run", action="store_true",
                         help="print the plan (scopes, lifetime, sinks, consumers, what would be revoked)")
@@ -88,6 +91,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: M
     rotate.add_argument("--json", action="store_true",
                         help="print only the final result as one JSON document (the journal record; "
                              "with --dry-run, the plan)")
+    rotate.add_argument("--compromised", action="store_true",
+                        help="the current PAT leaked: skip the drain, revoke as soon as delivery is verified")
     rotate.set_defaults(handler=run_rotate)
     finish(rotate)
 
@@ -172,13 +177,19 @@ def run_worker(args: argparse.Namespace) -> int:
                           "(or pass --insecure-no-auth for a local test)")
     host, port = parse_listen(args.listen or cfg.worker.listen)
     world = CoreWorld(cfg, env=env)
-    lease = None
-    if cfg.worker.lease is not None:
-        settings = cfg.worker.lease
-        lease = LeaseLock(world.cluster(settings.cluster), settings.namespace, settings.name,
-                          lease_identity(env), settings.duration)
-    service = WorkerService(cfg, world, state_dir=_state_dir(args, cfg), webhook_token=token,
-                            insecure_no_auth=args.insecure_no_auth, lease=lease)
+    try:
+        lease = None
+        if cfg.worker.lease is not None:
+            settings = cfg.worker.lease
+            lease = LeaseLock(world.cluster(settings.cluster), settings.namespace, settings.name,
+                              lease_identity(env), settings.duration)
+        # An unusable state dir is a ConfigError naming it (exit 2); a corrupt journal is moved
+        # aside and a fresh one started (remediation.journal).
+        service = WorkerService(cfg, world, state_dir=_state_dir(args, cfg), webhook_token=token,
+                                insecure_no_auth=args.insecure_no_auth, lease=lease)
+    except BaseException:
+        world.close()
+        raise
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -207,7 +218,8 @@ def run_worker(args: argparse.Namespace) -> int:
 def _print_step(out: TextIO) -> Callable[[StepEvent], None]:
     def show(event: StepEvent) -> None:
         if event.status == "running":
-            print(f"  {event.step:<8} ...", file=out, flush=True)
+            # the drain reports what it waits for on every round
+            print(f"  {event.step:<8} ... {event.detail}".rstrip(), file=out, flush=True)
         else:
             print(f"  {event.step:<8} {event.status:<6} {event.seconds:6.2f}s  {event.detail}", file=out,
                   flush=True)
@@ -231,17 +243,23 @@ def print_preview(preview: RotationPreview, out: TextIO) -> None:
         expires = f", expires {sink.state.expires_at:%Y-%m-%d}" if sink.state.expires_at else ""
         holds = sink.state.authorization_id or ("unknown PAT" if sink.state.exists else "nothing yet")
         print(f"    {sink.sink_id}: holds {holds}{expires}", file=out)
-    print("  switch (bump pod-template annotation), then verify:", file=out)
+    print("  switch (refresh: no spec change; bump: pod-template annotation), then verify:", file=out)
     for consumer in preview.consumers:
         c = consumer.consumer
         state = (f"problem: {consumer.problem}" if consumer.problem else
                  f"generation {consumer.generation}, Ready {consumer.ready}")
         if consumer.rollout_strategy is not None and not consumer.problem:
             state += f", rollout strategy {consumer.rollout_strategy}"
+        if consumer.switch is not None and not consumer.problem:
+            state += f", switch {consumer.switch}"
         print(f"    {c.k8s_kind} {c.cluster}/{c.namespace}/{c.name} (pool {c.pool}): {state}", file=out)
     if not preview.consumers:
         print("    (no consumers: verification probes the new token only)", file=out)
-    print("  revoke after verification: " + (", ".join(preview.would_revoke) or
+    drain = (f"at most {config.format_duration(token.drain_max)}" if token.drain_max is not None
+             else "bounded by the consumers' activeDeadlineSeconds, sink refresh intervals, pipeline timeout")
+    print(f"  drain: keep the previous PAT valid while something started before delivery holds it ({drain})",
+          file=out)
+    print("  revoke after the drain, then confirm: " + (", ".join(preview.would_revoke) or
           "nothing known (no authorizationId in the sinks, no earlier patrol PAT)"), file=out)
     for warning in preview.warnings:
         print(f"  WARNING: {warning}", file=out)
@@ -322,7 +340,15 @@ def run_rotate(args: argparse.Namespace, out: TextIO | None = None) -> int:
             planner = Planner([t.name for t in cfg.tokens], journal, cooldown=cfg.worker.cooldown,
                               locks=TokenLocks(state_dir / "locks"))
             reason = args.reason or f"patrol rotate by {getpass.getuser()}"
-            decision, request = planner.request(args.token, trigger="manual", reason=reason, force=True)
+            if args.compromised:
+                reason += " (compromised)"
+            decision, request = planner.request(args.token, trigger="manual", reason=reason, force=True,
+                                                compromised=args.compromised)
+            if request is None and decision.reason == "marked-compromised":
+                print(f"rotation {decision.rotation_id} of {args.token} is running: marked compromised, so "
+                      "it revokes the previous PAT as soon as delivery is verified (a drain ends at its "
+                      "next round); follow it with: patrol history --steps", file=out)
+                return EXIT_OK
             if request is None:
                 if as_json:
                     print(_result_json(args.token, "not-started", None, decision.reason), file=out)
@@ -369,6 +395,10 @@ def format_history(records: list[RotationRecord], *, steps: bool) -> str:
         detail = r.error if r.outcome == "failed" else (
             f"{r.old_authorization_id or '?'} -> {r.new_authorization_id or '?'}" if r.new_authorization_id
             else r.reason)
+        if r.state == "drain" and r.outcome is None:
+            detail += f"; draining: {r.step('drain').detail or 'starting'}"
+        if any(t.step == "plan" and t.target == "compromised" for t in r.targets):
+            detail = f"COMPROMISED; {detail}"
         lines.append(f"{r.id:<12}  {r.token:<16} {r.trigger:<8} {result:<10} {_when(r.created_at):<19}  "
                      f"{took:>7}  {detail}")
         if steps:

@@ -3,8 +3,9 @@
 A rotation takes minutes (KEDA polls, verification waits for agents), while Alertmanager wants
 an answer within its timeout. The receiver admits a request (planner: lock + journal row) and
 hands it here; a small thread pool runs the saga, keeps the rotation metrics, and always
-releases the token's lock. At most one rotation per token runs, so the pool never needs more
-threads than there are tokens.
+releases the token's lock. At most one rotation per token runs, and a rotation may spend a
+long time draining (keeping the old PAT valid for builds in flight), so the pool has a thread
+for every configured token (and one more): a draining token never delays another's rotation.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ Work = Callable[[RotationRequest], Outcome | None]
 
 class Dispatcher:
     def __init__(self, work: Work, *, locks: TokenLocks, journal: Journal, metrics: WorkerMetrics,
-                 max_workers: int = 4, clock: Callable[[], float] = time.time) -> None:
+                 max_workers: int = 4, tokens: int = 0, clock: Callable[[], float] = time.time) -> None:
         self._work = work
         self._locks = locks
         self._journal = journal
         self._metrics = metrics
         self._clock = clock
-        self._pool = ThreadPoolExecutor(max_workers=max(1, max_workers),
+        self.max_workers = max(1, max_workers, tokens + 1)
+        self._pool = ThreadPoolExecutor(max_workers=self.max_workers,
                                         thread_name_prefix="patrol-rotation")
         self._futures: set[Future[None]] = set()
         self._mutex = threading.Lock()

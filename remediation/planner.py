@@ -8,7 +8,10 @@ consumer). The planner turns that stream into at most one rotation per token at 
 - an alert episode (fingerprint + startsAt) that already started a rotation is a duplicate,
   remembered in the journal so a restart does not forget it; the hot path for duplicates is an
   in-memory set, so a storm of re-deliveries costs no database write;
-- a token whose rotation is running, or that succeeded less than ``cooldown`` ago, is skipped.
+- a token whose rotation is running, or that succeeded less than ``cooldown`` ago, is skipped;
+- a *compromised* request (``compromised="true"`` label, ``patrol rotate --compromised``) ignores
+  the cool-down, and if the token's rotation is running it marks that rotation compromised in
+  the journal, so its drain ends at the next round and the old PAT is revoked at once.
 
 Every drop is recorded with its reason (the journal, once per distinct drop; a log line).
 Taking a token's lock is in-process (:class:`TokenLocks`); across replicas only the Lease
@@ -43,6 +46,9 @@ REMEDIATION_LABEL = "remediation"
 REMEDIATION_VALUE = "rotate"
 TOKEN_LABEL = "token"
 DEDUPE_RETENTION = timedelta(days=30)
+# The journal row (step plan) that marks a rotation compromised; the saga re-reads it each drain round.
+COMPROMISED_TARGET = "compromised"
+COMPROMISED_DETAIL = "compromised: the previous PAT is revoked as soon as delivery is verified (no drain)"
 _RECORDED_DROPS_MAX = 10_000
 
 
@@ -59,6 +65,7 @@ class RotationRequest:
     rotation_id: str
     received_at: float
     dedupe_keys: tuple[str, ...] = ()
+    compromised: bool = False
 
 
 @dataclass(frozen=True)
@@ -197,21 +204,30 @@ class Planner:
 
     def _plan_token(self, token: str, alerts: list[Alert], plan: Plan) -> None:
         first = alerts[0]
-        why = self._blocked(token)
+        compromised = any(a.compromised for a in alerts)
+        why = self._blocked(token, ignore_cooldown=compromised)
         if why is not None:
+            if compromised and why == "already-running" and self._mark_compromised(token):
+                why = "marked-compromised"
+                self._seen.update(a.dedupe_key for a in alerts)
+                self.journal.remember([a.dedupe_key for a in alerts], token)
             for alert in alerts:
                 plan.decisions.append(self._drop(alert, why, token))
             return
         rotation_id = self._new_id()
         names = sorted({a.name for a in alerts})
         request = RotationRequest(
-            token=token, trigger="alert", reason=f"alert {', '.join(names)}",
+            token=token, trigger="alert",
+            reason=f"alert {', '.join(names)}" + ("; compromised" if compromised else ""),
             rotation_id=rotation_id, received_at=self._clock(),
-            dedupe_keys=tuple(a.dedupe_key for a in alerts),
+            dedupe_keys=tuple(a.dedupe_key for a in alerts), compromised=compromised,
         )
         if not self._admit(request):
+            why = "already-running"
+            if compromised and self._mark_compromised(token):
+                why = "marked-compromised"
             for alert in alerts:
-                plan.decisions.append(self._drop(alert, "already-running", token))
+                plan.decisions.append(self._drop(alert, why, token))
             return
         self._seen.update(request.dedupe_keys)
         for alert in alerts:
@@ -224,21 +240,34 @@ class Planner:
     # -- manual / scheduled / recovery ----------------------------------------------------------
 
     def request(self, token: str, *, trigger: Trigger, reason: str, force: bool = False,
-                rotation_id: str | None = None) -> tuple[Decision, RotationRequest | None]:
-        """Plan a rotation not driven by an alert; ``force`` ignores the cool-down (a human asked)."""
+                rotation_id: str | None = None,
+                compromised: bool = False) -> tuple[Decision, RotationRequest | None]:
+        """Plan a rotation not driven by an alert; ``force`` ignores the cool-down (a human asked).
+
+        ``compromised`` also ignores it; if the token's rotation is running, that rotation is
+        marked compromised instead (Decision reason ``marked-compromised``, with its id).
+        """
         with self._mutex:
             if token not in self.tokens:
                 return Decision("drop", "unknown-token", token), None
-            why = self._blocked(token, ignore_cooldown=force)
-            if why is not None:
-                log.info("rotation of %s not started: %s", token, why, extra={"token": token})
-                return Decision("drop", why, token), None
-            request = RotationRequest(token=token, trigger=trigger, reason=reason,
-                                      rotation_id=rotation_id or self._new_id(),
-                                      received_at=self._clock())
-            if not self._admit(request):
-                return Decision("drop", "already-running", token), None
-            return Decision("start", "accepted", token, rotation_id=request.rotation_id), request
+            why = self._blocked(token, ignore_cooldown=force or compromised)
+            request = None
+            if why is None:
+                request = RotationRequest(token=token, trigger=trigger, reason=reason,
+                                          rotation_id=rotation_id or self._new_id(),
+                                          received_at=self._clock(), compromised=compromised)
+                if not self._admit(request):          # another process sharing the state dir runs it
+                    why, request = "already-running", None
+            if request is not None:
+                return Decision("start", "accepted", token, rotation_id=request.rotation_id), request
+            if why == "already-running" and compromised:
+                marked = self._mark_compromised(token)
+                if marked is not None:
+                    log.info("rotation %s of %s marked compromised", marked, token,
+                             extra={"token": token, "rotation_id": marked})
+                    return Decision("drop", "marked-compromised", token, rotation_id=marked), None
+            log.info("rotation of %s not started: %s", token, why, extra={"token": token})
+            return Decision("drop", why or "already-running", token), None
 
     def resume(self, record: RotationRecord) -> RotationRequest | None:
         """Take the lock to continue an unfinished rotation; None if it is running already."""
@@ -275,10 +304,23 @@ class Planner:
             self.journal.create_rotation(
                 request.rotation_id, request.token, trigger=request.trigger, reason=request.reason,
                 received_at=request.received_at, dedupe_keys=request.dedupe_keys)
+            if request.compromised:
+                self.journal.set_target(request.rotation_id, "plan", COMPROMISED_TARGET, "done",
+                                        COMPROMISED_DETAIL)
         except BaseException:
             self.locks.release(request.token)
             raise
         return True
+
+    def _mark_compromised(self, token: str) -> str | None:
+        """Mark the token's unfinished rotation compromised (the journal is shared with the
+        process running it); its id, or None if there is none to mark."""
+        marked = None
+        for record in self.journal.unfinished():
+            if record.token == token:
+                self.journal.set_target(record.id, "plan", COMPROMISED_TARGET, "done", COMPROMISED_DETAIL)
+                marked = record.id
+        return marked
 
     def _is_duplicate(self, key: str) -> bool:
         if key in self._seen:

@@ -9,7 +9,8 @@ the world and:
   created again);
 - revokes PATs patrol created (display name ``patrol-<token>-<rotation id>``) that no sink
   holds, once no unfinished rotation can still claim them — except the previous PAT of a
-  rotation that failed before its new PAT was proven, which may still be what KEDA uses;
+  rotation that failed before its new PAT was proven, which may still be what KEDA uses, and
+  the previous PAT of an unfinished rotation (it is draining: builds still hold it);
 - warns where the journal and the world disagree (e.g. a sink changed outside patrol);
 - starts a rotation of its own (trigger ``schedule``) when a sink's PAT is due for renewal
   (expiry - ``renew_before``), so rotation does not depend on Alertmanager alone.
@@ -133,6 +134,10 @@ class Recovery:
                 expiries.append(state.expires_at.timestamp())
         latest = self.journal.recent(token.name, limit=1)
         protected = self._protected(latest[0] if latest else None)
+        # A rotation still running (perhaps draining, perhaps in another process sharing the
+        # state dir) keeps its previous PAT valid on purpose: that one is not an orphan.
+        draining = {x for r in self.journal.unfinished() if r.token == token.name
+                    for x in (r.old_authorization_id or "").split(",") if x}
         self._check_journal(token, held, report)
         for pat in ours:
             if pat.authorization_id in held:
@@ -142,6 +147,9 @@ class Recovery:
             record = self.journal.find(rotation_id)
             if record is not None and record.outcome is None:
                 continue                                    # its rotation resumes and handles it
+            if pat.authorization_id in draining:
+                report.kept.append(pat.authorization_id)
+                continue
             if pat.authorization_id in protected:
                 report.kept.append(pat.authorization_id)
                 report.warnings.append(

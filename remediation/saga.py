@@ -1,22 +1,35 @@
-"""The rotation saga (DESIGN §6): plan → create → deliver → switch → verify → revoke → record.
+"""The rotation saga (DESIGN §6): plan → create → deliver → switch → verify → drain → revoke →
+confirm → record.
 
 A PAT cannot be regenerated in place, so a rotation is a sequence of side effects in several
-systems, any of which can fail or be interrupted. The saga is built so that is safe:
+systems, any of which can fail or be interrupted. The saga is built so that is safe, and so
+that a planned rotation harms nothing that uses the token:
 
 - **Every step is idempotent** and re-derives what it needs from the world, so a resumed
   rotation (after a crash, or on the new Lease holder) simply runs all steps again: *create*
   finds the PAT it created earlier and reads the token back from a sink that holds it (or, if
   no sink does, revokes it and creates another); *deliver* skips sinks that already hold it;
-  *switch* sets an annotation to the rotation id; *revoke* treats "already revoked" as done.
+  *switch* sets an annotation to the rotation id; *drain* waits from the delivery time the
+  journal holds, so a restart resumes the same drain; *revoke* treats "already revoked" as done.
 - **Progress is journaled** (one commit per step, :mod:`remediation.journal`), never a token.
 - **Nothing is created before the plan is safe**: every sink is checked first (a Flux-managed
   Secret is refused, a missing one too), so a refusal costs nothing.
-- **The old PAT stays valid until the new one is proven**: it is revoked only after the new
-  token authenticated for its scopes, KEDA stopped failing and the pool is served, and only if
-  every sink holds the new PAT at that moment — a rotation never causes an outage. A PAT that
-  was created but delivered nowhere is revoked.
+- **No build is killed by the switch**: a consumer's switch mode (``refresh`` changes no spec;
+  ``bump`` changes the pod template) is ``bump`` under ``auto`` only where KEDA's effective
+  rollout strategy keeps running Jobs (``gradual``).
+- **The old PAT stays valid until nothing needs it**: it is revoked only after the new token
+  authenticated for its scopes and every sink holds it (and bumped consumers are healthy), then
+  only once the drain is over — every agent Job started before delivery has ended, every sink
+  reader's refresh interval has passed, every pipeline run started before delivery finished,
+  bounded by the drain maximum and the old PAT's expiry — and only if every sink holds the new
+  PAT at that moment. When the old PAT is already invalid, or the rotation is marked
+  compromised, there is nothing to protect and the drain is skipped.
+- **The revoke is confirmed**: afterwards every consumer must be served by the new token (KEDA
+  Ready, no failure since the revoke for two polling intervals, queued jobs picked up), or the
+  rotation ends ``failed`` for a human.
 - **Retries are data** (:class:`core.retry.Backoff`), clock and sleep are injected, and the
-  Lease is consulted before every step (``may_continue``): a worker that lost it stops.
+  Lease is consulted before every step and every drain round (``may_continue``): a worker that
+  lost it stops.
 """
 
 from __future__ import annotations
@@ -28,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from core import config
 from core.ado import PatInfo
@@ -41,11 +54,12 @@ from core.errors import (
     TransientError,
 )
 from core.keda import is_auth_failure
-from core.kube import ROLLOUT_GRADUAL, KedaScaler, ScalerResource
+from core.kube import KEDA_JOB_NAME_LABEL, ROLLOUT_GRADUAL, KedaScaler, KubeEvent, ScalerResource
 from core.retry import Backoff, call_with_retry
 from core.secret import Secret
 from remediation.journal import Journal, Outcome, RotationRecord
-from remediation.planner import RotationRequest
+from remediation.metrics import WorkerMetrics
+from remediation.planner import COMPROMISED_TARGET, RotationRequest
 from remediation.sinks import FluxManagedError, SinkState
 from remediation.world import OrganizationApi, World
 
@@ -60,21 +74,47 @@ KEDA_FAILURE_REASON = "KEDAScalerFailed"
 _PAT_NOT_FOUND = frozenset({"authorizationNotFound", "tokenNotFound"})
 API_BACKOFF = Backoff(delays=(0.5, 1.0, 2.0, 4.0))
 DELIVER_BACKOFF = Backoff(delays=(1.0, 2.0, 4.0, 8.0, 16.0))
+# The journal row (step drain) that keeps the delivery time, so a resumed drain keeps its start.
+DELIVERED_TARGET = "delivered-at"
+SwitchResolved = Literal["refresh", "bump"]
+
+
+def switch_mode(consumer: config.KedaConsumer, scaler: KedaScaler) -> SwitchResolved:
+    """The switch this consumer gets: its configured mode, with ``auto`` resolved.
+
+    ``auto`` bumps only a ScaledJob whose effective rollout strategy is ``gradual``: a spec
+    change then rebuilds KEDA's scaler at once and KEDA keeps the running Jobs. Under any other
+    strategy KEDA deletes the previous generation's running Jobs (``deletePreviousVersionScaleJobs``,
+    controllers/keda/scaledjob_controller.go, v2.20.0), so ``auto`` refreshes instead: no spec
+    change, and KEDA re-reads the Secret when its first poll after the revoke fails
+    (pkg/scaling/cache/scalers_cache.go: rebuild the scaler, retry once in the same poll).
+    ScaledObjects have no Jobs and no spec patrol may change: always ``refresh``.
+    """
+    if consumer.kind != "keda-scaledjob":
+        return "refresh"
+    if consumer.switch == "auto":
+        return "bump" if scaler.rollout_strategy == ROLLOUT_GRADUAL else "refresh"
+    return consumer.switch
 
 
 def rollout_warning(consumer: config.KedaConsumer, scaler: KedaScaler) -> str | None:
     """Why switching this consumer would abandon builds in flight, or None if it would not.
 
-    The switch step changes a ScaledJob's spec. With any rollout strategy but ``gradual``
-    (KEDA's default is ``default``), KEDA then deletes every running Job of the ScaledJob, so
-    the agents running builds die mid-build (keda-docs, ScaledJob spec, "Rollout Strategy").
-    patrol still switches (it is the only way KEDA re-reads the Secret); it says so first.
+    Only an explicit ``switch: bump`` on a ScaledJob whose effective rollout strategy (the
+    deprecated ``spec.rolloutStrategy`` when set, else ``spec.rollout.strategy``) is not
+    ``gradual`` does that: KEDA deletes every running Job of the previous generation, so the
+    agents running builds die mid-build. patrol still does what it was told; it says so first.
     """
-    if consumer.kind != "keda-scaledjob" or scaler.rollout_strategy == ROLLOUT_GRADUAL:
+    if switch_mode(consumer, scaler) != "bump" or scaler.rollout_strategy == ROLLOUT_GRADUAL:
         return None
     return (f"ScaledJob {consumer.cluster}/{consumer.namespace}/{consumer.name} uses rollout strategy "
-            f"'{scaler.rollout_strategy}': the switch step makes KEDA delete its running agent Jobs "
-            "(builds in flight are abandoned); set spec.rollout.strategy: gradual on it")
+            f"'{scaler.rollout_strategy}': the switch step (switch: bump) makes KEDA delete its running "
+            "agent Jobs (builds in flight are abandoned); set spec.rollout.strategy: gradual on it, or "
+            "use switch: auto")
+
+
+def _where(consumer: config.KedaConsumer) -> str:
+    return f"{consumer.cluster}/{consumer.namespace}/{consumer.name}"
 
 
 def display_name(token: str, rotation_id: str) -> str:
@@ -98,6 +138,10 @@ class DeliveryError(PermanentError):
     """At least one sink could not be written after its retries."""
 
 
+class ConfirmationError(PermanentError):
+    """After the revoke, a consumer was not shown to be served by the new PAT in time."""
+
+
 @dataclass(frozen=True)
 class SagaSettings:
     verify_deadline: float = 300.0                # seconds for the whole verify step
@@ -107,14 +151,25 @@ class SagaSettings:
     deliver_backoff: Backoff = DELIVER_BACKOFF
     create_attempts: int = 3
     validto_tolerance: float = 3600.0             # a validTo this much shorter counts as clamped
+    drain_interval: float = 10.0                  # between drain rounds
+    # A pod that starts just after delivery may still get the old value: the kubelet's and
+    # controller-runtime's Secret caches lag the API by a few seconds.
+    secret_settle: float = 5.0
+    # An agent Job with no activeDeadlineSeconds is bounded by its build's job timeout
+    # (ADO's default: 60 minutes).
+    unbounded_job_drain: float = config.DEFAULT_PIPELINE_TIMEOUT.total_seconds()
+    confirm_polls: int = 2                        # KEDA polling intervals to watch after the revoke
 
     @classmethod
     def from_config(cls, worker: config.WorkerSettings) -> SagaSettings:
         deadline = worker.verify_deadline.total_seconds()
         # KEDA polls every 30 s by default: hold the conditions for one poll, within the deadline.
         settle = min(30.0, deadline / 4)
+        # The drain's rounds are cheap list calls; one every few seconds ends it soon after the
+        # last holder is done, without hammering the APIs during an hour-long drain.
         return cls(verify_deadline=deadline, verify_settle=settle,
-                   verify_interval=max(0.5, min(5.0, settle / 3)))
+                   verify_interval=max(0.5, min(5.0, settle / 3)),
+                   drain_interval=max(0.5, min(10.0, settle / 3)))
 
 
 @dataclass(frozen=True)
@@ -143,6 +198,7 @@ class ConsumerPreview:
     ready: bool | None
     problem: str | None
     rollout_strategy: str | None = None           # ScaledJobs: what KEDA does to running Jobs on a switch
+    switch: str | None = None                     # the resolved switch mode: refresh | bump
 
 
 @dataclass(frozen=True)
@@ -170,6 +226,11 @@ class _Run:
     value: Secret | None = None
     switched_at: float | None = None
     notes: list[str] = field(default_factory=list)
+    modes: dict[str, SwitchResolved] = field(default_factory=dict)     # consumer → resolved switch
+    scalers: dict[str, KedaScaler] = field(default_factory=dict)       # consumer → as read at switch
+    delivered_at: float | None = None
+    revoked_at: float | None = None
+    failure_baseline: dict[str, dict[str, int]] = field(default_factory=dict)   # consumer → uid → count
 
     @property
     def rotation_id(self) -> str:
@@ -189,6 +250,7 @@ class RotationSaga:
         may_continue: Callable[[], bool] = lambda: True,
         on_step: Callable[[StepEvent], None] | None = None,
         after_step: Callable[[str, str], None] | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.config = cfg
         self.world = world
@@ -199,6 +261,7 @@ class RotationSaga:
         self._may_continue = may_continue
         self._on_step = on_step
         self._after_step = after_step          # (rotation_id, step): tests inject crashes here
+        self._metrics = metrics
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -217,8 +280,8 @@ class RotationSaga:
             run.old_ids.update(x for x in record.old_authorization_id.split(",") if x)
         steps: list[tuple[str, Callable[[_Run], str]]] = [
             ("plan", self._plan), ("create", self._create), ("deliver", self._deliver),
-            ("switch", self._switch), ("verify", self._verify), ("revoke", self._revoke),
-            ("record", self._record),
+            ("switch", self._switch), ("verify", self._verify), ("drain", self._drain),
+            ("revoke", self._revoke), ("confirm", self._confirm), ("record", self._record),
         ]
         log.info("rotation %s of %s %s (%s)", record.id, token.name,
                  "resumed" if record.step("plan").attempts else "started", record.reason,
@@ -264,7 +327,8 @@ class RotationSaga:
                 scaler = self.world.cluster(consumer.cluster).get_scaler(
                     consumer.namespace, _resource(consumer), consumer.name)
                 strategy = scaler.rollout_strategy if consumer.kind == "keda-scaledjob" else None
-                consumers.append(ConsumerPreview(consumer, scaler.generation, scaler.ready, None, strategy))
+                consumers.append(ConsumerPreview(consumer, scaler.generation, scaler.ready, None, strategy,
+                                                 switch_mode(consumer, scaler)))
                 warning = rollout_warning(consumer, scaler)
                 if warning is not None:
                     warnings.append(warning)
@@ -505,7 +569,22 @@ class RotationSaga:
                 outcome = (f"the new PAT {new.authorization_id} is in {', '.join(delivered)}; the previous "
                            "PAT stays valid, so every consumer keeps a working token")
             raise DeliveryError(f"delivery failed: {'; '.join(failed)}; {outcome}")
+        run.delivered_at = self._delivered_at(run)
         return f"delivered {new.authorization_id} to {', '.join(delivered)}"
+
+    def _delivered_at(self, run: _Run) -> float:
+        """When every sink first held the new PAT: journaled once, so a resumed rotation (which
+        delivers again, writing nothing) drains from the first delivery, not from the restart."""
+        record = self.journal.get(run.rotation_id)
+        for target in record.targets:
+            if target.step == "drain" and target.target == DELIVERED_TARGET:
+                try:
+                    return float(target.detail)
+                except ValueError:
+                    break
+        now = self._clock()
+        self.journal.set_target(run.rotation_id, "drain", DELIVERED_TARGET, "done", f"{now:.3f}")
+        return now
 
     # -- 4. switch --------------------------------------------------------------------------------
 
@@ -513,21 +592,31 @@ class RotationSaga:
         run.switched_at = self._clock()
         done: list[str] = []
         for consumer in run.token.consumers:
-            target = f"{consumer.cluster}/{consumer.namespace}/{consumer.name}"
-            if consumer.kind == "keda-scaledobject":
-                self.journal.set_target(run.rotation_id, "switch", target, "skipped",
-                                        "ScaledObject: switches when the previous PAT is revoked")
-                done.append(f"{target} (at revoke)")
-                continue
+            target = _where(consumer)
             cluster = self.world.cluster(consumer.cluster)
+            scaler = self._retry(
+                partial(cluster.get_scaler, consumer.namespace, _resource(consumer), consumer.name),
+                f"read {consumer.k8s_kind} {target}")
+            mode = switch_mode(consumer, scaler)
+            run.modes[target] = mode
+            run.scalers[target] = scaler
+            if mode == "refresh":
+                self.journal.set_target(run.rotation_id, "switch", target, "skipped",
+                                        "refresh: KEDA re-reads the Secret on its first failed poll after the "
+                                        "revoke")
+                done.append(f"{target} (refresh)")
+                continue
             scaler = self._retry(
                 partial(cluster.bump_scaler, consumer.namespace, _resource(consumer), consumer.name,
                         annotation=SCALER_ANNOTATION, value=run.rotation_id),
                 f"bump {consumer.k8s_kind} {target}")
             self.journal.set_target(run.rotation_id, "switch", target, "done",
-                                    f"generation {scaler.generation}")
-            done.append(f"{target} (generation {scaler.generation})")
+                                    f"bump: generation {scaler.generation}")
+            done.append(f"{target} (bump, generation {scaler.generation})")
         return f"switched {', '.join(done)}" if done else "no consumers to switch"
+
+    def _bumped(self, run: _Run) -> list[config.KedaConsumer]:
+        return [c for c in run.token.consumers if run.modes.get(_where(c)) == "bump"]
 
     # -- 5. verify --------------------------------------------------------------------------------
 
@@ -537,6 +626,7 @@ class RotationSaga:
         deadline = self._clock() + self.settings.verify_deadline
         token = run.token
         project = token.pipeline.project if token.pipeline else None
+        bumped = self._bumped(run)
         client = self.world.organization_client(token.organization, run.value)
         try:
             rounds = 0
@@ -544,12 +634,13 @@ class RotationSaga:
                 rounds += 1
                 if not self._may_continue():
                     raise SagaStopped("stopped during verify: this worker may not continue")
-                waiting = self._verify_round(run, client, project, switched_at)
-                # Without consumers there is no KEDA poll to wait for: the probe is the proof.
-                settled = not token.consumers or self._clock() - switched_at >= self.settings.verify_settle
+                waiting = self._verify_round(run, client, project, switched_at, bumped)
+                # Only a bumped consumer has switched to the new PAT yet, so only then is there a
+                # KEDA poll to wait for; refreshed consumers still use the old (valid) PAT.
+                settled = not bumped or self._clock() - switched_at >= self.settings.verify_settle
                 if not waiting and settled:
-                    return (f"new PAT authenticates for {' '.join(token.scopes)}; "
-                            f"{len(token.consumers)} consumer(s) healthy after {rounds} round(s)")
+                    return (f"new PAT authenticates for {' '.join(token.scopes)}; every sink holds it; "
+                            f"{len(bumped)} bumped consumer(s) healthy after {rounds} round(s)")
                 if self._clock() >= deadline:
                     reasons = "; ".join(waiting) or "conditions did not hold long enough"
                     raise VerificationError(
@@ -560,8 +651,9 @@ class RotationSaga:
             client.close()
 
     def _verify_round(self, run: _Run, client: OrganizationApi, project: str | None,
-                      switched_at: float) -> list[str]:
+                      switched_at: float, bumped: list[config.KedaConsumer]) -> list[str]:
         """One look at every condition; returns what is still not satisfied."""
+        assert run.new is not None and run.value is not None
         waiting: list[str] = []
         token = run.token
         try:
@@ -570,9 +662,18 @@ class RotationSaga:
                 waiting.append(f"new PAT does not authenticate yet ({probe.detail})")
         except PatrolError as exc:
             waiting.append(f"probe: {exc}")
+        for spec in token.sinks:
+            sink = self.world.sink(spec)
+            try:
+                state, _ = sink.read()
+            except PatrolError as exc:
+                waiting.append(f"{sink.id}: {exc}")
+                continue
+            if state.authorization_id != run.new.authorization_id or state.fingerprint != run.value.fingerprint:
+                waiting.append(f"{sink.id} does not hold the new PAT (holds {state.authorization_id or 'unknown'})")
         settle_from = max(switched_at, self._clock() - self.settings.verify_settle)
-        for consumer in token.consumers:
-            target = f"{consumer.kind} {consumer.cluster}/{consumer.namespace}/{consumer.name}"
+        for consumer in bumped:
+            target = f"{consumer.kind} {_where(consumer)}"
             try:
                 reasons = self._consumer_waiting(consumer, settle_from)
                 reasons += self._pool_waiting(client, consumer, switched_at)
@@ -587,31 +688,175 @@ class RotationSaga:
         waiting = []
         if scaler.ready is not True:
             waiting.append(f"Ready is {scaler.ready} ({scaler.ready_reason or 'no reason'})")
-        selector = (f"involvedObject.kind={consumer.k8s_kind},involvedObject.name={consumer.name},"
-                    f"reason={KEDA_FAILURE_REASON}")
-        events, _ = cluster.list_events(consumer.namespace, field_selector=selector)
-        recent = [e for e in events if e.last_timestamp is not None and is_auth_failure(e.message)
-                  and e.last_timestamp.timestamp() > int(since)]
+        recent = [e for e in self._failure_events(consumer) if is_auth_failure(e.message)
+                  and _activity(e) > int(since)]
         if recent:
             waiting.append(f"{len(recent)} authentication failure event(s) since "
                            f"{datetime.fromtimestamp(since, UTC):%H:%M:%S}")
         return waiting
 
+    def _failure_events(self, consumer: config.KedaConsumer) -> list[KubeEvent]:
+        selector = (f"involvedObject.kind={consumer.k8s_kind},involvedObject.name={consumer.name},"
+                    f"reason={KEDA_FAILURE_REASON}")
+        events, _ = self.world.cluster(consumer.cluster).list_events(consumer.namespace, field_selector=selector)
+        return events
+
     def _pool_waiting(self, client: OrganizationApi, consumer: config.KedaConsumer,
-                      switched_at: float) -> list[str]:
+                      since: float) -> list[str]:
         pool = client.find_pool(consumer.pool)
         jobs = client.list_job_requests(pool.id)
         stuck = [j for j in jobs if j.is_queued and j.queue_time is not None
-                 and j.queue_time.timestamp() <= switched_at]
+                 and j.queue_time.timestamp() <= since]
         if not stuck:
             return []
         agents = client.list_agents(pool.id)
         if any(a.enabled and a.status == "online" for a in agents):
             return []
-        return [f"pool {consumer.pool}: {len(stuck)} job(s) queued before the switch still wait, "
-                "no agent online"]
+        return [f"pool {consumer.pool}: {len(stuck)} job(s) queued before "
+                f"{datetime.fromtimestamp(since, UTC):%H:%M:%S} still wait, no agent online"]
 
-    # -- 6. revoke --------------------------------------------------------------------------------
+    # -- 6. drain ---------------------------------------------------------------------------------
+
+    def _compromised(self, run: _Run) -> bool:
+        """Re-read from the journal: ``patrol rotate --compromised`` may mark a running rotation."""
+        record = self.journal.get(run.rotation_id)
+        return any(t.step == "plan" and t.target == COMPROMISED_TARGET for t in record.targets)
+
+    def _still_valid(self, run: _Run) -> dict[str, PatInfo]:
+        """The PATs the revoke would revoke that still authenticate (active, not expired).
+
+        Read from the list of *active* PATs: a GET by id also answers for a revoked PAT, and
+        PatInfo carries no status (API-CONTRACTS §1.2)."""
+        assert run.new is not None
+        pats = self.world.pats(run.token.organization)
+        active = self._retry(lambda: pats.list("active"), f"list active PATs of {run.token.name}")
+        pattern = patrol_pat_pattern(run.token.name)
+        now = self._now()
+        valid = {p.authorization_id: p for p in active
+                 if (p.authorization_id in run.old_ids or pattern.match(p.display_name)) and p.valid_to > now}
+        valid.pop(run.new.authorization_id, None)
+        return valid
+
+    def _drain_limit(self, run: _Run) -> tuple[float, str]:
+        """How long after delivery the old PAT may be kept at most, and why that long."""
+        token = run.token
+        if token.drain_max is not None:
+            return token.drain_max.total_seconds(), "drain_max"
+        parts: list[tuple[float, str]] = [(0.0, "nothing holds it")]
+        for consumer in token.consumers:
+            if consumer.kind != "keda-scaledjob":
+                continue
+            scaler = run.scalers.get(_where(consumer))
+            if scaler is None:
+                cluster = self.world.cluster(consumer.cluster)
+                scaler = self._retry(partial(cluster.get_scaler, consumer.namespace, _resource(consumer),
+                                             consumer.name), f"read ScaledJob {_where(consumer)}")
+            if scaler.active_deadline_seconds is not None:
+                parts.append((float(scaler.active_deadline_seconds),
+                              f"activeDeadlineSeconds of ScaledJob {_where(consumer)}"))
+            else:
+                parts.append((self.settings.unbounded_job_drain,
+                              f"ScaledJob {_where(consumer)} has no activeDeadlineSeconds: the job timeout"))
+        for spec in token.sinks:
+            parts.append((spec.refresh_interval.total_seconds(), f"refresh_interval of {spec.id}"))
+        if token.pipeline is not None:
+            parts.append((token.pipeline.timeout.total_seconds(), "pipeline timeout"))
+        return max(parts, key=lambda p: p[0])
+
+    def _drain(self, run: _Run) -> str:
+        """Keep the old PAT valid until nothing that holds it still needs it (module docstring)."""
+        assert run.new is not None and run.value is not None
+        if self._compromised(run):
+            return "skipped: the rotation is marked compromised (the previous PAT is revoked at once)"
+        valid = self._still_valid(run)
+        if not valid:
+            if run.old_ids:
+                return "skipped: the previous PAT is already invalid (revoked or expired): nothing to drain"
+            return "skipped: no previous PAT to revoke"
+        delivered_at = run.delivered_at if run.delivered_at is not None else self._delivered_at(run)
+        limit, why = self._drain_limit(run)
+        end = delivered_at + limit
+        expiry = min(p.valid_to.timestamp() for p in valid.values())
+        if expiry < end:
+            end, why = expiry, "the previous PAT's expiry"
+        token = run.token
+        gauge = self._metrics.draining.labels(token=token.name) if self._metrics else None
+        if self._metrics is not None:
+            self._metrics.drain_end.labels(token=token.name).set(end)
+        client = self.world.organization_client(token.organization, run.value)
+        rounds = 0
+        try:
+            if gauge is not None:
+                gauge.set(1)
+            while True:
+                rounds += 1
+                if not self._may_continue():
+                    raise SagaStopped("stopped during drain: this worker may not continue (the next "
+                                      "holder resumes the same drain)")
+                if self._compromised(run):
+                    return f"ended after {rounds - 1} round(s): the rotation was marked compromised"
+                waiting = self._drain_round(run, client, delivered_at)
+                now = self._clock()
+                if not waiting:
+                    return (f"nothing holds the previous PAT any more ({now - delivered_at:.0f}s after "
+                            f"delivery, {rounds} round(s))")
+                if now >= end:
+                    note = (f"drain maximum reached ({why}, {end - delivered_at:.0f}s after delivery) while "
+                            f"still waiting: {'; '.join(waiting)}; revoking anyway")
+                    log.warning("rotation %s of %s: %s", run.rotation_id, token.name, note,
+                                extra=self._extra(run, "drain"))
+                    return note
+                detail = f"waiting ({end - now:.0f}s left at most): {'; '.join(waiting)}"
+                self.journal.note_step(run.rotation_id, "drain", detail)
+                self._emit(StepEvent(run.rotation_id, token.name, "drain", "running", detail))
+                self._sleep(max(0.0, min(self.settings.drain_interval, end - now)))
+        finally:
+            client.close()
+            if gauge is not None:
+                gauge.set(0)
+
+    def _drain_round(self, run: _Run, client: OrganizationApi, delivered_at: float) -> list[str]:
+        """What still holds the old PAT: agent Jobs, sink readers, pipeline runs."""
+        token = run.token
+        now = self._clock()
+        waiting: list[str] = []
+        cutoff = delivered_at + self.settings.secret_settle
+        for consumer in token.consumers:
+            if consumer.kind != "keda-scaledjob":
+                continue
+            cluster = self.world.cluster(consumer.cluster)
+            try:
+                jobs = cluster.list_jobs(consumer.namespace,
+                                         label_selector=f"{KEDA_JOB_NAME_LABEL}={consumer.name}")
+            except NotFoundError:
+                jobs = []                     # the batch/v1 API is not served: no Jobs exist
+            except PatrolError as exc:
+                waiting.append(f"ScaledJob {_where(consumer)}: cannot list its Jobs ({exc})")
+                continue
+            holding = [j for j in jobs if j.running and (j.started is None or j.started.timestamp() < cutoff)]
+            if holding:
+                waiting.append(f"{len(holding)} agent Job(s) of {_where(consumer)} started before delivery "
+                               "still running")
+        for spec in token.sinks:
+            left = delivered_at + spec.refresh_interval.total_seconds() - now
+            if left > 0:
+                waiting.append(f"readers of {spec.id}: {left:.0f}s left of their refresh interval")
+        if token.pipeline is not None:
+            pipeline = token.pipeline
+            try:
+                definition = client.find_build_definition(pipeline.project, pipeline.definition)
+                builds = client.running_builds(pipeline.project, definition)
+            except PatrolError as exc:
+                waiting.append(f"pipeline {pipeline.definition}: cannot list its runs ({exc})")
+            else:
+                started = [b.start_time or b.queue_time for b in builds]
+                holding_runs = [t for t in started if t is not None and t.timestamp() < delivered_at]
+                if holding_runs:
+                    waiting.append(f"{len(holding_runs)} run(s) of pipeline {pipeline.definition} started "
+                                   "before delivery still running")
+        return waiting
+
+    # -- 7. revoke --------------------------------------------------------------------------------
 
     def _revoke(self, run: _Run) -> str:
         assert run.new is not None and run.value is not None
@@ -627,6 +872,14 @@ class RotationSaga:
         targets = set(run.old_ids)
         targets.update(p.authorization_id for p in self._patrol_pats(run.token))
         targets.discard(new_id)
+        # What KEDA had reported before the revoke: confirm compares against it.
+        for consumer in run.token.consumers:
+            try:
+                run.failure_baseline[_where(consumer)] = {e.uid: e.count for e in self._failure_events(consumer)}
+            except PatrolError as exc:
+                log.warning("could not read the Events of %s before the revoke: %s", _where(consumer), exc,
+                            extra=self._extra(run, "revoke"))
+        run.revoked_at = self._clock()
         if not targets:
             return ("no previous PAT known (none in sink metadata, no earlier patrol PAT): "
                     "revoke the hand-made PAT in Azure DevOps by hand")
@@ -634,9 +887,96 @@ class RotationSaga:
         for auth_id in sorted(targets):
             self._retry(partial(pats.revoke, auth_id), f"revoke PAT {auth_id}")
             self.journal.set_target(run.rotation_id, "revoke", auth_id, "done")
+        run.revoked_at = self._clock()
         return f"revoked {', '.join(sorted(targets))}"
 
-    # -- 7. record --------------------------------------------------------------------------------
+    # -- 8. confirm -------------------------------------------------------------------------------
+
+    def _confirm(self, run: _Run) -> str:
+        """Every consumer is served by the new PAT after the revoke, or the rotation fails.
+
+        With ``refresh`` KEDA's first poll after the revoke fails, rebuilds the scaler from the
+        Secret and retries in the same poll: no Event, Ready stays True. So a KEDA failure Event
+        active after the revoke (eventTime or series.lastObservedTime later, or a count that
+        grew: KEDA >= 2.20 flushes later series bumps only every 30 minutes), Ready not True, or
+        queued jobs left waiting means a consumer did not recover. The consumers must stay quiet
+        for ``confirm_polls`` KEDA polling intervals after the revoke (and after the last failure).
+        """
+        assert run.value is not None
+        token = run.token
+        if not token.consumers:
+            return "no consumers to confirm"
+        revoked_at = run.revoked_at if run.revoked_at is not None else self._clock()
+        client = self.world.organization_client(token.organization, run.value)
+        last_failure = revoked_at
+        seen: dict[str, tuple[int, float]] = {}
+        try:
+            rounds = 0
+            while True:
+                rounds += 1
+                if not self._may_continue():
+                    raise SagaStopped("stopped during confirm: this worker may not continue")
+                waiting: list[str] = []
+                interval = 0
+                for consumer in token.consumers:
+                    where = f"{consumer.kind} {_where(consumer)}"
+                    try:
+                        scaler = self.world.cluster(consumer.cluster).get_scaler(
+                            consumer.namespace, _resource(consumer), consumer.name)
+                        interval = max(interval, scaler.polling_interval)
+                        if scaler.ready is not True:
+                            waiting.append(f"{where}: Ready is {scaler.ready} ({scaler.ready_reason or 'no reason'})")
+                        failing = self._failures_since(run, consumer, revoked_at, seen)
+                        if failing:
+                            last_failure = max(last_failure, failing)
+                            waiting.append(f"{where}: KEDA failed to poll after the revoke "
+                                           f"(last seen {datetime.fromtimestamp(failing, UTC):%H:%M:%S})")
+                        waiting.extend(f"{where}: {why}" for why in self._pool_waiting(client, consumer, revoked_at))
+                    except PatrolError as exc:
+                        waiting.append(f"{where}: {exc}")
+                now = self._clock()
+                watch = self.settings.confirm_polls * (interval or 30)
+                quiet = now - last_failure >= watch and now - revoked_at >= watch
+                if quiet and not [w for w in waiting if "failed to poll" not in w]:
+                    return (f"{len(token.consumers)} consumer(s) served by the new PAT: quiet for "
+                            f"{now - last_failure:.0f}s ({self.settings.confirm_polls} polling interval(s)) "
+                            f"after the revoke, {rounds} round(s)")
+                deadline = revoked_at + max(self.settings.verify_deadline, watch + self.settings.verify_interval)
+                # Look at least twice per KEDA poll: the watch ends soon after KEDA proved itself.
+                pause = min(self.settings.verify_interval, max(0.5, (interval or 30) / 2))
+                if now >= deadline:
+                    reasons = "; ".join(waiting) or "KEDA was not quiet long enough"
+                    raise ConfirmationError(
+                        f"not confirmed within {deadline - revoked_at:.0f}s of the revoke: {reasons}; every "
+                        "sink holds the new PAT and the previous one is revoked: check the consumers "
+                        "(kubectl describe the ScaledJob/ScaledObject and its Events), and if KEDA still "
+                        "uses the old PAT restart the KEDA operator so it re-reads the Secret")
+                self._sleep(min(pause, max(0.0, revoked_at + watch - now)) or pause)
+        finally:
+            client.close()
+
+    def _failures_since(self, run: _Run, consumer: config.KedaConsumer, since: float,
+                        seen: dict[str, tuple[int, float]]) -> float | None:
+        """When KEDA last failed for ``consumer`` after ``since``, or None if it did not."""
+        baseline = run.failure_baseline.get(_where(consumer), {})
+        latest: float | None = None
+        now = self._clock()
+        for event in self._failure_events(consumer):
+            activity = _activity(event)
+            grew = event.count > baseline.get(event.uid, 0 if activity > since else event.count)
+            if activity > since:
+                when = activity
+            elif grew:
+                # A series bump with no newer timestamp: first noticed now.
+                previous = seen.get(event.uid)
+                when = previous[1] if previous is not None and previous[0] == event.count else now
+            else:
+                continue
+            seen[event.uid] = (event.count, when)
+            latest = when if latest is None else max(latest, when)
+        return latest
+
+    # -- 9. record --------------------------------------------------------------------------------
 
     def _record(self, run: _Run) -> str:
         assert run.new is not None
@@ -674,6 +1014,13 @@ class RotationSaga:
                      "Warning")
         log.error("rotation %s of %s failed at %s: %s", run.rotation_id, run.token.name, step, exc,
                   extra=self._extra(run, step, status="failed"))
+
+
+def _activity(event: KubeEvent) -> float:
+    """The latest moment an Event says its failure happened (eventTime, lastTimestamp, or
+    series.lastObservedTime, which :func:`core.kube.parse_event` folds into last_timestamp)."""
+    times = [t.timestamp() for t in (event.event_time, event.last_timestamp) if t is not None]
+    return max(times) if times else 0.0
 
 
 def _resource(consumer: config.KedaConsumer) -> ScalerResource:

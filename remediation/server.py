@@ -2,7 +2,9 @@
 
 The webhook answers fast and does nothing on a bad request: authentication (constant-time
 Bearer compare), content type, size and schema are checked before anything is planned, so a
-401/413/415/400 leaves no trace but a counter. An accepted delivery gets 202 at once and the
+401/413/415/400 leaves no trace but a counter; so does a sender that hangs up mid-body (counted
+as 499). Hostile bytes (undecodable header values, lone surrogates, times at the calendar's
+edge) are bad requests, never a 503. An accepted delivery gets 202 at once and the
 rotation continues in the background (:mod:`remediation.dispatch`). 503 is reserved for "cannot
 accept work now" (not the Lease holder, shutting down), the only answer that makes
 Alertmanager retry (API-CONTRACTS §5.2).
@@ -10,13 +12,18 @@ Alertmanager retry (API-CONTRACTS §5.2).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.secret import Secret
@@ -28,11 +35,119 @@ from remediation.planner import Planner
 
 log = logging.getLogger("patrol.webhook")
 
+
+class _MalformedHttpFilter(logging.Filter):
+    """aiohttp logs every unparsable request (control bytes in a header, a broken request line)
+    as an ERROR with a traceback, then answers 400 itself. That is a client's fault, not ours:
+    keep it to one INFO line without the traceback, and leave every other error loud."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            log.info("malformed HTTP request answered %s by aiohttp: %s", exc.code,
+                     str(exc.message).splitlines()[0][:200] if exc.message else type(exc).__name__)
+            return False
+        return True
+
+
+# The logger aiohttp's protocol reports request errors to (RequestHandler(logger=...)).
+HTTP_LOG = logging.getLogger("patrol.webhook.http")
+HTTP_LOG.addFilter(_MalformedHttpFilter())
+
 MAX_BODY = 1024 * 1024
+CLIENT_CLOSED = 499
 WEBHOOK_PATH = "/webhook/alertmanager"
 _JSON_TYPES = ("application/json",)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_TIMEOUT = 408
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Bounds on slow or numerous senders (aiohttp has no header read timeout of its own).
+
+    ``header_timeout``: how long a connection may stay open without a request being handled —
+    a new connection still sending its request head, or an idle keep-alive one. ``body_timeout``:
+    how long reading one request body may take. ``max_connections``: beyond it, the newest idle
+    connections are closed. Alertmanager sends small bodies at once and retries any failure.
+    """
+
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    max_connections: int = 256
+
+    def __post_init__(self) -> None:
+        if self.header_timeout <= 0 or self.body_timeout <= 0 or self.max_connections < 1:
+            raise ValueError("server limits must be positive")
+
+
+class ConnectionGuard:
+    """Closes connections that hold the server without a request in its handlers.
+
+    A middleware marks each connection busy while a handler runs; a sweep every fraction of
+    ``header_timeout`` closes those idle (no request being handled) for longer than that, and
+    the newest idle ones beyond ``max_connections``. A trickling sender is thus cut off within
+    about 1.25 x ``header_timeout``, whatever it sends; the body read has its own bound.
+    """
+
+    def __init__(self, limits: ServerLimits, metrics: WorkerMetrics, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits
+        self._metrics = metrics
+        self._clock = clock
+        self._busy: dict[web.RequestHandler, int] = {}
+        self._idle_since: dict[web.RequestHandler, float] = {}
+        self.period = min(1.0, limits.header_timeout / 4)
+        for reason in ("header_timeout", "too_many"):
+            metrics.webhook_connections_closed.labels(reason=reason)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        protocol = request.protocol
+        self._busy[protocol] = self._busy.get(protocol, 0) + 1
+        try:
+            return await handler(request)
+        finally:
+            left = self._busy.pop(protocol, 1) - 1
+            if left > 0:
+                self._busy[protocol] = left
+            self._idle_since[protocol] = self._clock()
+
+    def sweep(self, connections: list[web.RequestHandler]) -> int:
+        """One pass over the server's connections; returns how many were closed."""
+        now = self._clock()
+        live = set(connections)
+        for gone in [c for c in self._idle_since if c not in live]:
+            del self._idle_since[gone]
+        idle: list[tuple[float, web.RequestHandler]] = []
+        closed = 0
+        for conn in connections:
+            if conn in self._busy:
+                continue
+            since = self._idle_since.setdefault(conn, now)
+            if now - since >= self.limits.header_timeout:
+                closed += self._close(conn, "header_timeout")
+            else:
+                idle.append((since, conn))
+        excess = len(live) - closed - self.limits.max_connections
+        if excess > 0:
+            idle.sort(key=lambda item: item[0], reverse=True)      # newest first
+            for _, conn in idle[:excess]:
+                closed += self._close(conn, "too_many")
+        return closed
+
+    def _close(self, conn: web.RequestHandler, reason: str) -> int:
+        conn.force_close()
+        self._idle_since.pop(conn, None)
+        self._metrics.webhook_connections_closed.labels(reason=reason).inc()
+        log.debug("closed a connection: %s", reason)
+        return 1
+
+    async def run(self, server: web.Server) -> None:
+        while True:
+            self.sweep(server.connections)
+            await asyncio.sleep(self.period)
 
 
 def _reply(status: int, reason: str, **extra: Any) -> web.Response:
@@ -57,6 +172,7 @@ class WorkerServer:
         webhook_token: Secret | str | None,
         insecure_no_auth: bool = False,
         accepting: Callable[[], str | None] = lambda: None,
+        limits: ServerLimits | None = None,
     ) -> None:
         if isinstance(webhook_token, str):
             webhook_token = Secret(webhook_token)
@@ -70,17 +186,41 @@ class WorkerServer:
         self.journal = journal
         self.metrics = metrics
         self._accepting = accepting
-        for code in ("202", "400", "401", "413", "415", "503"):
+        self.limits = limits or ServerLimits()
+        self.guard = ConnectionGuard(self.limits, metrics)
+        for code in ("202", "400", "401", "413", "415", str(REQUEST_TIMEOUT), str(CLIENT_CLOSED), "503"):
             metrics.webhook_requests.labels(code=code)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY)
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self.guard.middleware])
         app.router.add_post(WEBHOOK_PATH, self._counted(self.webhook))
         app.router.add_get("/metrics", self.metrics_page)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/rotations", self.rotations)
         return app
+
+    @contextlib.asynccontextmanager
+    async def serving(self, host: str, port: int) -> AsyncIterator[int]:
+        """Listen on ``host:port`` with the connection guard running; yields the bound port."""
+        # After an early answer (408/413) aiohttp reads and drops the rest of a body for
+        # ``lingering_time`` so the client sees the answer, not a reset; keep that short too.
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=5.0,
+                               lingering_time=min(2.0, self.limits.body_timeout / 2), logger=HTTP_LOG)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            assert runner.server is not None
+            sweeper = asyncio.create_task(self.guard.run(runner.server), name="patrol-connection-guard")
+            try:
+                yield runner.addresses[0][1] if runner.addresses else port
+            finally:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
+        finally:
+            await runner.cleanup()
 
     def not_accepting_reason(self) -> str | None:
         if not self.dispatcher.accepting:
@@ -108,7 +248,10 @@ class WorkerServer:
         scheme, _, credentials = header.partition(" ")
         if scheme.lower() != "bearer" or not credentials:
             return False
-        return hmac.compare_digest(credentials.strip().encode(), self._expected)
+        # aiohttp keeps undecodable header bytes as surrogate escapes; encoding them back gives the
+        # bytes that were sent (a plain .encode() raised on "Bearer \xff\xfe" and answered 503).
+        presented = credentials.strip().encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(presented, self._expected)
 
     async def webhook(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):
@@ -120,9 +263,22 @@ class WorkerServer:
         if request.content_length is not None and request.content_length > MAX_BODY:
             return _reply(413, f"body larger than {MAX_BODY} bytes")
         try:
-            body = await request.read()
+            async with asyncio.timeout(self.limits.body_timeout):
+                body = await request.read()
+        except TimeoutError:
+            log.info("webhook body not received within %.0f s; connection closed", self.limits.body_timeout,
+                     extra={"remote": request.remote or ""})
+            response = _reply(REQUEST_TIMEOUT, f"body not received within {self.limits.body_timeout:g} s")
+            response.force_close()
+            return response
         except web.HTTPRequestEntityTooLarge:
             return _reply(413, f"body larger than {MAX_BODY} bytes")
+        except ConnectionResetError:
+            # The client went away mid-body: nothing was admitted and nobody reads the answer.
+            # Counted as 499 (nginx's "client closed request"), not as our failure (503).
+            log.info("webhook client disconnected before sending the whole body",
+                     extra={"remote": request.remote or ""})
+            return _reply(CLIENT_CLOSED, "client closed the connection before the body was complete")
         try:
             notification = parse_body(body)
         except PayloadError as exc:

@@ -4,30 +4,35 @@
 from a :class:`core.config.Config` and a :class:`remediation.world.World`, so the command line
 (``patrol worker``), the end-to-end tests and the benchmarks build the very same thing.
 :class:`WorkerThread` serves it on loopback from a background thread for tests and benchmarks.
+
+The worker is ready (``/readyz``, and the webhook accepts work) only while it is not stopping,
+holds the Lease, and can write its journal. A keeper thread tries a small journal write every
+``journal_probe_interval``: a full volume turns readiness off before a rotation trips on it,
+and space coming back turns it on again and resumes at once what was cut short. The same
+thread prunes the journal every ``prune_interval`` by the configured retentions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from aiohttp import web
-
 from core import config
 from core.secret import Secret
 from remediation.dispatch import Dispatcher
-from remediation.journal import Journal
+from remediation.journal import DecisionBudget, Journal
 from remediation.leadership import Leadership, Lock
 from remediation.metrics import WorkerMetrics
-from remediation.planner import Planner, TokenLocks
+from remediation.planner import DEDUPE_RETENTION, Planner, TokenLocks
 from remediation.recovery import DEFAULT_ORPHAN_GRACE, Recovery, RecoveryReport
 from remediation.saga import RotationSaga, SagaSettings, StepEvent
-from remediation.server import WorkerServer
+from remediation.server import ServerLimits, WorkerServer
 from remediation.world import World
 
 log = logging.getLogger("patrol.worker")
@@ -51,26 +56,40 @@ class WorkerService:
         reconcile_interval: float | None = None,
         on_step: Callable[[StepEvent], None] | None = None,
         after_step: Callable[[str, str], None] | None = None,
+        server_limits: ServerLimits | None = None,
+        journal_factory: type[sqlite3.Connection] = sqlite3.Connection,
+        journal_probe_interval: float = 10.0,
+        prune_interval: float = 3600.0,
     ) -> None:
         self.config = cfg
         self.world = world
         self.state_dir = Path(state_dir)
+        self._clock = clock
         self._stopping = threading.Event()
-        self.journal = Journal.in_state_dir(self.state_dir, clock=clock)
+        self.journal = Journal.in_state_dir(
+            self.state_dir, clock=clock, factory=journal_factory,
+            decision_budget=DecisionBudget(cfg.worker.decisions_per_minute))
         self.metrics = WorkerMetrics()
+        self.metrics.watch_journal(self.journal)
+        self.journal_probe_interval = journal_probe_interval
+        self.prune_interval = prune_interval
+        self._journal_keeper: threading.Thread | None = None
         self.metrics.declare_tokens([t.name for t in cfg.tokens])
         self.planner = Planner([t.name for t in cfg.tokens], self.journal, cooldown=cfg.worker.cooldown,
                                locks=TokenLocks(self.state_dir / "locks"), clock=clock)
         self.leadership = Leadership(lease)
         self.saga = RotationSaga(cfg, world, self.journal, settings=settings, clock=clock, sleep=sleep,
-                                 may_continue=self.may_rotate, on_step=on_step, after_step=after_step)
+                                 may_continue=self.may_rotate, on_step=on_step, after_step=after_step,
+                                 metrics=self.metrics)
         self.dispatcher = Dispatcher(self.saga.run, locks=self.planner.locks, journal=self.journal,
-                                     metrics=self.metrics, max_workers=max_workers, clock=clock)
+                                     metrics=self.metrics, max_workers=max_workers, tokens=len(cfg.tokens),
+                                     clock=clock)
         self.recovery = Recovery(cfg, world, self.journal, self.planner, submit=self.dispatcher.submit,
                                  may_act=self.may_rotate, clock=clock, sleep=sleep, orphan_grace=orphan_grace)
         self.server = WorkerServer(planner=self.planner, dispatcher=self.dispatcher, journal=self.journal,
                                    metrics=self.metrics, webhook_token=webhook_token,
-                                   insecure_no_auth=insecure_no_auth, accepting=self.not_accepting_reason)
+                                   insecure_no_auth=insecure_no_auth, accepting=self.not_accepting_reason,
+                                   limits=server_limits)
         self.reconcile_interval = (reconcile_interval if reconcile_interval is not None
                                    else cfg.worker.reconcile_interval.total_seconds())
         self._reconcile_now = threading.Event()
@@ -86,6 +105,8 @@ class WorkerService:
     def not_accepting_reason(self) -> str | None:
         if self._stopping.is_set():
             return "shutting down"
+        if not self.journal.writable:
+            return f"the journal cannot be written ({self.journal.last_write_error or 'unknown error'})"
         if not self.leadership.is_leader():
             return "not the lease holder"
         return None
@@ -99,6 +120,8 @@ class WorkerService:
             self._reconcile_now.set()
         self._reconciler = threading.Thread(target=self._reconcile_loop, name="patrol-reconcile", daemon=True)
         self._reconciler.start()
+        self._journal_keeper = threading.Thread(target=self._keep_journal, name="patrol-journal", daemon=True)
+        self._journal_keeper.start()
 
     def reconcile(self) -> RecoveryReport:
         self.last_report = self.recovery.reconcile()
@@ -115,6 +138,34 @@ class WorkerService:
             except Exception:
                 log.exception("reconcile failed")
 
+    def prune_journal(self) -> int:
+        """Apply the configured retentions once (decisions, then finished rotations)."""
+        now = self._clock()
+        worker = self.config.worker
+        return self.journal.prune(
+            now - worker.decision_retention.total_seconds(),
+            rotations_older_than=now - worker.rotation_retention.total_seconds(),
+            deliveries_older_than=now - max(worker.decision_retention, DEDUPE_RETENTION).total_seconds())
+
+    def _keep_journal(self) -> None:
+        """Probe the journal with a small write every interval (so a full disk turns readiness
+        off before a rotation trips on it, and back on when space returns, resuming at once what
+        was cut short), and prune it every ``prune_interval``."""
+        next_prune = 0.0
+        while not self._stopping.is_set():
+            was_writable = self.journal.writable
+            if self.journal.probe() and not was_writable:
+                self.journal.checkpoint()
+                self._reconcile_now.set()
+            if self.journal.writable and time.monotonic() >= next_prune:
+                try:
+                    removed = self.prune_journal()
+                    log.info("journal pruned: %d rows removed", removed)
+                except sqlite3.DatabaseError as exc:
+                    log.warning("journal prune failed: %s", exc)
+                next_prune = time.monotonic() + self.prune_interval
+            self._stopping.wait(self.journal_probe_interval)
+
     def stop(self) -> None:
         """Stop accepting, let running steps reach a boundary, release the lease, close."""
         if self._stopping.is_set():
@@ -124,24 +175,19 @@ class WorkerService:
         self.dispatcher.shutdown(wait=True)
         if self._reconciler is not None:
             self._reconciler.join(timeout=30)
+        if self._journal_keeper is not None:
+            self._journal_keeper.join(timeout=30)
         self.leadership.stop()
         self.journal.close()
 
     async def serve(self, host: str, port: int, *, started: Callable[[int], None] | None = None,
                     stop: asyncio.Event | None = None) -> None:
         """Serve HTTP until ``stop`` is set; calls ``started(port)`` once listening."""
-        runner = web.AppRunner(self.server.app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0][1] if runner.addresses else port
-        log.info("worker listening on %s:%d", host, bound)
-        if started is not None:
-            started(bound)
-        try:
+        async with self.server.serving(host, port) as bound:
+            log.info("worker listening on %s:%d", host, bound)
+            if started is not None:
+                started(bound)
             await (stop or asyncio.Event()).wait()
-        finally:
-            await runner.cleanup()
 
 
 class WorkerThread:

@@ -17,10 +17,20 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 from core import config
-from core.ado import AdoClient, Agent, CreatedPat, JobRequest, PatInfo, PatLifecycleClient, Pool, ProbeResult
+from core.ado import (
+    AdoClient,
+    Agent,
+    Build,
+    CreatedPat,
+    JobRequest,
+    PatInfo,
+    PatLifecycleClient,
+    Pool,
+    ProbeResult,
+)
 from core.entra import TokenProvider, azure_credential, close_credential, user_token_provider
 from core.keyvault import KeyVault, KeyVaultReader, reader
-from core.kube import KedaScaler, KubeCluster, KubeEvent, ScalerResource
+from core.kube import KedaScaler, KubeCluster, KubeEvent, KubeJob, ScalerResource
 from core.retry import Backoff
 from core.secret import Secret
 from remediation.sinks import KeyVaultSink, KubernetesSecretSink, Sink
@@ -54,6 +64,8 @@ class ClusterApi(Protocol):
 
     def list_events(self, ns: str, *, field_selector: str) -> tuple[list[KubeEvent], str]: ...
 
+    def list_jobs(self, ns: str, *, label_selector: str) -> builtins.list[KubeJob]: ...
+
     def create_event(self, ns: str, *, involved_kind: str, involved_name: str, involved_uid: str,
                      api_version: str, reason: str, message: str, type_: str = "Normal",
                      component: str = "patrol", now: datetime | None = None) -> KubeEvent: ...
@@ -69,6 +81,10 @@ class OrganizationApi(Protocol):
     def list_agents(self, pool_id: int) -> builtins.list[Agent]: ...
 
     def list_job_requests(self, pool_id: int, *, top: int = 250) -> builtins.list[JobRequest]: ...
+
+    def find_build_definition(self, project: str, name_or_id: str | int) -> int: ...
+
+    def running_builds(self, project: str, definition_id: int, *, top: int = 100) -> builtins.list[Build]: ...
 
     def close(self) -> None: ...
 

@@ -22,6 +22,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -274,6 +275,10 @@ class Sandbox:
         org_url = f"{urls['ado']}/{p.org}"
         vssps_url = f"{urls['ado']}/vssps/{p.org}"
         vsrm_url = f"{urls['ado']}/vsrm/{p.org}"
+        # What a team declares for the External-Secrets-style reader of the vault: its refresh
+        # interval, with a second of margin, so the drain outlasts the reader's old value.
+        kv_refresh = ({"refresh_interval": f"{math.ceil(p.keyvault_reader_refresh) + 1}s"}
+                      if p.keyvault_reader_refresh is not None else {})
         config = {
             "azure": {"credential": "client-secret", "tenant_id": tenant_id,
                       "client_id": seeded.patrol_client_id, "client_secret_file": secret_file,
@@ -299,13 +304,13 @@ class Sandbox:
                 {"name": "daily-checks", "organization": p.org, "scopes": list(DAILY_CHECKS_SCOPES),
                  "lifetime": p.config_lifetime, "renew_before": p.config_renew_before,
                  "sinks": [{"kind": "keyvault", "vault_url": urls["keyvault"],
-                            "secret": "azure-devops-token"}],
+                            "secret": "azure-devops-token", **kv_refresh}],
                  "pipeline": {"project": p.project, "definition": p.definition,
                               "max_age": p.config_pipeline_max_age}},
             ],
             "exporter": {"listen": "127.0.0.1:0", **p.exporter_intervals},
             "worker": {"listen": "127.0.0.1:0", "webhook_token_file": webhook_file,
-                       "state_dir": os.path.join(d, "state"), "cooldown": "30s",
+                       "state_dir": os.path.join(d, "state"), "cooldown": p.config_cooldown,
                        "verify_deadline": "60s", "reconcile_interval": "30s"},
         }
         config_path = os.path.join(d, "patrol.yaml")

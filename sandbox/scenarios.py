@@ -115,6 +115,7 @@ class ScenarioParams:
     config_lifetime: str = "10m"
     config_renew_before: str = "3m"
     config_pipeline_max_age: str = "2m"
+    config_cooldown: str = "30s"                 # worker.cooldown: the least time between two rotations
     # keda_interval at or below keda_polling_interval: the exporter sees KEDA's first good poll
     # before its next one, so KedaScalerAuthFailing resolves within two polls plus a scrape.
     exporter_intervals: dict[str, str] = field(default_factory=lambda: {
@@ -142,7 +143,17 @@ def _unadopted() -> ScenarioParams:
     return ScenarioParams(name="unadopted", annotate_seed=False, tag_keyvault_seed=False)
 
 
-SCENARIOS = ("default", "large", "unadopted")
+def _soak() -> ScenarioParams:
+    """``make soak``: PATs that live about a minute and are renewed at half-life, so planned
+    rotations follow one another every ~30 s, with the default world's long builds running across
+    them, the daily-checks pipeline and the External-Secrets-style Key Vault reader holding old
+    values, and a cool-down short enough not to hold a due rotation back."""
+    return ScenarioParams(name="soak", keda_pat_lifetime=60.0, daily_pat_lifetime=60.0,
+                          config_lifetime="60s", config_renew_before="30s", config_cooldown="5s",
+                          active_deadline_seconds=40)
+
+
+SCENARIOS = ("default", "large", "unadopted", "soak")
 
 
 def scenario(name: str = "default", **overrides: Any) -> ScenarioParams:
@@ -153,6 +164,8 @@ def scenario(name: str = "default", **overrides: Any) -> ScenarioParams:
         base = _large()
     elif name == "unadopted":
         base = _unadopted()
+    elif name == "soak":
+        base = _soak()
     else:
         raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
     return replace(base, **overrides)

@@ -109,7 +109,8 @@ def test_generated_patrol_yaml_points_at_the_sandbox(sandbox: SandboxThread) -> 
     assert [c["pool"] for c in keda["consumers"]] == ["hmcts-agents", "sds-agents"]
     assert daily["scopes"] == ["vso.agentpools", "vso.build", "vso.pipelineresources_use", "vso.release"]
     assert daily["sinks"] == [
-        {"kind": "keyvault", "vault_url": ready["keyvault_url"], "secret": "azure-devops-token"}
+        {"kind": "keyvault", "vault_url": ready["keyvault_url"], "secret": "azure-devops-token",
+         "refresh_interval": "11s"}     # the Key Vault reader refreshes every 10 s: 10 s + a second
     ]
     assert daily["pipeline"] == {
         "project": "PlatformOperations",

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,9 +46,12 @@ from sandbox.app import SandboxThread
 from sandbox.http import Fault
 from sandbox.scenarios import ClusterSpec, scenario
 
-E2E = SagaSettings(verify_deadline=30, verify_interval=0.5, verify_settle=2.5,
-                   api_backoff=Backoff(delays=(0.2, 0.5, 1.0)),
+E2E = SagaSettings(verify_deadline=30, verify_interval=0.5, verify_settle=2.5, drain_interval=0.5,
+                   secret_settle=1.0, api_backoff=Backoff(delays=(0.2, 0.5, 1.0)),
                    deliver_backoff=Backoff(delays=(0.2, 0.5, 1.0)))
+# The sandbox's "harm" counters (GET /state): what a rotation must leave at 0 (issue 7 §1).
+HARM_KEYS = ("builds_interrupted", "agent_unregister_failures", "keda_failed_polls", "secret_reader_failures",
+             "pipeline_runs_failed")
 WEBHOOK_TOKEN = "e2e-webhook-bearer-token-0123456789"
 NS, SECRET, KEY, SCALEDJOB = "azure-devops", "azure-devops-token", "token", "azure-devops-agent"
 CLUSTERS = ("cft-ptl", "sds-ptl")
@@ -114,6 +118,11 @@ class World:
 
     def auth_failures(self) -> int:
         return sum(int(s["auth_failures"]) for s in self.keda().values())
+
+    def failed_polls(self) -> int:
+        """KEDA polls that failed even after KEDA's own refresh-and-retry: an outage a consumer
+        saw (a refresh-mode switch makes one ADO call fail per scaler, which KEDA absorbs)."""
+        return sum(int(s["poll_errors"]) for s in self.keda().values())
 
     def statuses(self, service: str, method: str, path_part: str) -> list[int]:
         """HTTP statuses the sandbox answered (0 = connection dropped), oldest first."""
@@ -222,7 +231,8 @@ def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> No
 
 def test_keda_rotation_recovers_and_revokes_the_old_pat_after_verification(world: World) -> None:
     seed = world.annotate_seed()
-    failures = world.auth_failures()
+    failures = world.failed_polls()
+    before = world.keda()
     record = world.rotate()
     assert record.outcome == "succeeded", record.error
     assert [s.status for s in record.steps] == ["done"] * len(STEPS)
@@ -234,18 +244,158 @@ def test_keda_rotation_recovers_and_revokes_the_old_pat_after_verification(world
     assert pats[seed]["status"] == "revoked"
     verified = record.step("verify").finished_at
     assert verified is not None and pats[seed]["revokedAt"] >= verified     # only after verification
-    # KEDA moved to the new PAT through the generation bump, before the old one died...
+    # switch: auto with KEDA's default rollout is a refresh: no spec change, no Job deleted...
+    assert {t.target: t.status for t in record.targets if t.step == "switch"} == {
+        f"{c}/{NS}/{SCALEDJOB}": "skipped" for c in CLUSTERS}
+    after = world.keda()
+    for key, stats in after.items():
+        assert stats["generation_seen"] == before[key]["generation_seen"]
+        assert stats["agents_killed"] == before[key]["agents_killed"]
+    # ...KEDA moved to the new PAT by its own refresh on the first poll after the revoke...
     fingerprint = pats[new_id]["fingerprint"][:8]
-    assert {s["token_fingerprint"] for s in world.keda().values()} == {fingerprint}
-    # ...and keeps working after the revoke: no outage, not even one failed poll.
-    polls = {k: s["polls"] for k, s in world.keda().items()}
+    assert {s["token_fingerprint"] for s in after.values()} == {fingerprint}
+    assert all(stats["refreshes"] > before[key]["refreshes"] for key, stats in after.items())
+    # ...and never surfaced a failed poll: no outage, not even one.
+    polls = {k: s["polls"] for k, s in after.items()}
     wait_for(lambda: all(s["polls"] >= polls[k] + 2 for k, s in world.keda().items()), timeout=15)
-    assert world.auth_failures() == failures
+    assert world.failed_polls() == failures
     assert all(s["ready"] == "True" for s in world.keda().values())
+    confirmed = record.step("confirm").finished_at
+    assert confirmed is not None and confirmed >= pats[seed]["revokedAt"] + 2 * 2     # two KEDA polls
     # a Normal event on each consumer
     for cluster in CLUSTERS:
         events = world.call(world.sb.world.clusters[cluster].events, NS)
         assert any(e["reason"] == "PatRotated" and record.id in e["message"] for e in events)
+
+
+def harm(world: World) -> dict[str, int]:
+    status, text = asyncio.run(fetch(world.sb.ready["control_url"], "/state"))
+    assert status == 200, text
+    counters: dict[str, int] = json.loads(text)["harm"]
+    return {key: int(counters[key]) for key in HARM_KEYS}
+
+
+def test_a_planned_rotation_with_builds_running_harms_nothing(world: World) -> None:
+    """The promise: builds run across the rotation (the sandbox's agent Jobs run long enough),
+    and afterwards no build was interrupted, no agent failed to unregister, no KEDA poll failed,
+    no Key Vault reader used a dead value and no pipeline run failed. Needs the sandbox's harm
+    counters and batch/v1 agent Jobs (issue 7 §1)."""
+    world.annotate_seed()
+    before = harm(world)
+    assert before == dict.fromkeys(HARM_KEYS, 0)
+
+    def agents_running() -> bool:
+        return all(any(job.running for job in world.adapters.cluster(c).list_jobs(
+            NS, label_selector=f"scaledjob.keda.sh/name={SCALEDJOB}")) for c in CLUSTERS)
+
+    wait_for(agents_running, timeout=30)                     # builds in flight when the rotation starts
+    # The sandbox's External-Secrets-style reader re-reads the Key Vault secret every 10 s
+    # (scenario keyvault_reader_refresh): say so, as an operator would, with the sink's key.
+    world.config = replace(world.config, tokens=tuple(
+        replace(t, sinks=tuple(replace(s, refresh_interval=timedelta(seconds=15)) for s in t.sinks))
+        if t.name == "daily-checks" else t for t in world.config.tokens))
+    keda = world.rotate()
+    daily = world.rotate("daily-checks")
+    assert keda.outcome == "succeeded", keda.error
+    assert daily.outcome == "succeeded", daily.error
+    for record in (keda, daily):
+        assert record.step("drain").status == "done" and record.step("confirm").status == "done"
+        assert "drain maximum reached" not in record.step("drain").detail
+    # the old KEDA PAT outlived the builds that started with it: the drain waited for them
+    rounds = re.search(r"after delivery, (\d+) round\(s\)\)", keda.step("drain").detail)
+    assert rounds is not None and int(rounds.group(1)) > 1, keda.step("drain").detail
+    world.assert_converged()
+    world.assert_converged("daily-checks")
+    # agents that started before delivery unregister when their build ends: give them one poll
+    polls = {k: s["polls"] for k, s in world.keda().items()}
+    wait_for(lambda: all(s["polls"] >= polls[k] + 2 for k, s in world.keda().items()), timeout=15)
+    assert harm(world) == dict.fromkeys(HARM_KEYS, 0)
+
+
+def test_an_out_of_band_revocation_skips_the_drain(world: World) -> None:
+    seed = world.annotate_seed()
+    status, text = asyncio.run(post(world.sb.ready["control_url"], f"/ado/pats/{seed}/revoke"))
+    assert status == 200, text
+    record = world.rotate()
+    assert record.outcome == "succeeded", record.error
+    assert record.step("drain").detail.startswith("skipped: the previous PAT is already invalid")
+    world.assert_converged()
+    # KEDA recovered on its own next poll once the Secret held the new token
+    assert all(s["ready"] == "True" for s in world.keda().values())
+    fingerprint = world.pats()[str(record.new_authorization_id)]["fingerprint"][:8]
+    assert {s["token_fingerprint"] for s in world.keda().values()} == {fingerprint}
+
+
+def test_rotate_compromised_revokes_without_draining(world: World) -> None:
+    """`patrol rotate --compromised`, while a Key Vault reader would otherwise hold the old
+    value for its refresh interval: the old PAT is revoked as soon as delivery is verified."""
+    seed = world.sb.world.seeded.daily_pat_id
+    path = world.tmp / "patrol-slow-readers.yaml"
+    doc = yaml.safe_load(Path(world.sb.ready["config"]).read_text())
+    for token in doc["tokens"]:
+        for sink in token["sinks"]:
+            sink["refresh_interval"] = "1h"
+    path.write_text(yaml.safe_dump(doc))
+    out = io.StringIO()
+    args = cli_args(world, token="daily-checks", dry_run=False, compromised=True)
+    args.config = str(path)
+    started = time.monotonic()
+    assert cli.run_rotate(args, out=out) == cli.EXIT_OK, out.getvalue()
+    assert time.monotonic() - started < 60
+    [record] = world.journal.recent("daily-checks", limit=1)
+    assert record.step("drain").detail.startswith("skipped: the rotation is marked compromised")
+    assert "(compromised)" in record.reason
+    assert world.pats()[seed]["status"] == "revoked"
+    history = io.StringIO()
+    cli.run_history(cli_args(world, token="daily-checks", limit=5, steps=False, json=False), out=history)
+    assert "COMPROMISED" in history.getvalue()
+
+
+def test_a_drain_is_visible_and_blocks_no_other_token(world: World) -> None:
+    """daily-checks drains for its Key Vault readers' refresh interval: /rotations shows the
+    step running with what it waits for, the gauge is 1, and the keda rotation, started
+    meanwhile by an alert, runs at the same time."""
+    world.annotate_seed()
+    doc_cfg = world.config
+    daily = doc_cfg.token("daily-checks")
+    slow = replace(daily, sinks=tuple(replace(s, refresh_interval=timedelta(seconds=20)) for s in daily.sinks))
+    cfg = replace(doc_cfg, tokens=tuple(slow if t.name == "daily-checks" else t for t in doc_cfg.tokens))
+    world.journal.close()
+    service = world.service(config=cfg)
+    with WorkerThread(service) as worker:
+        _, request = service.planner.request("daily-checks", trigger="manual", reason="e2e drain")
+        assert request is not None and service.dispatcher.submit(request)
+
+        def draining() -> bool:
+            doc = json.loads(asyncio.run(fetch(worker.url, "/rotations"))[1])
+            rotations = doc["rotations"] if isinstance(doc, dict) else doc
+            mine = [r for r in rotations if r["id"] == request.rotation_id]
+            return bool(mine) and mine[0]["state"] == "drain" and any(
+                s["name"] == "drain" and s["status"] == "running" and "readers of keyvault/" in s["detail"]
+                for s in mine[0]["steps"])
+
+        wait_for(draining, timeout=30)
+        metrics = asyncio.run(fetch(worker.url, "/metrics"))[1]
+        assert 'patrol_rotation_draining{token="daily-checks"} 1.0' in metrics
+        assert 'patrol_rotation_drain_end_timestamp_seconds{token="daily-checks"}' in metrics
+        answers = asyncio.run(deliver(worker.url, alert_payload(fp="e2edrain")))
+        assert [code for code, _ in answers] == [202]
+
+        def keda_verified_while_daily_drains() -> bool:
+            keda = [r for r in service.journal.recent("keda", limit=1)]
+            if not keda or keda[0].step("verify").status != "done":
+                return False
+            assert service.journal.get(request.rotation_id).state == "drain"
+            return True
+
+        wait_for(keda_verified_while_daily_drains, timeout=15)
+        assert service.dispatcher.wait_idle(90)
+        record = service.journal.get(request.rotation_id)
+        metrics = asyncio.run(fetch(worker.url, "/metrics"))[1]
+    world.reopen()
+    assert record.outcome == "succeeded", record.error
+    assert record.step("drain").detail.startswith("nothing holds the previous PAT any more (2")
+    assert 'patrol_rotation_draining{token="daily-checks"} 0.0' in metrics
 
 
 def test_daily_checks_rotation_in_key_vault(world: World) -> None:
@@ -273,23 +423,41 @@ def test_second_rotation_revokes_the_first_patrol_pat_without_annotations(unadop
     world.assert_converged()
 
 
-def test_default_rollout_strategy_is_warned_about_and_gradual_is_not(mixed_rollout_world: World) -> None:
-    """KEDA deletes a ScaledJob's running Jobs when its spec changes unless ``rollout.strategy``
-    is ``gradual``: the plan says so for cft-ptl (no rollout field, as the default scenario seeds
-    it) and not for sds-ptl (gradual); the switch still bumps both."""
+def test_auto_switch_refreshes_a_default_rollout_and_bumps_a_gradual_one(mixed_rollout_world: World) -> None:
+    """KEDA deletes a ScaledJob's running Jobs when its spec changes unless its rollout strategy
+    is ``gradual``: ``switch: auto`` leaves cft-ptl's spec alone (refresh) and bumps sds-ptl's
+    (gradual); no running agent is deleted on either, and nothing needs a warning."""
     world = mixed_rollout_world
     world.annotate_seed()
+    before = world.keda()
+    record = world.rotate()
+    assert record.outcome == "succeeded", record.error
+    assert "WARNING" not in record.step("plan").detail
+    switch = {t.target: (t.status, t.detail.split(":")[0]) for t in record.targets if t.step == "switch"}
+    assert switch == {f"cft-ptl/{NS}/{SCALEDJOB}": ("skipped", "refresh"),
+                      f"sds-ptl/{NS}/{SCALEDJOB}": ("done", "bump")}
+    after = world.keda()
+    for key in after:
+        assert after[key]["agents_killed"] == before[key]["agents_killed"], key
+    world.assert_converged()
+
+
+def test_explicit_bump_of_a_default_rollout_is_warned_about(mixed_rollout_world: World) -> None:
+    world = mixed_rollout_world
+    world.annotate_seed()
+    token = world.config.tokens[0]
+    world.config = replace(world.config, tokens=(
+        replace(token, consumers=tuple(replace(c, switch="bump") for c in token.consumers)),
+        *world.config.tokens[1:]))
     record = world.rotate()
     assert record.outcome == "succeeded", record.error
     plan = record.step("plan").detail
-    assert (f"WARNING: ScaledJob cft-ptl/{NS}/{SCALEDJOB} uses rollout strategy 'default': the switch "
-            "step makes KEDA delete its running agent Jobs (builds in flight are abandoned); set "
-            "spec.rollout.strategy: gradual on it") in plan
-    assert f"sds-ptl/{NS}/{SCALEDJOB}" not in plan
+    assert (f"WARNING: ScaledJob cft-ptl/{NS}/{SCALEDJOB} uses rollout strategy 'default': the switch step "
+            "(switch: bump) makes KEDA delete its running agent Jobs (builds in flight are abandoned); set "
+            "spec.rollout.strategy: gradual on it, or use switch: auto") in plan
     assert plan.count("WARNING") == 1
     assert {t.target: t.status for t in record.targets if t.step == "switch"} == {
         f"{c}/{NS}/{SCALEDJOB}": "done" for c in CLUSTERS}
-    assert world.keda()[f"sds-ptl/{NS}/{SCALEDJOB}"]["agents_killed"] == 0     # gradual: none deleted
     world.assert_converged()
 
 
@@ -355,7 +523,7 @@ def test_409_on_the_secret_is_retried(world: World) -> None:
 
 def test_a_sink_that_keeps_failing_ends_the_rotation_without_an_outage(world: World) -> None:
     seed = world.annotate_seed()
-    failures = world.auth_failures()
+    failures = world.failed_polls()
     world.fault(kind="status", service="kube:sds-ptl", path_regex=f"secrets/{SECRET}", method="PATCH",
                 status=500)
     record = world.rotate()
@@ -367,7 +535,7 @@ def test_a_sink_that_keeps_failing_ends_the_rotation_without_an_outage(world: Wo
         held = world.pat_id(world.sink_value(cluster))
         assert held is not None and pats[held]["status"] == "active"
     time.sleep(2.5)
-    assert world.auth_failures() == failures
+    assert world.failed_polls() == failures
     # The fault clears, a new rotation converges everything and revokes both older PATs.
     world.call(world.sb.world.faults.clear)
     again = world.rotate()
@@ -393,7 +561,7 @@ def test_scope_mismatch_revokes_the_new_pat_and_delivers_nothing(world: World) -
     seed = world.annotate_seed()
     before = {c: world.sink_value(c) for c in CLUSTERS}
     kv_versions = len(world.call(world.sb.world.kv.versions, SECRET))
-    failures = world.auth_failures()
+    failures = world.failed_polls()
     # An org policy narrows the scopes of the PAT ADO returns (sandbox simulation knob).
     world.call(world.sb.world.ado.set_policy, scope_override="vso.agentpools")
     world.journal.close()
@@ -427,7 +595,7 @@ def test_scope_mismatch_revokes_the_new_pat_and_delivers_nothing(world: World) -
     # KEDA never lost a working token: two more polls, no authentication failure.
     polls = {k: s["polls"] for k, s in world.keda().items()}
     wait_for(lambda: all(s["polls"] >= polls[k] + 2 for k, s in world.keda().items()), timeout=15)
-    assert world.auth_failures() == failures
+    assert world.failed_polls() == failures
     assert all(s["ready"] == "True" for s in world.keda().values())
     for cluster in CLUSTERS:
         events = world.call(world.sb.world.clusters[cluster].events, NS)
@@ -484,7 +652,7 @@ def test_verification_deadline_keeps_the_old_pat(world: World) -> None:
 @pytest.mark.parametrize("crash_after", STEPS[:-1])
 def test_crash_between_steps_is_recovered(world: World, crash_after: str) -> None:
     seed = world.annotate_seed()
-    failures = world.auth_failures()
+    failures = world.failed_polls()
 
     def crash(rotation_id: str, step: str) -> None:
         if step == crash_after:
@@ -524,7 +692,7 @@ def test_crash_between_steps_is_recovered(world: World, crash_after: str) -> Non
     # Revoked after a verification that finished: the one before the crash, or after the resume.
     verified = first_verify.finished_at if first_verify.status == "done" else record.step("verify").finished_at
     assert verified is not None and pats[seed]["revokedAt"] >= verified
-    assert world.auth_failures() == failures
+    assert world.failed_polls() == failures
 
 
 def test_orphan_pat_from_another_worker_is_revoked_after_the_grace(world: World) -> None:
@@ -574,6 +742,11 @@ async def deliver(url: str, body: bytes, *, token: str = WEBHOOK_TOKEN,
                                     headers=headers) as resp:
                 return resp.status, await resp.text()
         return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def post(url: str, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.post(url + path) as resp:
+        return resp.status, await resp.text()
 
 
 async def fetch(url: str, path: str) -> tuple[int, str]:
@@ -745,7 +918,7 @@ def start_worker_process(config_path: Path, state_dir: Path, log: Path) -> tuple
 
 def test_worker_process_killed_mid_rotation_is_recovered_by_the_next(world: World, tmp_path: Path) -> None:
     seed = world.annotate_seed()
-    failures = world.auth_failures()
+    failures = world.failed_polls()
     doc = yaml.safe_load(Path(world.sb.ready["config"]).read_text())
     doc["worker"]["verify_deadline"] = "12s"          # settle 3 s: KEDA here polls every 2 s
     config_path = tmp_path / "patrol-fast.yaml"
@@ -788,4 +961,4 @@ def test_worker_process_killed_mid_rotation_is_recovered_by_the_next(world: Worl
     pats = world.pats()
     assert pats[seed]["status"] == "revoked"
     assert pats[seed]["revokedAt"] >= (record.step("verify").finished_at or 0)
-    assert world.auth_failures() == failures
+    assert world.failed_polls() == failures

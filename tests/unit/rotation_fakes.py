@@ -16,10 +16,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from core import config
-from core.ado import Agent, CreatedPat, JobRequest, PatInfo, Pool, ProbeResult
+from core.ado import Agent, Build, CreatedPat, JobRequest, PatInfo, Pool, ProbeResult
 from core.errors import ConflictError, NotFoundError, PatrolError, PolicyViolationError, UnauthorizedError
 from core.keyvault import SecretVersion
-from core.kube import KedaScaler, KubeEvent, KubeSecret
+from core.kube import KedaScaler, KubeEvent, KubeJob, KubeSecret
 from core.secret import Secret
 from remediation.sinks import KeyVaultSink, KubernetesSecretSink, Sink
 
@@ -132,6 +132,16 @@ class Scaler:
     ready: bool | None = True
     annotations: dict[str, str] = field(default_factory=dict)
     rollout_strategy: str = "default"           # KEDA's default: a bump kills running Jobs
+    polling_interval: int = 2
+    active_deadline_seconds: int | None = None
+
+
+def agent_job(name: str, started: datetime, *, ns: str = "ado", ended: datetime | None = None,
+              deadline: int | None = None) -> KubeJob:
+    """A KEDA agent Job as core.kube.parse_job reads it (pkg/scaling/executor/scale_jobs.go)."""
+    return KubeJob(name=name, namespace=ns, created=started, start_time=started, completion_time=ended,
+                   active=0 if ended else 1, succeeded=1 if ended else 0, failed=0, finished=ended is not None,
+                   generation="1", active_deadline_seconds=deadline)
 
 
 class FakeCluster:
@@ -141,6 +151,8 @@ class FakeCluster:
         self.secrets: dict[tuple[str, str], StoredSecret] = {}
         self.scalers: dict[tuple[str, str, str], Scaler] = {}
         self.events: list[KubeEvent] = []
+        self.jobs: dict[tuple[str, str], list[KubeJob]] = {}    # (ns, scaledjob) → its agent Jobs
+        self.job_selectors: list[str] = []
         self.faults: Faults = {}
         self.conflicts = 0                          # answer the next N patches with 409
         self.on_bump: Callable[[FakeCluster, str, str], None] | None = None
@@ -185,7 +197,16 @@ class FakeCluster:
         return KedaScaler(name=name, namespace=ns, uid=scaler.uid, generation=scaler.generation,
                           ready=scaler.ready, ready_reason=None if scaler.ready else "TriggerError",
                           ready_message=None, pod_template_annotations=dict(scaler.annotations),
-                          rollout_strategy=scaler.rollout_strategy if resource == "scaledjobs" else "n/a")
+                          rollout_strategy=scaler.rollout_strategy if resource == "scaledjobs" else "n/a",
+                          polling_interval=scaler.polling_interval,
+                          active_deadline_seconds=scaler.active_deadline_seconds)
+
+    def list_jobs(self, ns: str, *, label_selector: str) -> builtins.list[KubeJob]:
+        _fault(self.faults, "list_jobs")
+        self.job_selectors.append(label_selector)
+        key, _, name = label_selector.partition("=")
+        assert key == "scaledjob.keda.sh/name", label_selector
+        return list(self.jobs.get((ns, name), []))
 
     def bump_scaler(self, ns: str, resource: str, name: str, *, annotation: str, value: str) -> KedaScaler:
         _fault(self.faults, "bump_scaler")
@@ -204,6 +225,11 @@ class FakeCluster:
                                      type="Warning", message=message, count=1, first_timestamp=stamp,
                                      last_timestamp=stamp, involved_kind=kind, involved_name=name,
                                      involved_namespace=ns, resource_version=str(len(self.events))))
+
+    def bump_series(self, index: int = -1) -> None:
+        """KEDA >= 2.20: a repeat only raises series.count; no newer timestamp is flushed yet."""
+        event = self.events[index]
+        self.events[index] = replace(event, count=event.count + 1, series_count=event.count + 1)
 
     def list_events(self, ns: str, *, field_selector: str) -> tuple[list[KubeEvent], str]:
         _fault(self.faults, "list_events")
@@ -283,6 +309,15 @@ class FakeOrg:
         self._auth()
         return list(self.world.jobs)
 
+    def find_build_definition(self, project: str, name_or_id: str | int) -> int:
+        self._auth()
+        return 42
+
+    def running_builds(self, project: str, definition_id: int, *, top: int = 100) -> builtins.list[Build]:
+        self._auth()
+        _fault(self.world.org_faults, "running_builds")
+        return [b for b in self.world.builds if b.status == "inProgress"]
+
     def close(self) -> None:
         self.closed = True
 
@@ -296,6 +331,7 @@ class FakeWorld:
         self.org_faults: Faults = {}
         self.agents: list[Agent] = []
         self.jobs: list[JobRequest] = []
+        self.builds: list[Build] = []
         self.orgs: list[FakeOrg] = []
 
     def pats(self, organization: str) -> FakePats:

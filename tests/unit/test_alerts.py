@@ -28,6 +28,7 @@ DESIGN_ALERTS = ROTATE_ALERTS | {
     "PatExpiringSoon", "PatExpired", "AgentPoolStarved", "DailyChecksStale", "DailyChecksFailing",
     "PatrolSourceDown", "PatrolRotationFailed", "PatrolRotationStuck",
     "PatUnmanaged", "PatGlobal",                   # issue 8: adopt a hand-pasted PAT, flag global PATs
+    "PatrolJournalNotWritable", "PatrolJournalReset",     # issue 10: the worker's state volume
 }
 
 

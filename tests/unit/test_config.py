@@ -713,3 +713,92 @@ def test_format_duration_examples() -> None:
     assert format_duration(timedelta(days=30)) == "30d"
     assert format_duration(timedelta(0)) == "0s"
     assert format_duration(timedelta(minutes=90)) == "1h30m"
+
+
+# --------------------------------------------------------------------------- rotation safety keys
+
+
+def test_rotation_safety_keys_take_defaults(tmp_path: Path) -> None:
+    cfg = load(tmp_path, base())
+    keda, daily = cfg.token("keda"), cfg.token("daily-checks")
+    assert keda.consumers[0].switch == "auto"
+    assert keda.drain_max is None and daily.drain_max is None
+    assert [s.refresh_interval for s in keda.sinks + daily.sinks] == [timedelta(0), timedelta(0)]
+
+
+def test_rotation_safety_keys_are_read(tmp_path: Path) -> None:
+    data = base()
+    keda, daily = data["tokens"]
+    keda["consumers"][0]["switch"] = "bump"
+    keda["drain_max"] = "2h"
+    keda["sinks"][0]["refresh_interval"] = "90s"
+    daily["sinks"][0]["refresh_interval"] = "1h"
+    daily["pipeline"] = {"project": "P", "definition": "daily-checks", "timeout": "45m"}
+    keda["consumers"].append({"kind": "keda-scaledobject", "cluster": "sds-ptl", "namespace": "ado",
+                              "name": "so", "pool": "p", "switch": "refresh"})
+    cfg = load(tmp_path, data)
+    token = cfg.token("keda")
+    assert [c.switch for c in token.consumers] == ["bump", "refresh"]
+    assert token.drain_max == timedelta(hours=2)
+    assert token.sinks[0].refresh_interval == timedelta(seconds=90)
+    pipeline = cfg.token("daily-checks").pipeline
+    assert pipeline is not None and pipeline.timeout == timedelta(minutes=45)
+    assert cfg.token("daily-checks").sinks[0].refresh_interval == timedelta(hours=1)
+
+
+def test_pipeline_timeout_defaults_to_ados_job_timeout(tmp_path: Path) -> None:
+    data = base()
+    data["tokens"][1]["pipeline"] = {"project": "P", "definition": "daily-checks"}
+    pipeline = load(tmp_path, data).token("daily-checks").pipeline
+    assert pipeline is not None and pipeline.timeout == timedelta(minutes=60)
+
+
+def test_unknown_switch_mode_suggests(tmp_path: Path) -> None:
+    problem = only(tmp_path, lambda d: d["tokens"][0]["consumers"][0].update(switch="bumb"),
+                   "tokens[0].consumers[0].switch")
+    assert problem.fix.startswith("did you mean 'bump'?")
+    assert "auto, refresh, bump" in problem.fix
+
+
+def test_bump_is_refused_for_a_scaledobject(tmp_path: Path) -> None:
+    problem = only(tmp_path, lambda d: d["tokens"][0]["consumers"][0].update(kind="keda-scaledobject",
+                                                                              switch="bump"),
+                   "tokens[0].consumers[0].switch")
+    assert problem.problem.startswith("a ScaledObject cannot be bumped")
+    assert "switch: refresh" in problem.fix
+
+
+def test_drain_max_must_be_positive_and_refresh_interval_a_duration(tmp_path: Path) -> None:
+    problem = only(tmp_path, lambda d: d["tokens"][0].update(drain_max="0s"), "tokens[0].drain_max")
+    assert problem.problem == "must be longer than zero"
+    problem = only(tmp_path, lambda d: d["tokens"][0]["sinks"][0].update(refresh_interval="90"),
+                   "tokens[0].sinks[0].refresh_interval")
+    assert "no unit" in problem.problem and "90s" in problem.fix
+    # refresh_interval: 0s is the default spelled out, and allowed
+    data = base()
+    data["tokens"][0]["sinks"][0]["refresh_interval"] = "0s"
+    assert load(tmp_path, data).token("keda").sinks[0].refresh_interval == timedelta(0)
+
+
+@pytest.mark.parametrize("text", [
+    "a: " + "[" * 5000 + "]" * 5000 + "\n",
+    "a: " + "{x: " * 3000 + "1" + "}" * 3000 + "\n",
+    "".join(" " * i + f"k{i}:\n" for i in range(3000)) + " " * 3000 + "v: 1\n",
+], ids=["flow lists", "flow mappings", "block mappings"])
+def test_deeply_nested_yaml_is_a_problem_naming_the_file_not_a_recursion_error(tmp_path: Path, text: str) -> None:
+    problem = only(tmp_path, text, "")
+    assert "nested too deeply" in problem.problem and "patrol config example" in problem.fix
+
+
+def test_journal_bounds_are_read_and_rotations_outlive_decisions(tmp_path: Path) -> None:
+    data = base()
+    data["worker"] = {"decision_retention": "3d", "rotation_retention": "90d", "decisions_per_minute": 5}
+    worker = load(tmp_path, data).worker
+    assert (worker.decision_retention, worker.rotation_retention, worker.decisions_per_minute) == (
+        timedelta(days=3), timedelta(days=90), 5)
+    defaults = load(tmp_path, base()).worker
+    assert defaults.rotation_retention > defaults.decision_retention and defaults.decisions_per_minute >= 1
+    problem = only(tmp_path, lambda d: d.update(worker={"decision_retention": "30d", "rotation_retention": "7d"}),
+                   "worker.rotation_retention")
+    assert "shorter than decision_retention" in problem.problem
+    only(tmp_path, lambda d: d.update(worker={"decisions_per_minute": 0}), "worker.decisions_per_minute")

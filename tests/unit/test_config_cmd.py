@@ -108,3 +108,12 @@ def test_add_parser_wires_both_subcommands(capsys: pytest.CaptureFixture[str]) -
     args = parser.parse_args(["config", "example"])
     assert args.func(args) == 0
     assert capsys.readouterr().out.endswith(config_cmd.EXAMPLE_CONFIG)
+
+
+def test_check_deeply_nested_yaml_exits_2_naming_the_file(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert check(str(path)) == 2
+    _, err = capsys.readouterr()
+    assert str(path) in err and "nested too deeply" in err and "Traceback" not in err

@@ -146,7 +146,7 @@ def test_scaler_readiness_unknown_or_missing_is_none() -> None:
     ({"rollout": {"strategy": "default", "propagationPolicy": "foreground"}}, "default"),
     ({"rolloutStrategy": "gradual"}, "gradual"),                          # the deprecated field
     ({"rollout": {"propagationPolicy": "foreground"}, "rolloutStrategy": "gradual"}, "gradual"),
-    ({"rollout": {"strategy": "default"}, "rolloutStrategy": "gradual"}, "default"),   # rollout wins
+    ({"rollout": {"strategy": "default"}, "rolloutStrategy": "gradual"}, "gradual"),   # deprecated wins when set
     ({"rollout": None}, "default"),
     ({"rollout": {"strategy": "Gradual"}}, "Gradual"),                    # kept verbatim
 ])

@@ -250,3 +250,53 @@ def test_token_lock_is_shared_across_processes_through_the_state_dir(tmp_path: P
         holder.stdout.close()  # type: ignore[union-attr]
     # the holder is gone: its lock went with it
     assert reasons(planner.plan(notification(alert(fp="f2")))) == [("start", "keda", "accepted")]
+
+
+def compromised(doc: dict[str, Any], value: str = "true") -> dict[str, Any]:
+    doc["labels"]["compromised"] = value
+    return doc
+
+
+def test_a_compromised_alert_is_journaled_and_ignores_the_cooldown(journal: Journal, clock: Clock) -> None:
+    planner = make(journal, clock, cooldown=600)
+    first = planner.plan(notification(alert(fp="a"))).requests[0]
+    assert not first.compromised
+    journal.finish(first.rotation_id, "succeeded")
+    planner.locks.release("keda")
+    clock.now += 10
+    assert reasons(planner.plan(notification(alert(fp="b")))) == [("drop", "keda", "cooldown")]
+    plan = planner.plan(notification(compromised(alert(fp="c", name="PatLeaked"))))
+    assert reasons(plan) == [("start", "keda", "accepted")]
+    [request] = plan.requests
+    assert request.compromised and request.reason == "alert PatLeaked; compromised"
+    targets = {(t.step, t.target): t.detail for t in journal.get(request.rotation_id).targets}
+    assert targets[("plan", "compromised")].startswith("compromised: the previous PAT is revoked as soon as")
+
+
+def test_compromised_label_must_say_true(journal: Journal) -> None:
+    planner = make(journal)
+    [request] = planner.plan(notification(compromised(alert(fp="a"), "false"))).requests
+    assert not request.compromised
+    assert journal.get(request.rotation_id).targets == ()
+
+
+def test_a_compromised_alert_marks_the_running_rotation(journal: Journal, clock: Clock) -> None:
+    planner = make(journal, clock)
+    [running] = planner.plan(notification(alert(fp="a"))).requests
+    plan = planner.plan(notification(compromised(alert(fp="b"))))
+    assert reasons(plan) == [("drop", "keda", "marked-compromised")]
+    assert ("plan", "compromised") in {(t.step, t.target) for t in journal.get(running.rotation_id).targets}
+    # the same episode again is a duplicate, not another mark
+    assert reasons(planner.plan(notification(compromised(alert(fp="b"))))) == [("drop", "keda", "duplicate")]
+
+
+def test_a_compromised_manual_request_marks_the_running_rotation(journal: Journal, clock: Clock) -> None:
+    planner = make(journal, clock)
+    _, running = planner.request("keda", trigger="schedule", reason="due")
+    assert running is not None
+    decision, request = planner.request("keda", trigger="manual", reason="leak", compromised=True)
+    assert request is None
+    assert (decision.reason, decision.rotation_id) == ("marked-compromised", running.rotation_id)
+    # a token with no rotation running simply starts one
+    decision, _ = planner.request("daily-checks", trigger="manual", reason="leak", compromised=True)
+    assert decision.action == "start"

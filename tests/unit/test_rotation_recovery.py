@@ -15,7 +15,7 @@ from core.errors import UnavailableError
 from core.secret import Secret
 from remediation.journal import Journal
 from remediation.leadership import Leadership
-from remediation.planner import Planner, RotationRequest
+from remediation.planner import Planner, RotationRequest, TokenLocks
 from remediation.recovery import Recovery
 
 
@@ -221,3 +221,19 @@ def test_leadership_thread_renews_and_releases() -> None:
     finally:
         leadership.stop()
     assert lock.released == 1 and not leadership.is_leader()
+
+
+def test_previous_pat_of_a_rotation_draining_in_another_process_is_kept(journal: Journal, clock: Clock,
+                                                                        tmp_path: Path) -> None:
+    h = Harness(journal, clock)
+    h.planner.locks = TokenLocks(tmp_path / "locks")
+    elsewhere = TokenLocks(tmp_path / "locks")                 # `patrol rotate` beside the worker
+    assert elsewhere.try_acquire("keda")
+    previous = h.patrol_pat("aaaaaaaaaaaa")                    # in no sink any more: delivery is done
+    journal.create_rotation("bbbbbbbbbbbb", "keda", trigger="manual", reason="x")
+    journal.set_authorizations("bbbbbbbbbbbb", old=previous)
+    journal.start_step("bbbbbbbbbbbb", "drain")
+    report = h.recovery.reconcile()
+    assert report.resumed == [] and previous in report.kept
+    assert previous not in h.world.pats_api.revoked
+    elsewhere.release("keda")

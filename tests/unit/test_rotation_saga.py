@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,12 @@ def saga(cfg: Any, world: FakeWorld, journal: Journal, clock: Clock, **kw: Any) 
                         sleep=clock.sleep, **kw)
 
 
+def gradual(world: FakeWorld) -> None:
+    """Both ScaledJobs keep running Jobs on a spec change: ``switch: auto`` bumps them."""
+    for name in ("c1", "c2"):
+        world.clusters[name].scalers[("ado", "scaledjobs", "agent")].rollout_strategy = "gradual"
+
+
 def assert_converged_on_new(world: FakeWorld, cfg: Any, old_id: str) -> str:
     values = set(sink_values(world, cfg))
     assert len(values) == 1, "sinks diverge"
@@ -90,9 +97,10 @@ def test_success_path(journal: Journal, clock: Clock) -> None:
     props, _ = world.vault.get_secret("ado-pat")
     assert props.tags == {"authorizationId": new_id, "rotation": "0123456789ab"}
     assert props.expires_on == new.valid_to
-    # switch: generation bumped with the rotation id
+    # switch: KEDA's default rollout strategy would delete running Jobs on a spec change, so
+    # `auto` refreshes: the spec is left alone
     scaler = world.clusters["c1"].scalers[("ado", "scaledjobs", "agent")]
-    assert scaler.generation == 2 and scaler.annotations["patrol.io/rotation"] == "0123456789ab"
+    assert scaler.generation == 1 and scaler.annotations == {}
     # record: one Normal event per consumer
     for name in ("c1", "c2"):
         assert [e.reason for e in world.clusters[name].events] == ["PatRotated"]
@@ -102,8 +110,10 @@ def test_success_path(journal: Journal, clock: Clock) -> None:
     assert [s.status for s in record.steps] == ["done"] * len(STEPS)
     assert record.old_authorization_id == old.info.authorization_id
     assert record.new_authorization_id == new_id
-    assert {(t.step, t.status) for t in record.targets} >= {("deliver", "done"), ("switch", "done"),
+    assert {(t.step, t.status) for t in record.targets} >= {("deliver", "done"), ("switch", "skipped"),
                                                            ("revoke", "done")}
+    assert {t.detail for t in record.targets if t.step == "switch"} == {
+        "refresh: KEDA re-reads the Secret on its first failed poll after the revoke"}
     assert [(e.step, e.status) for e in events if e.status == "done"] == [(s, "done") for s in STEPS]
     assert all(org.closed for org in world.orgs)
     # the old token was revoked only after verify: revoke is the last ADO write
@@ -276,6 +286,7 @@ def test_delivered_nowhere_revokes_the_new_pat(journal: Journal, clock: Clock) -
 def test_verify_timeout_fails_without_revoking(journal: Journal, clock: Clock) -> None:
     cfg, world = make_config(), FakeWorld(clock)
     old = seed(world, cfg)
+    gradual(world)
 
     def keda_breaks(cluster: Any, ns: str, name: str) -> None:
         cluster.scalers[(ns, "scaledjobs", name)].ready = False
@@ -294,6 +305,7 @@ def test_verify_timeout_fails_without_revoking(journal: Journal, clock: Clock) -
 def test_verify_waits_out_auth_failures_from_before_the_rebuild(journal: Journal, clock: Clock) -> None:
     cfg, world = make_config(), FakeWorld(clock)
     old = seed(world, cfg)
+    gradual(world)
 
     def old_poll_fails(cluster: Any, ns: str, name: str) -> None:
         cluster.add_event(ns, "ScaledJob", name, "KEDAScalerFailed",
@@ -309,10 +321,12 @@ def test_verify_waits_out_auth_failures_from_before_the_rebuild(journal: Journal
 def test_verify_requires_queued_jobs_picked_up_or_agents(journal: Journal, clock: Clock) -> None:
     cfg, world = make_config(), FakeWorld(clock)
     old = seed(world, cfg)
+    gradual(world)
     world.jobs = [JobRequest(request_id=1, queue_time=clock.dt() - timedelta(minutes=5), assign_time=None,
                              receive_time=None, result=None, pool_id=7)]
     assert saga(cfg, world, journal, clock).run(start(journal, clock)) == "failed"
-    assert "queued before the switch" in journal.get("0123456789ab").error
+    error = journal.get("0123456789ab").error
+    assert error.startswith("verify:") and "job(s) queued before 08:00:00 still wait, no agent online" in error
     assert old.info.authorization_id not in world.pats_api.revoked
     world.agents = [Agent(id=1, name="a", status="online", enabled=True, assigned_request_id=None)]
     assert saga(cfg, world, journal, clock).run(start(journal, clock, "0123456789ac")) == "succeeded"
@@ -418,18 +432,25 @@ def test_preview_changes_nothing(journal: Journal, clock: Clock) -> None:
     assert journal.count() == 0
 
 
-def test_default_rollout_strategy_is_warned_about_in_the_plan_and_the_switch_still_happens(
+def bump_config(**kw: Any) -> Any:
+    cfg = make_config(**kw)
+    token = cfg.tokens[0]
+    consumers = tuple(replace(c, switch="bump") for c in token.consumers)
+    return replace(cfg, tokens=(replace(token, consumers=consumers),))
+
+
+def test_explicit_bump_of_a_default_rollout_is_warned_about_and_still_done(
         journal: Journal, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
-    cfg, world = make_config(), FakeWorld(clock)
+    cfg, world = bump_config(), FakeWorld(clock)
     seed(world, cfg)
     world.clusters["c2"].scalers[("ado", "scaledjobs", "agent")].rollout_strategy = "gradual"
     with caplog.at_level(logging.WARNING, logger="patrol.saga"):
         outcome = saga(cfg, world, journal, clock).run(start(journal, clock))
     assert outcome == "succeeded"
     detail = journal.get("0123456789ab").step("plan").detail
-    expected = ("ScaledJob c1/ado/agent uses rollout strategy 'default': the switch step makes KEDA delete "
-                "its running agent Jobs (builds in flight are abandoned); set spec.rollout.strategy: "
-                "gradual on it")
+    expected = ("ScaledJob c1/ado/agent uses rollout strategy 'default': the switch step (switch: bump) makes "
+                "KEDA delete its running agent Jobs (builds in flight are abandoned); set "
+                "spec.rollout.strategy: gradual on it, or use switch: auto")
     assert f"WARNING: {expected}" in detail
     assert "c2/ado/agent" not in detail                          # gradual: nothing to say
     warned = [r for r in caplog.records if r.name == "patrol.saga" and "rollout strategy" in r.getMessage()]
@@ -438,17 +459,41 @@ def test_default_rollout_strategy_is_warned_about_in_the_plan_and_the_switch_sti
     context = vars(warned[0])
     assert (context["token"], context["rotation_id"], context["step"]) == ("keda", "0123456789ab", "plan")
     assert (context["cluster"], context["consumer"], context["rollout_strategy"]) == ("c1", "agent", "default")
-    # only a warning: both ScaledJobs were still bumped
+    # only a warning: both ScaledJobs were bumped as configured
     for name in ("c1", "c2"):
         scaler = world.clusters[name].scalers[("ado", "scaledjobs", "agent")]
         assert scaler.annotations["patrol.io/rotation"] == "0123456789ab" and scaler.generation == 2
 
 
-def test_unknown_rollout_strategy_is_warned_about_verbatim(journal: Journal, clock: Clock) -> None:
+def test_auto_never_warns_and_bumps_only_gradual(journal: Journal, clock: Clock) -> None:
     cfg, world = make_config(), FakeWorld(clock)
     seed(world, cfg)
-    for name in ("c1", "c2"):
-        world.clusters[name].scalers[("ado", "scaledjobs", "agent")].rollout_strategy = "gradual"
+    world.clusters["c2"].scalers[("ado", "scaledjobs", "agent")].rollout_strategy = "gradual"
+    assert saga(cfg, world, journal, clock).run(start(journal, clock)) == "succeeded"
+    record = journal.get("0123456789ab")
+    assert "WARNING" not in record.step("plan").detail
+    assert {t.target: (t.status, t.detail.split(":")[0]) for t in record.targets if t.step == "switch"} == {
+        "c1/ado/agent": ("skipped", "refresh"), "c2/ado/agent": ("done", "bump")}
+    assert world.clusters["c1"].scalers[("ado", "scaledjobs", "agent")].generation == 1
+    assert world.clusters["c2"].scalers[("ado", "scaledjobs", "agent")].generation == 2
+
+
+def test_explicit_refresh_leaves_even_a_gradual_scaledjob_alone(journal: Journal, clock: Clock) -> None:
+    cfg = make_config()
+    token = cfg.tokens[0]
+    cfg = replace(cfg, tokens=(replace(token, consumers=tuple(replace(c, switch="refresh")
+                                                               for c in token.consumers)),))
+    world = FakeWorld(clock)
+    seed(world, cfg)
+    gradual(world)
+    assert saga(cfg, world, journal, clock).run(start(journal, clock)) == "succeeded"
+    assert all(world.clusters[n].scalers[("ado", "scaledjobs", "agent")].generation == 1 for n in ("c1", "c2"))
+
+
+def test_unknown_rollout_strategy_is_warned_about_verbatim(journal: Journal, clock: Clock) -> None:
+    cfg, world = bump_config(), FakeWorld(clock)
+    seed(world, cfg)
+    gradual(world)
     assert saga(cfg, world, journal, clock).run(start(journal, clock, "00000000000a")) == "succeeded"
     assert "WARNING" not in journal.get("00000000000a").step("plan").detail
     world.clusters["c1"].scalers[("ado", "scaledjobs", "agent")].rollout_strategy = "Gradual"
@@ -457,14 +502,17 @@ def test_unknown_rollout_strategy_is_warned_about_verbatim(journal: Journal, clo
     assert "ScaledJob c1/ado/agent uses rollout strategy 'Gradual'" in journal.get("00000000000b").step("plan").detail
 
 
-def test_preview_warns_about_default_rollout_strategy(journal: Journal, clock: Clock) -> None:
+def test_preview_shows_switch_modes_and_warns_only_for_a_harmful_bump(journal: Journal, clock: Clock) -> None:
     cfg, world = make_config(), FakeWorld(clock)
     seed(world, cfg)
     world.clusters["c1"].scalers[("ado", "scaledjobs", "agent")].rollout_strategy = "gradual"
     preview = saga(cfg, world, journal, clock).preview("keda")
     assert [c.rollout_strategy for c in preview.consumers] == ["gradual", "default"]
+    assert [c.switch for c in preview.consumers] == ["bump", "refresh"]
+    assert preview.warnings == ()
+    preview = saga(bump_config(), world, journal, clock).preview("keda")
     assert len(preview.warnings) == 1 and preview.warnings[0].startswith(
-        "ScaledJob c2/ado/agent uses rollout strategy 'default': the switch step makes KEDA delete")
+        "ScaledJob c2/ado/agent uses rollout strategy 'default': the switch step (switch: bump)")
     assert preview.problems == ()                                 # a warning does not refuse the plan
 
 

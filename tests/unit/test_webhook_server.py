@@ -14,13 +14,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from remediation.dispatch import Dispatcher
 from remediation.journal import Journal, Outcome
 from remediation.metrics import WorkerMetrics
 from remediation.planner import Planner, RotationRequest
-from remediation.server import MAX_BODY, WEBHOOK_PATH, WorkerServer
+from remediation.server import MAX_BODY, WEBHOOK_PATH, ServerLimits, WorkerServer
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "alertmanager"
 TOKEN = "s3cret-webhook-token"
@@ -56,7 +55,7 @@ class Work:
 class World:
     def __init__(self, tmp_path: Path, *, token: str | None = TOKEN, insecure: bool = False,
                  accepting: Callable[[], str | None] = lambda: None,
-                 journal_cls: type[Journal] = Journal) -> None:
+                 journal_cls: type[Journal] = Journal, limits: ServerLimits | None = None) -> None:
         self.journal = journal_cls(tmp_path / "journal.sqlite3")
         self.metrics = WorkerMetrics()
         self.planner = Planner(["keda", "daily-checks"], self.journal, cooldown=timedelta(minutes=10))
@@ -65,7 +64,7 @@ class World:
                                      metrics=self.metrics)
         self.server = WorkerServer(planner=self.planner, dispatcher=self.dispatcher,
                                    journal=self.journal, metrics=self.metrics, webhook_token=token,
-                                   insecure_no_auth=insecure, accepting=accepting)
+                                   insecure_no_auth=insecure, accepting=accepting, limits=limits)
 
     def close(self) -> None:
         self.work.release.set()
@@ -92,16 +91,8 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 @asynccontextmanager
 async def served(server: WorkerServer) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
-    runner = web.AppRunner(server.app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield f"http://127.0.0.1:{port}", session
-    finally:
-        await runner.cleanup()
+    async with server.serving("127.0.0.1", 0) as port, aiohttp.ClientSession() as session:
+        yield f"http://127.0.0.1:{port}", session
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,9 @@ def test_history_needs_a_state_dir() -> None:
 def test_dry_run_warns_about_scaledjobs_that_would_lose_their_running_jobs(tmp_path: Path) -> None:
     clock = Clock()
     cfg, world = make_config(), FakeWorld(clock)
+    token = cfg.tokens[0]
+    cfg = replace(cfg, tokens=(replace(token, consumers=tuple(replace(c, switch="bump")
+                                                               for c in token.consumers)),))
     seed(world, cfg)
     world.clusters["c2"].scalers[("ado", "scaledjobs", "agent")].rollout_strategy = "gradual"
     with Journal(tmp_path / "journal.sqlite3", clock=clock) as journal:
@@ -159,10 +163,12 @@ def test_dry_run_warns_about_scaledjobs_that_would_lose_their_running_jobs(tmp_p
     out = io.StringIO()
     cli.print_preview(preview, out)
     lines = out.getvalue().splitlines()
-    assert "    ScaledJob c1/ado/agent (pool pool1): generation 1, Ready True, rollout strategy default" in lines
-    assert "    ScaledJob c2/ado/agent (pool pool2): generation 1, Ready True, rollout strategy gradual" in lines
+    assert ("    ScaledJob c1/ado/agent (pool pool1): generation 1, Ready True, rollout strategy default, "
+            "switch bump") in lines
+    assert ("    ScaledJob c2/ado/agent (pool pool2): generation 1, Ready True, rollout strategy gradual, "
+            "switch bump") in lines
     warnings = [line for line in lines if line.startswith("  WARNING: ")]
     assert warnings == ["  WARNING: ScaledJob c1/ado/agent uses rollout strategy 'default': the switch step "
-                        "makes KEDA delete its running agent Jobs (builds in flight are abandoned); set "
-                        "spec.rollout.strategy: gradual on it"]
+                        "(switch: bump) makes KEDA delete its running agent Jobs (builds in flight are "
+                        "abandoned); set spec.rollout.strategy: gradual on it, or use switch: auto"]
     assert not any(line.startswith("  PROBLEM") for line in lines)
