@@ -109,6 +109,7 @@ _KEY_RULES: dict[tuple[type[Any], str], JsonSchema] = {
     (UserCredential, "authority"): {"pattern": "^https://"},
     (AzureSettings, "authority"): {"pattern": "^https://"},
     (ExporterSettings, "concurrency"): {"minimum": 1},
+    (WorkerSettings, "decisions_per_minute"): {"minimum": 1},
     (PipelineCheck, "definition"): {"type": ["string", "integer"]},   # a name or a numeric id
 }
 

@@ -108,6 +108,7 @@ READY_MAP = _value_map((0, "not ready", "red"), (1, "ready", "green"))
 AUTH_FAILING_MAP = _value_map((0, "ok", "green"), (1, "AUTH FAILING", "red"))
 UP_MAP = _value_map((0, "down", "red"), (1, "up", "green"))
 ROTATING_MAP = _value_map((0, "idle", "transparent"), (1, "rotating", "blue"))
+DRAINING_MAP = _value_map((0, "idle", "transparent"), (1, "draining", "purple"))
 MANAGED_MAP = _value_map((0, "hand-pasted: patrol adopt", "orange"), (1, "managed", "green"))
 GLOBAL_MAP = _value_map((0, "one organization", "green"), (1, "GLOBAL", "red"))
 
@@ -535,11 +536,20 @@ def layout() -> list[dashboard_builder.Row | PanelBuilder]:
             width=6,
             height=8,
         ),
+        state_timeline_panel(
+            "Previous PAT draining",
+            "When a rotation kept the previous PAT valid after delivering the new one, until the agent "
+            "Jobs, sink readers and pipeline runs holding it were done (patrol_rotation_draining; "
+            "PatrolRotationStuck does not count this time).",
+            query(f"max by (token) (patrol_rotation_draining{{{TOKEN}}})", "{{token}}"),
+            mappings=DRAINING_MAP,
+            width=12,
+        ),
         timeseries_panel(
             "Webhook deliveries by status",
             "Alertmanager deliveries to the worker, by HTTP status (401: wrong bearer token).",
             query("sum by (code) (rate(patrol_webhook_requests_total[$__rate_interval]))", "{{code}}"),
-            width=24,
+            width=12,
             height=6,
             unit=units.RequestsPerSecond,
         ),
