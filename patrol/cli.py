@@ -72,6 +72,17 @@ def _common(parser: argparse.ArgumentParser, env: Mapping[str, str], *, config: 
         help="log level (env PATROL_LOG_LEVEL)")
 
 
+def _seconds(text: str) -> float:
+    """A positive number of seconds (argparse turns the ValueError into one usage line, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (e.g. 90)") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds (e.g. 90)")
+    return value
+
+
 def _sub(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_: str,
          epilog: str, handler: Handler) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_, description=help_, epilog=epilog, formatter_class=_Formatter)
@@ -145,11 +156,24 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
     # demo
     demo = _sub(sub, "demo", "start the sandbox and watch patrol keep the agents alive",
-                "examples:\n  patrol demo\n  patrol demo --duration 120", _run_demo)
-    demo.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                "Prints the URLs to open, then a timeline: each event as it happens (the incident, KEDA's\n"
+                "first failed poll, alerts firing and resolving, each rotation step with its duration, the\n"
+                "pools recovering) under a one-line status; at the end a summary with the time to recovery.\n"
+                "Colour on a terminal unless NO_COLOR is set; none when piped. See docs/demo.md.\n\n"
+                "examples:\n  patrol demo\n  patrol demo --duration 90\n"
+                "  patrol demo --duration 90 --logs /tmp/demo | tee demo.txt", _run_demo)
+    demo.add_argument("--duration", type=_seconds, default=None, metavar="SECONDS",
                       help="stop after this long (default: until Ctrl-C)")
-    demo.add_argument("--interval", type=float, default=3.0, metavar="SECONDS",
-                      help="seconds between reports")
+    demo.add_argument("--incident-after", type=_seconds, default=20.0, metavar="SECONDS",
+                      help="when to revoke the KEDA PAT out of band")
+    demo.add_argument("--interval", type=_seconds, default=1.0, metavar="SECONDS",
+                      help="seconds between looks at the world")
+    demo.add_argument("--status-every", type=_seconds, default=15.0, metavar="SECONDS",
+                      help="when piped: print the status line at most this often (only when it changed)")
+    demo.add_argument("--logs", default=None, metavar="DIR",
+                      help="keep every process's log here (default: ./.demo/<UTC timestamp>)")
+    demo.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                      help="colour: auto = on a terminal without NO_COLOR")
     _common(demo, env, config=False)
 
     # exporter
@@ -203,7 +227,8 @@ def _run_sandbox(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from patrol import demo
 
-    return demo.run(duration=args.duration, interval=args.interval)
+    return demo.run(duration=args.duration, interval=args.interval, workdir=args.logs,
+                    incident_after=args.incident_after, colour=args.color, status_every=args.status_every)
 
 
 def _run_login(args: argparse.Namespace) -> int:

@@ -1,10 +1,18 @@
-"""``patrol demo`` (``make demo``): the whole loop on one machine.
+"""``patrol demo`` (``make demo``): the whole loop on one machine, told as a timeline.
+
+Guarantees: the logs of every process are kept (``./.demo/<UTC timestamp>/`` unless ``--logs``
+names a folder) and the run ends — on Ctrl-C, SIGTERM or ``--duration`` — with a summary that
+states the time to recovery, measured from the incident to the rotation that recovered finishing
+(the same measure as ``patrol.soak.mttr``). Token values are never printed: the demo reads only
+the sources' status documents (see ``patrol/timeline.py``).
 
 It starts, as separate processes, the sandbox (the simulated Azure DevOps, Entra, Key Vault,
 two Kubernetes clusters and their KEDA), patrol's exporter and worker against the sandbox's
 generated configuration, and — when the Debian packages are installed — a real Prometheus
 loading the shipped rules and a real Alertmanager routing ``remediation="rotate"`` alerts to
-the worker. Then it narrates, every few seconds, what patrol sees and what KEDA sees.
+the worker. It prints the local URLs to open, then looks at the world every second: what changed
+is printed as an event with its elapsed time (``patrol/timeline.py`` decides what changed,
+``patrol/narrator.py`` prints it), and a one-line status says how things stand in between.
 
 After ``incident_after`` seconds it plays the incident patrol exists for: the KEDA PAT is
 revoked out of band (as Azure DevOps does to a leaked PAT). KEDA starts failing with 401s; the
@@ -19,10 +27,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -32,96 +40,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, TextIO
 
-from prometheus_client.parser import text_string_to_metric_families
-
+from patrol.narrator import ColourChoice, Narrator, use_colour
 from patrol.stack import MonitoringStack, free_port, get_json, wait_http
-
-
-@dataclass
-class Status:
-    """One look at the world: what patrol's exporter says, what the sandbox's KEDA sees."""
-
-    elapsed: float
-    expiry: dict[str, float] = field(default_factory=dict)            # token -> expiry (unix)
-    renewal: dict[str, float] = field(default_factory=dict)           # token -> renewal due (unix)
-    valid: dict[str, dict[str, float]] = field(default_factory=dict)  # token -> sink -> 0/1
-    keda: dict[str, dict[str, Any]] = field(default_factory=dict)     # cluster/ns/name -> stats
-    alerts: list[str] = field(default_factory=list)
-    rotations: list[dict[str, Any]] = field(default_factory=list)
-    now: float = 0.0
-
-
-def parse_exporter(text: str, status: Status) -> None:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = sample.labels
-            if sample.name == "patrol_pat_expiry_timestamp_seconds":
-                token = labels.get("token", "?")
-                status.expiry[token] = min(status.expiry.get(token, sample.value), sample.value)
-            elif sample.name == "patrol_pat_renewal_timestamp_seconds":
-                status.renewal[labels.get("token", "?")] = sample.value
-            elif sample.name == "patrol_pat_valid":
-                status.valid.setdefault(labels.get("token", "?"), {})[labels.get("sink", "?")] = sample.value
-
-
-def _span(seconds: float) -> str:
-    sign = "-" if seconds < 0 else ""
-    seconds = abs(int(seconds))
-    if seconds >= 86400:
-        return f"{sign}{seconds // 86400}d{seconds % 86400 // 3600}h"
-    if seconds >= 60:
-        return f"{sign}{seconds // 60}m{seconds % 60:02d}s"
-    return f"{sign}{seconds}s"
-
-
-def short_sink(sink: str) -> str:
-    """``kubernetes-secret/cft-ptl/ns/name/key`` → ``cft-ptl``; ``keyvault/host/name`` → ``keyvault``."""
-    kind, _, rest = sink.partition("/")
-    if kind == "kubernetes-secret":
-        return rest.split("/", 1)[0]
-    return kind or sink
-
-
-def render(status: Status) -> list[str]:
-    """The report printed every interval (pure: tested on its own)."""
-    lines = [f"[{status.elapsed:5.0f}s] patrol sees:"]
-    if not status.expiry and not status.valid:
-        lines.append("          (exporter warming up)")
-    for token in sorted(set(status.expiry) | set(status.valid)):
-        parts = [f"          {token:<13}"]
-        if token in status.expiry:
-            parts.append(f"expires in {_span(status.expiry[token] - status.now):>7}")
-        else:
-            parts.append("expiry unknown (sinks not annotated yet; see docs/rotation.md)")
-        if token in status.renewal:
-            due = status.renewal[token] - status.now
-            parts.append("renewal DUE" if due <= 0 else f"renew in {_span(due):>7}")
-        sinks = status.valid.get(token, {})
-        if sinks:
-            parts.append("valid: " + " ".join(f"{short_sink(s)}={'yes' if v >= 1 else 'NO'}"
-                                              for s, v in sorted(sinks.items())))
-        lines.append("  ".join(parts))
-    lines.append("          KEDA sees:")
-    for key, k in sorted(status.keda.items()):
-        ready = k.get("ready") or "?"
-        lines.append(f"          {key:<38} ready={ready:<5} queue={k.get('queue_length')!s:<3} "
-                     f"agents={k.get('agents_running', 0):<2} auth-failures={k.get('auth_failures', 0)}")
-    lines.append("          alerts firing: " + (", ".join(status.alerts) if status.alerts else "none"))
-    for rot in status.rotations[:3]:
-        outcome = rot.get("outcome")
-        text = f"{outcome}" if outcome else f"running, step {rot.get('state') or '?'}"
-        if rot.get("error"):
-            text += f" ({rot['error']})"
-        lines.append(f"          rotation {rot.get('id', '?')} of {rot.get('token', '?')}: {text}")
-    return lines
-
-
-def alert_name(labels: Mapping[str, str]) -> str:
-    """``PatInvalid{token=keda}``: the alert with the label that says what it is about."""
-    for key in ("token", "pool", "pipeline", "source"):
-        if key in labels:
-            return f"{labels.get('alertname', '?')}{{{key}={labels[key]}}}"
-    return labels.get("alertname", "?")
+from patrol.timeline import Event, Snapshot, Story, detect
 
 
 def _fetch_text(url: str) -> str:
@@ -227,32 +148,50 @@ class Demo:
             self.say("Prometheus/Alertmanager are not installed (`make test` installs them): the demo will "
                      "post the Alertmanager webhook itself")
 
-    def look(self, started: float) -> Status:
-        status = Status(elapsed=time.monotonic() - started, now=time.time())
+    def snapshot(self, previous: Snapshot | None = None) -> Snapshot:
+        """Look at every source once; a source that does not answer is carried from ``previous``."""
+        docs: dict[str, Any] = {}
         with contextlib.suppress(OSError, ValueError):
-            parse_exporter(_fetch_text(f"{self.exporter_url}/metrics"), status)
+            docs["metrics"] = _fetch_text(f"{self.exporter_url}/metrics")
         with contextlib.suppress(OSError, ValueError):
-            state = get_json(f"{self.ready['control_url']}/state")
-            actors = state.get("actors") or {}
-            status.keda = dict(actors.get("scaledjobs") or {})
+            docs["state"] = get_json(f"{self.ready['control_url']}/state")
         if self.stack is not None:
-            with contextlib.suppress(OSError, ValueError, RuntimeError):
-                status.alerts = sorted({alert_name(a["labels"]) for a in self.stack.firing_alerts()})
+            with contextlib.suppress(OSError, ValueError):
+                docs["alerts"] = get_json(f"{self.stack.prometheus_url}/api/v1/alerts")
         with contextlib.suppress(OSError, ValueError):
-            doc = get_json(f"{self.worker_url}/rotations")
-            status.rotations = list(doc.get("rotations", doc) if isinstance(doc, dict) else doc)
-        return status
+            docs["rotations"] = get_json(f"{self.worker_url}/rotations")
+        return Snapshot.from_documents(time.time(), **docs).carry(previous)
 
-    def incident(self) -> None:
-        self.say("\n*** incident: the KEDA PAT held by cft-ptl and sds-ptl is revoked out of band "
-                 "(as Azure DevOps does to a leaked PAT) ***\n")
+    def urls(self) -> list[tuple[str, str]]:
+        """What a person can open while the demo runs, named."""
+        out = []
+        if self.stack is not None:
+            out += [("Prometheus alerts", f"{self.stack.prometheus_url}/alerts"),
+                    ("Alertmanager", self.stack.alertmanager_url)]
+        out += [("exporter metrics", f"{self.exporter_url}/metrics"),
+                ("worker rotations", f"{self.worker_url}/rotations"),
+                ("sandbox state", f"{self.ready['control_url']}/state")]
+        return out
+
+    def exited(self) -> list[tuple[str, int]]:
+        """The demo's processes that are no longer running, with their exit codes."""
+        procs = list(self.named.items())
+        if self.stack is not None:
+            procs += list(zip(("alertmanager", "prometheus"), self.stack.procs, strict=False))
+        return [(name, code) for name, proc in procs if (code := proc.poll()) is not None]
+
+    def incident(self) -> float:
+        """Revoke the KEDA PAT out of band; returns when (unix seconds)."""
+        at = time.time()
         _post_json(f"{self.ready['control_url']}/ado/sinks/revoke",
                    {"kind": "kubernetes-secret", "cluster": "cft-ptl", "namespace": "azure-devops",
                     "secret": "azure-devops-token", "key": "token"})
         if self.stack is None:
             code = _post_json(f"{self.worker_url}/webhook/alertmanager", synthetic_webhook("keda"),
                               token=self.webhook_token)
-            self.say(f"(posted a PatInvalid webhook for token keda to the worker: HTTP {code})")
+            self.say(f"(no Prometheus/Alertmanager: posted a PatInvalid webhook for token keda to the "
+                     f"worker: HTTP {code})")
+        return at
 
     def stop(self) -> None:
         if self.stack is not None:
@@ -280,28 +219,85 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run(duration: float | None = None, interval: float = 3.0, workdir: str | None = None,
-        incident_after: float = 20.0, out: TextIO = sys.stdout) -> int:
-    with contextlib.ExitStack() as stack:
-        if workdir is None:
-            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="patrol-demo-"))
-        path = Path(workdir)
-        demo = Demo(workdir=path, out=out, incident_after=incident_after)
-        stack.enter_context(_sigterm_as_interrupt())
+INCIDENT = ("incident: the KEDA PAT held by cft-ptl and sds-ptl is revoked out of band "
+            "(as Azure DevOps does to a leaked PAT)")
+
+
+def default_logs(now: float) -> Path:
+    """``./.demo/<UTC timestamp>``: kept after the demo, next to where it was started."""
+    return Path(".demo") / time.strftime("%Y%m%d-%H%M%SZ", time.gmtime(now))
+
+
+def run(*, duration: float | None = None, interval: float = 1.0, workdir: str | None = None,
+        incident_after: float = 20.0, out: TextIO = sys.stdout, colour: ColourChoice = "auto",
+        status_every: float = 15.0, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    path = (Path(workdir) if workdir else default_logs(time.time())).resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"patrol demo: cannot create the logs folder {path}: {exc.strerror}; pass --logs DIR "
+              f"with a writable folder", file=sys.stderr)
+        return 2
+    isatty = getattr(out, "isatty", None)
+    narrator = Narrator(out, started_at=time.time(), colour=use_colour(out, env, colour),
+                        live=bool(isatty and isatty()), status_every=status_every,
+                        width=shutil.get_terminal_size().columns)
+    demo = Demo(workdir=path, out=out, incident_after=incident_after)
+    story = Story(started_at=time.time())
+    code = 0
+    with _sigterm_as_interrupt():
         try:
             demo.start()
-            started = time.monotonic()
-            incident_done = False
-            demo.say("watching (Ctrl-C to stop) ...\n")
-            while duration is None or time.monotonic() - started < duration:
-                if not incident_done and time.monotonic() - started >= incident_after:
-                    demo.incident()
-                    incident_done = True
-                for line in render(demo.look(started)):
-                    demo.say(line)
-                time.sleep(interval)
+            narrator.started_at = story.started_at = time.time()
+            _urls(demo, narrator, path, incident_after)
+            code = _watch(demo, narrator, story, duration=duration, interval=interval,
+                          incident_after=incident_after)
         except KeyboardInterrupt:
-            demo.say("\nstopping ...")
+            narrator.close()
+            narrator.line("stopping ...")
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            narrator.close()
+            print(f"patrol demo: {exc}; the logs are in {path}", file=sys.stderr)
+            code = 1
         finally:
+            narrator.close()
+            if story.last is not None:
+                narrator.line()
+                for i, text in enumerate(story.summary(str(path), time.time())):
+                    narrator.line(text, "title" if i < 2 else "")
             demo.stop()
+    return code
+
+
+def _urls(demo: Demo, narrator: Narrator, logs: Path, incident_after: float) -> None:
+    narrator.line()
+    narrator.line("open while it runs:", "title")
+    for name, url in demo.urls():
+        narrator.line(f"  {name:<18} {url}")
+    narrator.line(f"  {'logs':<18} {logs}")
+    narrator.line()
+    narrator.line(f"watching (Ctrl-C to stop); the incident is played at +{incident_after:.0f}s", "title")
+
+
+def _watch(demo: Demo, narrator: Narrator, story: Story, *, duration: float | None, interval: float,
+           incident_after: float) -> int:
+    """Look, tell what changed, repeat; 1 if one of the demo's processes died (the story would stall)."""
+    previous: Snapshot | None = None
+    while duration is None or time.time() - story.started_at < duration:
+        for name, code in demo.exited():
+            narrator.line(f"the {name} exited with code {code} (see its log in {demo.workdir}); stopping", "bad")
+            return 1
+        if story.incident_at is None and time.time() - story.started_at >= incident_after:
+            event = Event(demo.incident(), "incident", INCIDENT, "bad")
+            narrator.event(event)
+            story.add([event])
+        snap = demo.snapshot(previous)
+        events = detect(previous, snap)
+        for event in events:
+            narrator.event(event)
+        story.add(events)
+        story.last = previous = snap
+        narrator.status(snap, snap.at)
+        time.sleep(interval)
     return 0

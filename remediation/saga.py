@@ -854,6 +854,13 @@ class RotationSaga:
                 if holding_runs:
                     waiting.append(f"{len(holding_runs)} run(s) of pipeline {pipeline.definition} started "
                                    "before delivery still running")
+        if not waiting and token.consumers and now < cutoff:
+            # Even with nothing else holding the old PAT (an idle cluster): KEDA re-reads the Secret
+            # through controller-runtime's informer cache when its first poll after the revoke
+            # fails, and that cache (like the kubelet's) may serve the old value for a moment after
+            # delivery — then the poll fails for good.
+            waiting.append(f"Secret caches (KEDA's informer, the kubelet): {cutoff - now:.0f}s left to "
+                           "see the new value")
         return waiting
 
     # -- 7. revoke --------------------------------------------------------------------------------

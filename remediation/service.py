@@ -68,7 +68,7 @@ class WorkerService:
         self._stopping = threading.Event()
         self.journal = Journal.in_state_dir(
             self.state_dir, clock=clock, factory=journal_factory,
-            decision_budget=DecisionBudget(cfg.worker.decisions_per_minute))
+            decision_budget=DecisionBudget(cfg.worker.decisions_per_minute, clock=clock))
         self.metrics = WorkerMetrics()
         self.metrics.watch_journal(self.journal)
         self.journal_probe_interval = journal_probe_interval

@@ -136,7 +136,7 @@ def test_help_never_says_default_none_nor_a_default_twice(command: list[str], ca
 
 
 def test_help_shows_a_default_that_says_something(capsys: pytest.CaptureFixture[str]) -> None:
-    assert "seconds between reports (default: 3.0)" in _help(["demo"], capsys)
+    assert "seconds between looks at the world (default: 1.0)" in _help(["demo"], capsys)
     assert "log output format (env PATROL_LOG_FORMAT) (default: text)" in _help(["demo"], capsys)
     text = _help(["config", "check"], capsys)
     assert "file the file (default: --config / PATROL_CONFIG) options:" in text

@@ -471,3 +471,15 @@ def test_settings_from_config_pace_the_drain_with_verification() -> None:
     assert (production.verify_settle, production.verify_interval, production.drain_interval) == (30, 5, 10)
     sandbox = SagaSettings.from_config(config.WorkerSettings(verify_deadline=timedelta(seconds=30)))
     assert (sandbox.verify_settle, sandbox.drain_interval) == (7.5, 2.5)
+
+
+def test_an_idle_cluster_still_waits_for_the_secret_caches(journal: Journal, clock: Clock) -> None:
+    """No Job, no reader, no pipeline: the old PAT is still kept until KEDA's informer cache can
+    have seen the new Secret, or KEDA's refresh after the revoke reads the old value and fails."""
+    cfg, world = make_config(), FakeWorld(clock)
+    seed(world, cfg)
+    steps = Steps()
+    assert saga(cfg, world, journal, clock, on_step=steps).run(start(journal, clock)) == "succeeded"
+    assert steps.details("drain")[0].endswith("Secret caches (KEDA's informer, the kubelet): 3s left to see the "
+                                              "new value")
+    assert revoked_at(journal) >= delivered(journal) + FAST.secret_settle
