@@ -127,6 +127,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     example = _sub(cfg_sub, "example", "print a fully commented example configuration",
                    "examples:\n  patrol config example > patrol.yaml", _run_config_check)
     example.set_defaults(file=None, config=None, config_command="example")
+    schema = _sub(cfg_sub, "schema", "print the JSON Schema of the configuration file (for editors)",
+                  "examples:\n  patrol config schema > patrol.schema.json\n"
+                  "  (patrol config example starts with the line naming the published schema)",
+                  _run_config_check)
+    schema.set_defaults(file=None, config=None, config_command="schema")
 
     def _config_help(_args: argparse.Namespace) -> int:
         cfg.print_help()

@@ -1,9 +1,12 @@
-"""``patrol config check FILE`` and ``patrol config example``.
+"""``patrol config check FILE``, ``patrol config example`` and ``patrol config schema``.
 
 A person editing the config wants every mistake at once and, when there are none, a short
 summary to confirm that patrol read what they meant (which token goes where, with which
 scopes and timings). ``example`` prints a fully commented configuration to start from; the same
-text is the annotated example in docs/configuration.md (a test keeps the two identical).
+text is the annotated example in docs/configuration.md (a test keeps the two identical); its
+first line names the JSON Schema for editors (yaml-language-server). ``schema`` prints that JSON
+Schema, generated from the config model (``core/schema.py``); docs/patrol.schema.json is its
+committed copy (a test keeps it up to date).
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ from core.config import (
     load_config,
 )
 from core.errors import ConfigError
+from core.schema import SCHEMA_URL, config_schema
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
-EXAMPLE_CONFIG = """\
+SCHEMA_LINE = f"# yaml-language-server: $schema={SCHEMA_URL}\n"
+
+EXAMPLE_CONFIG = SCHEMA_LINE + """\
 # patrol configuration. Check it with: patrol config check patrol.yaml
 # Durations are whole numbers with a unit: 90s, 15m, 26h, 30d, or combined like 1h30m.
 # Relative paths are resolved against the directory of this file.
@@ -148,11 +154,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     example = sub.add_parser("example", help="print a fully commented example configuration",
                              description="Print a fully commented example configuration.")
     example.set_defaults(func=run, config_command="example")
+    schema = sub.add_parser("schema", help="print the JSON Schema of the configuration file",
+                            description="Print the JSON Schema of the configuration file (for editors).")
+    schema.set_defaults(func=run, config_command="schema")
 
 
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "config_command", "check") == "example":
         sys.stdout.write(EXAMPLE_CONFIG)
+        return EXIT_OK
+    if getattr(args, "config_command", "check") == "schema":
+        sys.stdout.write(render_schema())
         return EXIT_OK
     path = getattr(args, "file", None) or getattr(args, "config", None)
     if getattr(args, "json", False):
@@ -174,6 +186,11 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     write_summary(config, sys.stdout)
     return EXIT_OK
+
+
+def render_schema() -> str:
+    """The JSON Schema as ``patrol config schema`` prints it and docs/patrol.schema.json holds it."""
+    return json.dumps(config_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
 def problem_json(error: ConfigError) -> dict[str, Any]:

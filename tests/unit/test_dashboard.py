@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -13,6 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
+from grafana_foundation_sdk.cog import plugins
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import dashboard as grafana_dashboard
 
 from dashboards import build
 
@@ -21,7 +25,6 @@ DASHBOARD_FILE = ROOT / "dashboards" / "patrol.json"
 PROVISIONING_EXAMPLE = ROOT / "dashboards" / "provisioning.example.yml"
 METRICS_DOC = ROOT / "docs" / "metrics.md"
 PANEL_KINDS = {"row", "stat", "timeseries", "table", "state-timeline"}
-
 
 
 def _committed() -> dict[str, Any]:
@@ -63,6 +66,27 @@ def test_identity_and_schema() -> None:
     assert dashboard["schemaVersion"] >= 39
     assert "patrol" in dashboard["tags"]
     assert dashboard["id"] is None
+
+
+def test_grafana_s_dashboard_schema_reads_every_field() -> None:
+    """Decoded into the SDK's model of Grafana's dashboard schema (each panel's options as its
+    plugin's typed options) and encoded back, the JSON loses only what build.py adds on purpose:
+    the null id and Prometheus's annotation options. A field Grafana does not know would be lost."""
+    plugins.register_default_plugins()                       # panel options and queries, typed
+    committed = _committed()
+    decoded = grafana_dashboard.Dashboard.from_json(copy.deepcopy(committed))
+    panels = [panel for panel in decoded.panels or [] if isinstance(panel, grafana_dashboard.Panel)]
+    assert {type(panel.options).__module__ for panel in panels} == {
+        f"grafana_foundation_sdk.models.{kind}" for kind in ("stat", "timeseries", "table", "statetimeline")}
+    assert {type(target).__module__ for panel in panels for target in panel.targets or []} == {
+        "grafana_foundation_sdk.models.prometheus"}
+    again: dict[str, Any] = json.loads(json.dumps(decoded, cls=JSONEncoder))
+    expected = copy.deepcopy(committed)
+    del expected["id"]
+    for annotation in expected["annotations"]["list"]:
+        for key in build.ALERTS_ANNOTATION_PROMETHEUS_OPTIONS:
+            del annotation[key]
+    assert again == expected
 
 
 def test_panel_ids_are_unique_positive_integers() -> None:
