@@ -444,7 +444,7 @@ class KubeCluster:
     def _send(self, what: str, method: str, path: str, *, query: Query = (), body: object = None,
               content_type: str = JSON, timeout: Timeout | None = None) -> RESTResponse:
         """One request, its body unread; a non-2xx answer or a transport failure is raised as
-        a :mod:`core.errors` type. ``path`` is already quoted (names are DNS labels)."""
+        a :mod:`core.errors` type. ``path`` comes from the ``_*_path`` helpers (each name quoted)."""
         headers = {"Accept": JSON}
         if body is not None:
             headers["Content-Type"] = content_type
