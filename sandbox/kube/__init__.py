@@ -1,6 +1,6 @@
 """One simulated Kubernetes API server per cluster, faithful enough for the real client.
 
-patrol talks to Kubernetes only through the official ``kubernetes`` Python client (31.x), so the
+patrol talks to Kubernetes only through the official ``kubernetes`` Python client (37.x), so the
 sandbox must serve what that client sends and parses, with the API server's real semantics:
 ``resourceVersion`` as one cluster-wide counter bumped on every write (and *not* on a no-op
 write), 409 Conflict on a stale ``resourceVersion`` (in a PUT body or inside a patch body),

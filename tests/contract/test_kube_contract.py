@@ -162,3 +162,24 @@ def test_a_wrong_bearer_token_is_unauthorized(sandbox: SandboxThread, tmp_path: 
         bad.read_secret(NS, "azure-devops-token")
     assert info.value.status == 401
     assert "not-a-valid-token" not in str(info.value)
+
+
+def test_what_goes_on_the_wire_is_named_by_patrol_not_by_the_client(sandbox: SandboxThread,
+                                                                   kube: KubeCluster) -> None:
+    """kubernetes >= 37 would default a patch to json-patch+json and send its model's view of a
+    body; core.kube names each Content-Type and sends its own JSON (see its module docstring)."""
+    since = sandbox.call(lambda: sandbox.world.log.records("kube")[-1].time)
+    sandbox.call(state(sandbox).put_secret, NS, "patrol-wire", {"token": "old-value-abcdefgh"})
+    before = kube.read_secret(NS, "patrol-wire")
+    kube.annotate_secret(NS, "patrol-wire", annotations={"patrol.io/x": "y"},
+                         resource_version=before.resource_version)
+    kube.bump_scaler(NS, "scaledjobs", "azure-devops-agent", annotation="patrol.io/rotation", value="wire")
+    kube.list_events(NS, field_selector="reason=PatrolWire")
+    records = sandbox.call(sandbox.world.log.records, "kube", since)
+    patches = {r.path.rsplit("/", 1)[-1]: r.headers.get("Content-Type") for r in records if r.method == "PATCH"}
+    assert patches == {"patrol-wire": "application/strategic-merge-patch+json",
+                       "azure-devops-agent": "application/merge-patch+json"}
+    [listed] = [r for r in records if r.method == "GET" and r.path.endswith("/events")]
+    assert "fieldSelector=reason%3DPatrolWire" in listed.query
+    assert all(r.headers.get("Accept") == "application/json" for r in records if r.service.startswith("kube"))
+    assert all(r.headers.get("Authorization", "").startswith("Bearer") for r in records)

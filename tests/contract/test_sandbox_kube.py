@@ -1,4 +1,4 @@
-"""The real ``kubernetes`` client (31.x), unpatched, against the sandbox's Kubernetes API server."""
+"""The real ``kubernetes`` client (37.x), unpatched, against the sandbox's Kubernetes API server."""
 
 from __future__ import annotations
 
@@ -54,10 +54,29 @@ class Kube:
     def watches(self, path_part: str, at_least: int) -> list[Any]:
         """Watch requests, once ``at_least`` are logged (a request is logged when the server ends it)."""
         deadline = time.monotonic() + 5
-        while len(found := [r for r in self.requests("GET", path_part) if "watch=True" in r.query]) < at_least:
+        # 37 sends booleans as "true" (31 sent "True"); the API server parses either (strconv.ParseBool).
+        while len(found := [r for r in self.requests("GET", path_part)
+                            if "watch=true" in r.query.lower()]) < at_least:
             assert time.monotonic() < deadline, found
             time.sleep(0.02)
         return found
+
+    def raw(self, method: str, path: str, *, body: Any = None,
+            content_type: str = "application/json") -> Any:
+        """One request with ``body`` sent as given and the answer as parsed JSON; ApiException if
+        not 2xx. 37's generated methods first convert a dict body into its model (a Lease's
+        MicroTime strings become datetimes and go out as ``isoformat()``), and its ``call_api``
+        takes an already serialized request (``param_serialize``)."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        request = self.api.param_serialize(method, path, header_params=headers, body=body,
+                                           auth_settings=["BearerToken"])
+        response = self.api.call_api(*request)
+        response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        return json.loads(response.data)
 
 
 def _write_kubeconfig(path: Path, port: int, token: str) -> None:
@@ -182,12 +201,10 @@ def test_patch_secret_with_a_list_is_json_patch(kube: Kube) -> None:
 
 def test_merge_patch_and_string_data(kube: Kube) -> None:
     kube.lt.call(kube.state.put_secret, NS, "s", {"token": "old", "drop": "me"})
-    data = kube.api.call_api(
-        f"/api/v1/namespaces/{NS}/secrets/s", "PATCH",
-        header_params={"Content-Type": "application/merge-patch+json", "Accept": "application/json"},
-        body={"data": {"drop": None}, "stringData": {"token": "plain-new"}},
-        auth_settings=["BearerToken"], response_type="V1Secret", _return_http_data_only=True)
-    assert data.data == {"token": _b64("plain-new")}          # stringData folded into data, null deleted
+    data = kube.raw("PATCH", f"/api/v1/namespaces/{NS}/secrets/s", content_type="application/merge-patch+json",
+                    body={"data": {"drop": None}, "stringData": {"token": "plain-new"}})
+    assert data["data"] == {"token": _b64("plain-new")}      # stringData folded into data, null deleted
+    assert "stringData" not in data
     raw = kube.core.read_namespaced_secret("s", NS)
     assert raw.string_data is None
 
@@ -397,8 +414,7 @@ def test_create_event_like_patrol(kube: Kube) -> None:
         last_timestamp=datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC), count=1)
     created = kube.core.create_namespaced_event(NS, body)
     assert created.metadata.name.startswith("azure-devops-agent.") and len(created.metadata.name) == 24
-    raw = json.loads(kube.api.call_api(f"/api/v1/namespaces/{NS}/events/{created.metadata.name}", "GET",
-                                       auth_settings=["BearerToken"], _preload_content=False)[0].data)
+    raw = kube.raw("GET", f"/api/v1/namespaces/{NS}/events/{created.metadata.name}")
     assert raw["firstTimestamp"] == "2025-01-01T12:00:00Z"
     listed = kube.core.list_namespaced_event(NS, field_selector="source=patrol")
     assert [e.reason for e in listed.items] == ["PatRotated"]
@@ -457,9 +473,8 @@ def test_scaledjob_generation_moves_only_with_spec(kube: Kube) -> None:
     assert "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update" in \
         _status(err.value)["message"]
     with pytest.raises(ApiException) as err:
-        kube.api.call_api(f"/apis/keda.sh/v1alpha1/namespaces/{NS}/scaledjobs/azure-devops-agent", "PATCH",
-                          header_params={"Content-Type": "application/strategic-merge-patch+json"},
-                          body={"metadata": {"labels": {"x": "y"}}}, auth_settings=["BearerToken"])
+        kube.raw("PATCH", f"/apis/keda.sh/v1alpha1/namespaces/{NS}/scaledjobs/azure-devops-agent",
+                 content_type="application/strategic-merge-patch+json", body={"metadata": {"labels": {"x": "y"}}})
     assert err.value.status == 415
 
 
@@ -476,11 +491,11 @@ def test_lease_microtime_and_optimistic_locking(kube: Kube) -> None:
     spec: dict[str, Any] = {"holderIdentity": "pod-a", "leaseDurationSeconds": 15,
                             "acquireTime": _micro(now), "renewTime": _micro(now), "leaseTransitions": 0}
     lease = {"metadata": {"name": "patrol-worker"}, "spec": spec}
-    created = coord.create_namespaced_lease(NS, lease)
-    assert created.spec.renew_time == now and created.spec.holder_identity == "pod-a"
-    raw = json.loads(kube.api.call_api(
-        f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/patrol-worker", "GET",
-        auth_settings=["BearerToken"], _preload_content=False)[0].data)
+    leases = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+    created = kube.raw("POST", leases, body=lease)     # raw: 37's model would isoformat() the times
+    assert created["spec"]["renewTime"] == _micro(now) and created["spec"]["holderIdentity"] == "pod-a"
+    assert coord.read_namespaced_lease("patrol-worker", NS).spec.renew_time == now
+    raw = kube.raw("GET", f"{leases}/patrol-worker")
     assert raw["spec"]["renewTime"] == "2025-06-01T10:00:00.000000Z"
 
     stale = coord.read_namespaced_lease("patrol-worker", NS)
@@ -488,16 +503,16 @@ def test_lease_microtime_and_optimistic_locking(kube: Kube) -> None:
     assert renewed.metadata.resource_version == stale.metadata.resource_version   # same value: no-op
     fresh = {"metadata": {"name": "patrol-worker", "resourceVersion": stale.metadata.resource_version},
              "spec": {**spec, "holderIdentity": "pod-b"}}
-    coord.replace_namespaced_lease("patrol-worker", NS, fresh)
+    kube.raw("PUT", f"{leases}/patrol-worker", body=fresh)
     with pytest.raises(ApiException) as err:      # the loser of a leader race
-        coord.replace_namespaced_lease("patrol-worker", NS, fresh)
+        kube.raw("PUT", f"{leases}/patrol-worker", body=fresh)
     assert err.value.status == 409
     assert _status(err.value)["message"].startswith(
         'Operation cannot be fulfilled on leases.coordination.k8s.io "patrol-worker": the object has been '
         "modified")
 
     deleted = coord.delete_namespaced_lease("patrol-worker", NS)
-    assert deleted.status == "Success"
+    assert deleted["status"] == "Success"         # 37: delete answers are typed "object", a dict
     with pytest.raises(ApiException) as err:
         coord.read_namespaced_lease("patrol-worker", NS)
     assert _status(err.value)["message"] == 'leases.coordination.k8s.io "patrol-worker" not found'
@@ -518,11 +533,13 @@ def test_lease_microtime_and_optimistic_locking(kube: Kube) -> None:
      'cannot parse ".123Z" as ".000000"'),
 ])
 def test_lease_rejects_non_microtime(kube: Kube, value: Any, expected: str) -> None:
-    lease = client.V1Lease(metadata=client.V1ObjectMeta(name="l"),
-                           spec=client.V1LeaseSpec(holder_identity="a", lease_duration_seconds=15,
-                                                   renew_time=value))
+    # A datetime as the client serializes it (ApiClient.sanitize_for_serialization: isoformat());
+    # a string sent raw, since 37's V1LeaseSpec would parse it into a datetime first.
+    renew = kube.api.sanitize_for_serialization(value)
+    lease = {"metadata": {"name": "l"}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15,
+                                                 "renewTime": renew}}
     with pytest.raises(ApiException) as err:
-        kube.coordination.create_namespaced_lease(NS, lease)
+        kube.raw("POST", f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases", body=lease)
     assert err.value.status == 400
     status = _status(err.value)
     assert status["reason"] == "BadRequest"

@@ -371,3 +371,20 @@ def test_unreachable_api_server_is_unavailable(tmp_path: Path) -> None:
     with kube.KubeCluster(config.Cluster(name="x", context="cft-ptl", kubeconfig=path),
                           request_timeout=2) as c, pytest.raises(UnavailableError):
         c.read_secret("ns", "s")
+
+
+class _Chunks:
+    """A urllib3 response as _watch_lines reads it: chunks that ignore line boundaries."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = chunks
+
+    def stream(self, amt: int | None = None, decode_content: bool = True) -> Iterator[bytes]:
+        yield from self.chunks
+
+
+def test_watch_lines_are_whole_lines_whatever_the_chunking() -> None:
+    response = _Chunks(b'{"type":"ADDED"', b',"object":{}}\n\n{"type":"MOD', b'IFIED","object":{}}\n',
+                       b'{"type":"DELETED","object":{}}')
+    lines = list(kube._watch_lines(response))  # type: ignore[arg-type]
+    assert [json.loads(line)["type"] for line in lines] == ["ADDED", "MODIFIED", "DELETED"]
