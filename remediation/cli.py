@@ -45,6 +45,7 @@ WEBHOOK_TOKEN_ENV = "PATROL_WEBHOOK_TOKEN"
 STATE_DIR_ENV = "PATROL_STATE_DIR"
 WORKER_URL_ENV = "PATROL_WORKER_URL"
 FOLLOW_EVERY = 2.0
+FOLLOW_TOLERANCE = 5
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: Mapping[str, str],
@@ -473,10 +474,16 @@ def _follow(client: Any, rotation_id: str, token: str, out: TextIO, *, as_json: 
 
     shown: set[tuple[str, str]] = set()
     record: dict[str, Any] = {}
+    unreachable = 0
     while True:
         try:
             answer = client.rotation(rotation_id)
+            unreachable = 0
         except UnavailableError as exc:
+            unreachable += 1                  # e.g. a pod restarting during a roll: a few are fine
+            if unreachable < FOLLOW_TOLERANCE:
+                sleep(FOLLOW_EVERY)
+                continue
             print(f"patrol: {exc}; the worker continues rotation {rotation_id}: follow it with patrol history",
                   file=sys.stderr)
             return EXIT_FAILURE

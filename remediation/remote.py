@@ -5,7 +5,7 @@ Guarantees: the bearer is sent only in the ``Authorization`` header and never ap
 answer, an exception or a log line; every failure (unreachable, refused, an unexpected body)
 becomes a :class:`WorkerAnswer` or a :class:`core.errors.UnavailableError` whose message names
 the URL and what to check, never a traceback. A 503 (this replica is a standby, or shutting
-down) is retried a few times on a new connection each time: behind the worker's Service both
+down) is retried (eight times, a second apart) on a new connection each time: behind the worker's Service both
 replicas are endpoints, so a retry can reach the Lease holder (a 503 names it, for
 ``kubectl port-forward pod/<leader>``).
 
@@ -28,7 +28,9 @@ from core.errors import UnavailableError
 from core.secret import Secret
 
 ROTATIONS_PATH = "/rotations"
-UNAVAILABLE_RETRIES = 4
+# Each retry opens a new connection, which the Service sends to either replica: 8 retries
+# leave a 1-in-512 chance of never reaching the leader of two.
+UNAVAILABLE_RETRIES = 8
 
 
 @dataclass(frozen=True)
@@ -61,16 +63,23 @@ class WorkerClient:
         """Ask the worker to rotate ``token`` now; retried while replicas answer 503."""
         doc = {"token": token, "reason": reason, "compromised": compromised, "force": force}
         answer = self._call("POST", ROTATIONS_PATH, doc)
-        for attempt in range(UNAVAILABLE_RETRIES):
+        for _ in range(UNAVAILABLE_RETRIES):
             if answer.status != 503:
                 break
-            self._sleep(self._retry_delay * (attempt + 1))
+            self._sleep(self._retry_delay)
             answer = self._call("POST", ROTATIONS_PATH, doc)
         return answer
 
     def rotation(self, rotation_id: str) -> WorkerAnswer:
-        """The worker's journal record of one rotation (404 if it does not know it)."""
-        return self._call("GET", f"{ROTATIONS_PATH}/{rotation_id}", None)
+        """The worker's journal record of one rotation; retried while replicas answer 503 (a
+        standby that does not know it), so 404 means the leader does not know it either."""
+        answer = self._call("GET", f"{ROTATIONS_PATH}/{rotation_id}", None)
+        for _ in range(UNAVAILABLE_RETRIES):
+            if answer.status != 503:
+                break
+            self._sleep(self._retry_delay)
+            answer = self._call("GET", f"{ROTATIONS_PATH}/{rotation_id}", None)
+        return answer
 
     def _call(self, method: str, path: str, doc: dict[str, Any] | None) -> WorkerAnswer:
         data = json.dumps(doc).encode() if doc is not None else None

@@ -438,6 +438,10 @@ class WorkerServer:
         """``GET /rotations/{id}``: one rotation's record (what ``patrol rotate`` follows)."""
         record = self.journal.find(request.match_info["rotation_id"])
         if record is None:
+            standby = self.not_accepting_reason()
+            if standby is not None:
+                # Behind the Service a follower may land here: the leader's journal has it.
+                return self._unavailable(standby)
             return _reply(404, "no such rotation in this worker's journal")
         return web.json_response(record.to_json())
 
