@@ -449,8 +449,8 @@ class WorkerServer:
 def parse_rotation_request(body: bytes) -> dict[str, Any]:
     """Validate a ``POST /rotations`` body; :class:`PayloadError` names what is wrong."""
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        doc = json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):      # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise PayloadError("body is not JSON; send e.g. {\"token\": \"keda\", \"reason\": \"...\"}") from None
     if not isinstance(doc, dict):
         raise PayloadError("body must be a JSON object with a \"token\"")
@@ -465,4 +465,10 @@ def parse_rotation_request(body: bytes) -> dict[str, Any]:
         raise PayloadError("\"token\" is required: the name of a configured token")
     if len(doc.get("reason", "")) > 500:
         raise PayloadError("\"reason\" is longer than 500 characters")
+    for key in ("token", "reason"):
+        try:
+            doc.get(key, "").encode("utf-8")
+        except UnicodeEncodeError:
+            # a lone surrogate (\ud800) decodes from JSON but cannot be journaled: a bad request
+            raise PayloadError(f"{key!r} is not valid Unicode text") from None
     return doc

@@ -443,6 +443,8 @@ BAD_ROTATIONS = [
     ("token not a string", None, b'{"token": 3}', 400),
     ("force not a boolean", None, b'{"token": "keda", "force": "yes"}', 400),
     ("unknown field", None, b'{"token": "keda", "tokne": "x"}', 400),
+    ("lone surrogate in the reason", None, b'{"token": "keda", "reason": "\\ud800"}', 400),
+    ("undecodable bytes", None, b'{"token": "k\xff"}', 400),
     ("unknown token", None, b'{"token": "nope"}', 404),
 ]
 
