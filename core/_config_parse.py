@@ -508,7 +508,7 @@ _EXPORTER_KEYS = ("listen", "pat_interval", "validity_interval", "keda_interval"
                   "pipeline_interval", "concurrency")
 _WORKER_KEYS = ("listen", "webhook_token_file", "state_dir", "cooldown", "verify_deadline",
                 "reconcile_interval", "lease",
-                "decision_retention", "rotation_retention", "decisions_per_minute")
+                "decision_retention", "rotation_retention", "decisions_per_minute", "url")
 _WORKER_REJECTED = {
     "webhook_token": ("a webhook token written in the config file",
                       f"{_NO_SECRETS_FIX}: use 'webhook_token_file' or the PATROL_WEBHOOK_TOKEN "
@@ -958,6 +958,7 @@ class _Parser:
             verify_deadline=sec.duration("verify_deadline", d.verify_deadline, example="5m"),
             reconcile_interval=sec.duration("reconcile_interval", d.reconcile_interval, example="5m"),
             lease=lease,
+            url=sec.url("url", required=False, https_only=False, example="http://patrol-worker.patrol.svc:9878"),
             **self.journal_bounds(sec, d),
         )
 

@@ -195,6 +195,10 @@ class WorkerSettings:
     decision_retention: timedelta = timedelta(days=7)
     rotation_retention: timedelta = timedelta(days=365)
     decisions_per_minute: int = 10
+    # Where `patrol rotate` reaches the worker's POST /rotations when a worker holds the Lease
+    # (e.g. the Service, http://patrol-worker.patrol.svc:9878); flag --worker-url and env
+    # PATROL_WORKER_URL override it.
+    url: str | None = None
 
 
 @dataclass(frozen=True)

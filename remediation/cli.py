@@ -6,7 +6,9 @@ receive that environment through ``args.env`` (never shown in ``--help``). Setti
 is flag > environment > config file, as everywhere in patrol.
 
 ``patrol rotate`` is the runbook in one command: the same saga the worker runs, step by step
-on the terminal, with ``--dry-run`` to see the plan first.
+on the terminal, with ``--dry-run`` to see the plan first. When a worker holds the Lease, it
+asks that worker instead (``POST /rotations`` at ``--worker-url`` / ``PATROL_WORKER_URL`` /
+``worker.url``, with the webhook's bearer) and follows the rotation there.
 
 ``patrol.cli`` imports this module to build its parser, whatever the subcommand, so the
 journal (sqlite3), planner and saga are imported inside the commands that use them: the
@@ -41,6 +43,9 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 WEBHOOK_TOKEN_ENV = "PATROL_WEBHOOK_TOKEN"
 STATE_DIR_ENV = "PATROL_STATE_DIR"
+WORKER_URL_ENV = "PATROL_WORKER_URL"
+FOLLOW_EVERY = 2.0
+FOLLOW_TOLERANCE = 5
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: Mapping[str, str],
@@ -83,7 +88,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: M
                "  patrol rotate keda --config patrol.yaml --reason 'leaked in a log' --compromised\n\n"
                "--compromised revokes the previous PAT as soon as the new one is delivered and verified,\n"
                "without waiting for builds that still hold it; if TOKEN's rotation is running (say,\n"
-               "draining), it is marked compromised instead and revokes at once.")
+               "draining), it is marked compromised instead and revokes at once.\n\n"
+               "When a worker holds the Lease (worker.lease), the rotation is asked of it: POST /rotations\n"
+               f"at --worker-url (env {WORKER_URL_ENV}, else worker.url), with the webhook bearer token\n"
+               f"({WEBHOOK_TOKEN_ENV} or worker.webhook_token_file); from outside the cluster, e.g.\n"
+               "  kubectl -n patrol port-forward pod/<lease holder> 9878 &\n"
+               "  patrol rotate keda --config patrol.yaml --worker-url http://127.0.0.1:9878")
     rotate.add_argument("token", metavar="TOKEN", help="a token name from the configuration")
     rotate.add_argument("--dry-run", action="store_true",
                         help="print the plan (scopes, lifetime, sinks, consumers, what would be revoked)")
@@ -93,6 +103,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], env: M
                              "with --dry-run, the plan)")
     rotate.add_argument("--compromised", action="store_true",
                         help="the current PAT leaked: skip the drain, revoke as soon as delivery is verified")
+    rotate.add_argument("--worker-url", metavar="URL", default=env.get(WORKER_URL_ENV),
+                        help=f"the worker to ask when one holds the Lease (env {WORKER_URL_ENV}; "
+                             "default: worker.url)")
+    rotate.add_argument("--no-wait", action="store_true",
+                        help="when a worker rotates: return once it has started (follow with patrol history)")
     rotate.set_defaults(handler=run_rotate)
     finish(rotate)
 
@@ -326,20 +341,15 @@ def run_rotate(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 else:
                     print_preview(preview, out)
                 return EXIT_FAILURE if preview.problems else EXIT_OK
+            reason = args.reason or f"patrol rotate by {getpass.getuser()}"
             if lease is not None:
                 if not leadership.tick():
-                    message = (f"the worker {lease.holder() or '(unknown)'} holds the lease "
-                               f"{lease.namespace}/{lease.name}; let it rotate (send the alert, or stop it) "
-                               "and try again")
-                    if as_json:
-                        print(_result_json(args.token, "not-started", None, message), file=out)
-                    else:
-                        print(f"patrol: {message}", file=sys.stderr)
-                    return EXIT_FAILURE
+                    holder = lease.holder()
+                    return rotate_through_worker(args, cfg, env, reason, holder=holder, out=out,
+                                                 where=f"{lease.namespace}/{lease.name}")
                 leadership.start()
             planner = Planner([t.name for t in cfg.tokens], journal, cooldown=cfg.worker.cooldown,
                               locks=TokenLocks(state_dir / "locks"))
-            reason = args.reason or f"patrol rotate by {getpass.getuser()}"
             if args.compromised:
                 reason += " (compromised)"
             decision, request = planner.request(args.token, trigger="manual", reason=reason, force=True,
@@ -378,6 +388,133 @@ def run_rotate(args: argparse.Namespace, out: TextIO | None = None) -> int:
             journal.close()
 
 
+def _refuse(args: argparse.Namespace, message: str, out: TextIO) -> int:
+    if getattr(args, "json", False):
+        print(_result_json(args.token, "not-started", None, message), file=out)
+    else:
+        print(f"patrol: {message}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def rotate_through_worker(args: argparse.Namespace, cfg: config.Config, env: Mapping[str, str], reason: str,
+                          *, holder: str | None, out: TextIO, where: str,
+                          sleep: Callable[[float], None] | None = None) -> int:
+    """Another process (a worker) holds the Lease: ask it with ``POST /rotations``, then follow
+    the rotation through ``GET /rotations/{id}`` unless ``--no-wait``."""
+    import time
+
+    from core.errors import UnavailableError
+    from remediation.remote import WorkerClient
+
+    sleep = sleep or time.sleep
+    who = holder or "(unknown)"
+    url = getattr(args, "worker_url", None) or cfg.worker.url
+    if not url:
+        return _refuse(args, (
+            f"the worker {who} holds the lease {where}, and no worker URL is set to ask it: set worker.url "
+            f"in {cfg.source}, {WORKER_URL_ENV} or --worker-url (from outside the cluster: kubectl -n "
+            f"<namespace> port-forward pod/{holder or '<lease holder>'} 9878, then --worker-url "
+            "http://127.0.0.1:9878)"), out)
+    bearer = webhook_token(cfg, env)
+    if bearer is None:
+        return _refuse(args, (
+            f"the worker {who} holds the lease {where}; to ask it at {url}, patrol needs the webhook bearer "
+            f"token: set {WEBHOOK_TOKEN_ENV} or worker.webhook_token_file"), out)
+    try:
+        client = WorkerClient(url, bearer, sleep=sleep)
+    except ValueError:
+        raise ConfigError("(flags)", "--worker-url", f"{url!r} is not an http(s) URL",
+                          "e.g. --worker-url http://127.0.0.1:9878 (or worker.url, PATROL_WORKER_URL)") from None
+    as_json = bool(getattr(args, "json", False))
+    try:
+        answer = client.start(args.token, reason=reason, compromised=bool(args.compromised), force=True)
+    except UnavailableError as exc:
+        return _refuse(args, str(exc), out)
+    body = answer.body
+    if answer.status == 202 and body.get("reason") == "marked-compromised":
+        print(f"rotation {body.get('rotation_id')} of {args.token} is running on the worker: marked compromised, "
+              "so it revokes the previous PAT as soon as delivery is verified; follow it with: patrol history "
+              "--steps", file=out)
+        return EXIT_OK
+    if answer.status != 202:
+        return _refuse(args, _worker_refusal(answer, url, who), out)
+    rotation_id = str(body.get("rotation_id"))
+    if not as_json:
+        print(f"rotating {args.token} on the worker {who} at {url} (rotation {rotation_id}): {reason}", file=out,
+              flush=True)
+    if getattr(args, "no_wait", False):
+        if as_json:
+            print(json.dumps({"token": args.token, "outcome": "started", "rotation_id": rotation_id,
+                              "message": f"rotation {rotation_id} started on the worker at {url}",
+                              "rotation": None}, indent=2), file=out)
+        return EXIT_OK
+    return _follow(client, rotation_id, args.token, out, as_json=as_json, sleep=sleep)
+
+
+def _worker_refusal(answer: Any, url: str, who: str) -> str:
+    body: dict[str, Any] = answer.body
+    if answer.status == 401:
+        return (f"the worker at {url} refused the bearer token: {WEBHOOK_TOKEN_ENV} (or "
+                "worker.webhook_token_file) must hold the token the worker's webhook expects")
+    if answer.status == 409:
+        return (f"{answer.reason} (rotation {body.get('rotation_id') or 'unknown'}); follow it with: "
+                "patrol history --steps")
+    if answer.status == 503:
+        leader = body.get("leader") or who
+        return (f"the worker at {url} cannot take the rotation ({answer.reason}); the Lease holder is "
+                f"{leader}: reach it directly (kubectl -n <namespace> port-forward pod/{leader} 9878, then "
+                "--worker-url http://127.0.0.1:9878)")
+    return f"the worker at {url} refused: {answer.reason} (HTTP {answer.status})"
+
+
+def _follow(client: Any, rotation_id: str, token: str, out: TextIO, *, as_json: bool,
+            sleep: Callable[[float], None]) -> int:
+    """Poll the worker until the rotation finishes, printing each step as it completes."""
+    from core.errors import UnavailableError
+
+    shown: set[tuple[str, str]] = set()
+    record: dict[str, Any] = {}
+    unreachable = 0
+    while True:
+        try:
+            answer = client.rotation(rotation_id)
+            unreachable = 0
+        except UnavailableError as exc:
+            unreachable += 1                  # e.g. a pod restarting during a roll: a few are fine
+            if unreachable < FOLLOW_TOLERANCE:
+                sleep(FOLLOW_EVERY)
+                continue
+            print(f"patrol: {exc}; the worker continues rotation {rotation_id}: follow it with patrol history",
+                  file=sys.stderr)
+            return EXIT_FAILURE
+        if answer.status != 200:
+            # another replica answered (its own journal), or the worker restarted: not ours to judge
+            print(f"patrol: the worker at {client.url} does not know rotation {rotation_id} ({answer.reason});"
+                  " the Lease holder runs it: follow it with patrol history", file=sys.stderr)
+            return EXIT_FAILURE
+        record = answer.body
+        for step in record.get("steps") or []:
+            key = (str(step.get("name")), str(step.get("status")))
+            if key not in shown and key[1] not in ("pending", "running"):
+                shown.add(key)
+                if not as_json:
+                    print(f"  {key[0]:<8} {key[1]:<6} {step.get('detail') or ''}".rstrip(), file=out, flush=True)
+        if record.get("outcome"):
+            break
+        sleep(FOLLOW_EVERY)
+    outcome = str(record["outcome"])
+    if outcome == "succeeded":
+        result, code = f"rotation {rotation_id} succeeded: now {record.get('new_authorization_id')}", EXIT_OK
+    else:
+        result, code = f"rotation {rotation_id} {outcome.upper()}: {record.get('error')}", EXIT_FAILURE
+    if as_json:
+        print(json.dumps({"token": token, "outcome": outcome, "message": result, "rotation": record}, indent=2),
+              file=out)
+    else:
+        print(result, file=out)
+    return code
+
+
 # -- patrol history -------------------------------------------------------------------------------
 
 def _when(ts: float | None) -> str:
@@ -413,10 +550,25 @@ def run_history(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     cfg = _config(args) if args.config else None
     state_dir = _state_dir(args, cfg)
+    if cfg is not None and args.token is not None and args.token not in {t.name for t in cfg.tokens}:
+        known = ", ".join(t.name for t in cfg.tokens) or "none"
+        print(f"patrol: no token named {args.token!r} in {cfg.source} (configured: {known})", file=sys.stderr)
+        return EXIT_USAGE
     if not (state_dir / JOURNAL_FILE).exists():
+        if cfg is None and args.token is not None:
+            print(f"patrol: no rotations of {args.token!r} recorded in {state_dir} (none at all); pass --config "
+                  "to check the name against the configured tokens", file=sys.stderr)
+            return EXIT_USAGE
         print(f"no rotations recorded in {state_dir}", file=out)
         return EXIT_OK
     with Journal.in_state_dir(state_dir) as journal:
+        if cfg is None and args.token is not None:
+            recorded = journal.tokens()
+            if args.token not in recorded:
+                print(f"patrol: no rotations of {args.token!r} recorded in {state_dir} (tokens with rotations: "
+                      f"{', '.join(recorded) or 'none'}); pass --config to check the name against the "
+                      "configured tokens", file=sys.stderr)
+                return EXIT_USAGE
         records = journal.recent(args.token, limit=max(1, args.limit))
     if args.json:
         doc: list[dict[str, Any]] = [r.to_json() for r in records]

@@ -530,6 +530,12 @@ class Journal:
                 row = self._db.execute("SELECT COUNT(*) FROM rotations WHERE token=?", (token,)).fetchone()
         return int(row[0])
 
+    def tokens(self) -> list[str]:
+        """The token names the journal has rotations of (``patrol history`` without a config)."""
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT token FROM rotations ORDER BY token").fetchall()
+        return [str(row[0]) for row in rows]
+
     def _record(self, row: sqlite3.Row) -> RotationRecord:
         steps = {
             s["name"]: StepRecord(name=s["name"], status=s["status"], started_at=s["started_at"],

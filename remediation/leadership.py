@@ -2,10 +2,13 @@
 
 Several replicas can receive webhooks, but two must never rotate the same token at once
 (DESIGN §6). The holder of ``worker.lease`` is the only one that plans and runs steps; the
-others answer 503 (so Alertmanager retries, reaching the holder through the Service) and report
-not-ready. Holding is judged conservatively on our own monotonic clock: we count as leader only
-until one lease duration after our last successful renewal, so a worker whose renewals stall
-stops starting steps before anyone else can take the lease over.
+others answer 503 to work (so Alertmanager retries, reaching the holder through the Service) but
+stay Ready: readiness says a replica can serve, leadership is the ``patrol_worker_leader``
+gauge, so a healthy standby never trips ``KubeDeploymentReplicasMismatch``. Holding is judged
+conservatively on our own monotonic clock: we count as leader only until one lease duration
+after our last successful renewal, so a worker whose renewals stall stops starting steps before
+anyone else can take the lease over. A standby also remembers who holds the lease (one read per
+renewal), so its 503 names the replica to reach.
 """
 
 from __future__ import annotations
@@ -49,12 +52,30 @@ class Leadership:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[bool], None]] = []
+        self._holder: str | None = None
+        self._reached_at: float | None = None
 
     def is_leader(self) -> bool:
         if self.lock is None:
             return True
         with self._mutex:
             return self._held and self._monotonic() < self._valid_until
+
+    def holder(self) -> str | None:
+        """Who held the lease at the last renewal attempt (ours or another replica's identity);
+        None when nobody did, it was unknown (an API error), or there is no lock."""
+        with self._mutex:
+            return self._holder
+
+    def api_reachable(self) -> bool:
+        """Whether the Kubernetes API answered a lease call within the last lease duration
+        (always True without a lock, and before the first attempt)."""
+        if self.lock is None:
+            return True
+        with self._mutex:
+            if self._reached_at is None:
+                return True
+            return self._monotonic() - self._reached_at < max(self._valid_for, 2 * self.renew_every)
 
     def on_change(self, listener: Callable[[bool], None]) -> None:
         """Call ``listener(True/False)`` when leadership is gained or lost (from the renew thread)."""
@@ -65,14 +86,22 @@ class Leadership:
         if self.lock is None:
             return True
         started = self._monotonic()
+        reached = True
+        holder: str | None = None
         try:
             held = self.lock.try_acquire_or_renew()
+            holder = self.lock.identity if held else self.lock.holder()
         except PatrolError as exc:
             log.warning("lease renewal failed: %s", exc, extra={"identity": self.lock.identity})
-            held = False
+            held, reached = False, False
         with self._mutex:
             was, self._reported = self._reported, held
             self._held = held
+            self._holder = holder
+            if reached:
+                self._reached_at = self._monotonic()
+            elif self._reached_at is None:
+                self._reached_at = started - self._valid_for - 2 * self.renew_every   # never reached
             if held:
                 self._valid_until = started + self._valid_for
         if held != was:

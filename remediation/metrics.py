@@ -63,6 +63,27 @@ class JournalCollector(Collector):
             value=j.decisions_dropped)
 
 
+class LeadershipState(Protocol):
+    """What :class:`remediation.leadership.Leadership` tells at scrape time (memory only)."""
+
+    def is_leader(self) -> bool: ...
+
+
+class LeadershipCollector(Collector):
+    """``patrol_worker_leader``: read at scrape time, so a lease that lapsed without a renewal
+    attempt shows as 0 at once (leadership is judged on the clock, not only on events)."""
+
+    def __init__(self, leadership: LeadershipState) -> None:
+        self._leadership = leadership
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "patrol_worker_leader",
+            "1 while this worker replica holds the Lease (worker.lease) and so plans and runs"
+            " rotations; 0 on a standby. Readiness does not depend on it: sum() over the replicas"
+            " should be 1.", value=1.0 if self._leadership.is_leader() else 0.0)
+
+
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, info: BuildInfo | None = None,
                  credentials: CredentialLedger | None = None) -> None:
@@ -98,6 +119,11 @@ class WorkerMetrics:
         self.webhook_requests = Counter(
             "patrol_webhook_requests_total", "Webhook deliveries by HTTP status code.",
             ["code"], registry=self.registry)
+        self.rotation_requests = Counter(
+            "patrol_rotation_requests_total",
+            "POST /rotations (rotate now) by HTTP status code: 202 started, 404 unknown token, 409 one"
+            " is running, 429 cool-down, 503 not the Lease holder, 401 bad bearer.",
+            ["code"], registry=self.registry)
 
     def declare_tokens(self, tokens: tuple[str, ...] | list[str]) -> None:
         """Export zeros for every configured token, so absent() and rate() work from the start."""
@@ -115,6 +141,10 @@ class WorkerMetrics:
             "Connections the worker closed: header_timeout (no request within the bound: a slow or"
             " idle sender), too_many (over the connection cap).",
             ["reason"], registry=self.registry)
+
+    def watch_leadership(self, leadership: LeadershipState) -> None:
+        """Export whether this replica leads (``patrol_worker_leader`` 0/1)."""
+        self.registry.register(LeadershipCollector(leadership))
 
     def watch_journal(self, journal: JournalHealth) -> None:
         """Export the journal's health (writable, write errors, resets, dropped decisions)."""

@@ -1,4 +1,4 @@
-"""The worker's HTTP face: the Alertmanager webhook, metrics, health and rotation history.
+"""The worker's HTTP face: the Alertmanager webhook, ``POST /rotations``, metrics, health, history.
 
 The webhook answers fast and does nothing on a bad request: authentication (constant-time
 Bearer compare), content type, size and schema are checked before anything is planned, so a
@@ -7,7 +7,16 @@ as 499). Hostile bytes (undecodable header values, lone surrogates, times at the
 edge) are bad requests, never a 503. An accepted delivery gets 202 at once and the
 rotation continues in the background (:mod:`remediation.dispatch`). 503 is reserved for "cannot
 accept work now" (not the Lease holder, shutting down), the only answer that makes
-Alertmanager retry (API-CONTRACTS §5.2).
+Alertmanager retry (API-CONTRACTS §5.2); a standby's 503 names the replica holding the Lease.
+
+``POST /rotations`` is "rotate now" for an operator (``patrol rotate`` when a worker holds the
+Lease): the same bearer, the same checks, the same planner (one rotation per token, the
+cool-down unless ``force``, ``compromised`` as the saga supports it). Its answers are distinct
+so a client can act on them: 202 started (with the rotation id), 404 unknown token, 409 one is
+running (with its id), 429 cool-down (with the seconds left), 503 not the Lease holder.
+
+Readiness (``/readyz``) says whether this replica can serve (not stopping, journal writable,
+Kubernetes API answering), not whether it leads: a standby is Ready.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from remediation.alerts import PayloadError, parse_body
 from remediation.dispatch import Dispatcher
 from remediation.journal import Journal
 from remediation.metrics import WorkerMetrics
-from remediation.planner import Planner
+from remediation.planner import Planner, RotationRequest
 
 log = logging.getLogger("patrol.webhook")
 
@@ -57,6 +66,9 @@ HTTP_LOG.addFilter(_MalformedHttpFilter())
 MAX_BODY = 1024 * 1024
 CLIENT_CLOSED = 499
 WEBHOOK_PATH = "/webhook/alertmanager"
+ROTATIONS_PATH = "/rotations"
+MAX_ROTATION_BODY = 16 * 1024
+_ROTATION_KEYS = {"token": str, "reason": str, "compromised": bool, "force": bool}
 _JSON_TYPES = ("application/json",)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -159,7 +171,9 @@ class WorkerServer:
     """Builds the aiohttp application; every collaborator is a constructor argument.
 
     ``accepting`` returns ``None`` when work can be accepted, else a short reason for a 503
-    (e.g. "not the lease holder"); it also drives ``/readyz``.
+    (e.g. "not the lease holder"). ``ready`` returns ``None`` when this replica can serve, else
+    why not; it drives ``/readyz`` (a standby is ready: it serves history, metrics and the 503
+    that sends a retry elsewhere). ``leader`` names the Lease holder for a 503's body.
     """
 
     def __init__(
@@ -173,6 +187,9 @@ class WorkerServer:
         insecure_no_auth: bool = False,
         accepting: Callable[[], str | None] = lambda: None,
         limits: ServerLimits | None = None,
+        ready: Callable[[], str | None] = lambda: None,
+        leader: Callable[[], str | None] = lambda: None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if isinstance(webhook_token, str):
             webhook_token = Secret(webhook_token)
@@ -186,18 +203,25 @@ class WorkerServer:
         self.journal = journal
         self.metrics = metrics
         self._accepting = accepting
+        self._ready = ready
+        self._leader = leader
+        self._clock = clock
         self.limits = limits or ServerLimits()
         self.guard = ConnectionGuard(self.limits, metrics)
         for code in ("202", "400", "401", "413", "415", str(REQUEST_TIMEOUT), str(CLIENT_CLOSED), "503"):
             metrics.webhook_requests.labels(code=code)
+        for code in ("202", "400", "401", "404", "409", "413", "415", "429", "503"):
+            metrics.rotation_requests.labels(code=code)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self.guard.middleware])
         app.router.add_post(WEBHOOK_PATH, self._counted(self.webhook))
+        app.router.add_post(ROTATIONS_PATH, self._counted(self.rotate, manual=True))
         app.router.add_get("/metrics", self.metrics_page)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/rotations", self.rotations)
+        app.router.add_get(ROTATIONS_PATH, self.rotations)
+        app.router.add_get(ROTATIONS_PATH + "/{rotation_id}", self.rotation)
         return app
 
     @contextlib.asynccontextmanager
@@ -227,17 +251,29 @@ class WorkerServer:
             return "shutting down"
         return self._accepting()
 
+    def not_ready_reason(self) -> str | None:
+        if not self.dispatcher.accepting:
+            return "shutting down"
+        return self._ready()
+
+    def _unavailable(self, reason: str) -> web.Response:
+        """503 with the Lease holder's identity when known, so a client can find the leader."""
+        leader = self._leader()
+        return _reply(503, reason, **({"leader": leader} if leader else {}))
+
     # -- webhook ----------------------------------------------------------------------------------
 
-    def _counted(self, handler: Handler) -> Handler:
+    def _counted(self, handler: Handler, *, manual: bool = False) -> Handler:
+        counter = self.metrics.rotation_requests if manual else self.metrics.webhook_requests
+
         async def wrapper(request: web.Request) -> web.StreamResponse:
             try:
                 response = await handler(request)
             except Exception:
                 # e.g. the journal's disk is full: nothing was admitted; ask for a retry.
-                log.exception("webhook delivery could not be handled")
+                log.exception("%s could not be handled", "rotation request" if manual else "webhook delivery")
                 response = _reply(503, "internal error; retry later")
-            self.metrics.webhook_requests.labels(code=str(response.status)).inc()
+            counter.labels(code=str(response.status)).inc()
             return response
         return wrapper
 
@@ -253,15 +289,16 @@ class WorkerServer:
         presented = credentials.strip().encode("utf-8", "surrogateescape")
         return hmac.compare_digest(presented, self._expected)
 
-    async def webhook(self, request: web.Request) -> web.StreamResponse:
+    async def _authorized_body(self, request: web.Request, limit: int = MAX_BODY) -> bytes | web.Response:
+        """The request body once bearer, content type and size pass; else the answer to give."""
         if not self._authorized(request):
             response = _reply(401, "missing or bad bearer token")
             response.headers["WWW-Authenticate"] = 'Bearer realm="patrol"'
             return response
         if request.content_type not in _JSON_TYPES:
             return _reply(415, "content type must be application/json")
-        if request.content_length is not None and request.content_length > MAX_BODY:
-            return _reply(413, f"body larger than {MAX_BODY} bytes")
+        if request.content_length is not None and request.content_length > limit:
+            return _reply(413, f"body larger than {limit} bytes")
         try:
             async with asyncio.timeout(self.limits.body_timeout):
                 body = await request.read()
@@ -279,13 +316,21 @@ class WorkerServer:
             log.info("webhook client disconnected before sending the whole body",
                      extra={"remote": request.remote or ""})
             return _reply(CLIENT_CLOSED, "client closed the connection before the body was complete")
+        if len(body) > limit:
+            return _reply(413, f"body larger than {limit} bytes")
+        return body
+
+    async def webhook(self, request: web.Request) -> web.StreamResponse:
+        body = await self._authorized_body(request)
+        if isinstance(body, web.Response):
+            return body
         try:
             notification = parse_body(body)
         except PayloadError as exc:
             return _reply(400, exc.reason)
         unavailable = self.not_accepting_reason()
         if unavailable is not None:
-            return _reply(503, unavailable)
+            return self._unavailable(unavailable)
         plan = self.planner.plan(notification)
         for index, rotation in enumerate(plan.requests):
             if not self.dispatcher.submit(rotation):
@@ -297,6 +342,64 @@ class WorkerServer:
             self.metrics.rotations.labels(token=token, result="skipped").inc()
         return _reply(202, "accepted", decisions=[d.to_json() for d in plan.decisions])
 
+    # -- rotate now -------------------------------------------------------------------------------
+
+    async def rotate(self, request: web.Request) -> web.StreamResponse:
+        """``POST /rotations``: start a rotation now through the planner (see the module doc)."""
+        body = await self._authorized_body(request, MAX_ROTATION_BODY)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            ask = parse_rotation_request(body)
+        except PayloadError as exc:
+            return _reply(400, exc.reason)
+        token = ask["token"]
+        if token not in self.planner.tokens:
+            known = sorted(self.planner.tokens)
+            return _reply(404, f"no token named {token!r} in the worker's configuration; known: "
+                          f"{', '.join(known) or 'none'}", known_tokens=known)
+        unavailable = self.not_accepting_reason()
+        if unavailable is not None:
+            return self._unavailable(unavailable)
+        compromised, force = bool(ask.get("compromised", False)), bool(ask.get("force", False))
+        reason = f"POST /rotations: {ask.get('reason') or 'no reason given'}"
+        if compromised:
+            reason += " (compromised)"
+        decision, admitted = self.planner.request(token, trigger="manual", reason=reason, force=force,
+                                                  compromised=compromised)
+        if admitted is not None:
+            return self._start(admitted, reason)
+        if decision.reason == "marked-compromised":
+            return _reply(202, "marked-compromised", token=token, rotation_id=decision.rotation_id,
+                          detail="the running rotation revokes the previous PAT as soon as delivery is "
+                                 "verified")
+        if decision.reason == "cooldown":
+            left = self._cooldown_left(token)
+            response = _reply(429, f"{token} was rotated less than the cool-down ago; retry in {left} s "
+                              "or pass \"force\": true", token=token, retry_after_seconds=left)
+            response.headers["Retry-After"] = str(left)
+            return response
+        running = [r.id for r in self.journal.unfinished() if r.token == token]
+        return _reply(409, f"a rotation of {token} is running; follow it at {ROTATIONS_PATH}/<id>",
+                      token=token, rotation_id=running[-1] if running else None)
+
+    def _start(self, admitted: RotationRequest, reason: str) -> web.Response:
+        if not self.dispatcher.submit(admitted):
+            self.planner.abandon(admitted, "worker stopping; retry")
+            return self._unavailable("shutting down")
+        log.info("rotation %s of %s started on request: %s", admitted.rotation_id, admitted.token, reason,
+                 extra={"token": admitted.token, "rotation_id": admitted.rotation_id})
+        response = _reply(202, "accepted", token=admitted.token, rotation_id=admitted.rotation_id,
+                          compromised=admitted.compromised)
+        response.headers["Location"] = f"{ROTATIONS_PATH}/{admitted.rotation_id}"
+        return response
+
+    def _cooldown_left(self, token: str) -> int:
+        last = self.journal.last_success(token)
+        if last is None:
+            return 0
+        return max(1, int(last + self.planner.cooldown - self._clock() + 0.999))
+
     # -- the rest ---------------------------------------------------------------------------------
 
     async def metrics_page(self, request: web.Request) -> web.Response:
@@ -307,7 +410,7 @@ class WorkerServer:
         return web.Response(text="ok\n")
 
     async def readyz(self, request: web.Request) -> web.Response:
-        reason = self.not_accepting_reason()
+        reason = self.not_ready_reason()
         if reason is not None:
             return web.Response(status=503, text=f"not ready: {reason}\n")
         return web.Response(text="ready\n")
@@ -330,3 +433,42 @@ class WorkerServer:
             ],
         }
         return web.json_response(body)
+
+    async def rotation(self, request: web.Request) -> web.Response:
+        """``GET /rotations/{id}``: one rotation's record (what ``patrol rotate`` follows)."""
+        record = self.journal.find(request.match_info["rotation_id"])
+        if record is None:
+            standby = self.not_accepting_reason()
+            if standby is not None:
+                # Behind the Service a follower may land here: the leader's journal has it.
+                return self._unavailable(standby)
+            return _reply(404, "no such rotation in this worker's journal")
+        return web.json_response(record.to_json())
+
+
+def parse_rotation_request(body: bytes) -> dict[str, Any]:
+    """Validate a ``POST /rotations`` body; :class:`PayloadError` names what is wrong."""
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):      # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise PayloadError("body is not JSON; send e.g. {\"token\": \"keda\", \"reason\": \"...\"}") from None
+    if not isinstance(doc, dict):
+        raise PayloadError("body must be a JSON object with a \"token\"")
+    unknown = sorted(k for k in doc if k not in _ROTATION_KEYS)
+    if unknown:
+        raise PayloadError(f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: "
+                           f"{', '.join(_ROTATION_KEYS)}")
+    for key, kind in _ROTATION_KEYS.items():
+        if key in doc and not isinstance(doc[key], kind):
+            raise PayloadError(f"{key!r} must be a {'boolean' if kind is bool else 'string'}")
+    if not doc.get("token"):
+        raise PayloadError("\"token\" is required: the name of a configured token")
+    if len(doc.get("reason", "")) > 500:
+        raise PayloadError("\"reason\" is longer than 500 characters")
+    for key in ("token", "reason"):
+        try:
+            doc.get(key, "").encode("utf-8")
+        except UnicodeEncodeError:
+            # a lone surrogate (\ud800) decodes from JSON but cannot be journaled: a bad request
+            raise PayloadError(f"{key!r} is not valid Unicode text") from None
+    return doc

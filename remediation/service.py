@@ -5,8 +5,10 @@ from a :class:`core.config.Config` and a :class:`remediation.world.World`, so th
 (``patrol worker``), the end-to-end tests and the benchmarks build the very same thing.
 :class:`WorkerThread` serves it on loopback from a background thread for tests and benchmarks.
 
-The worker is ready (``/readyz``, and the webhook accepts work) only while it is not stopping,
-holds the Lease, and can write its journal. A keeper thread tries a small journal write every
+The worker accepts work (webhook, ``POST /rotations``) only while it is not stopping, holds
+the Lease, and can write its journal. It is ready (``/readyz``) while it can serve: not
+stopping, journal writable, the Kubernetes API answering its lease calls; leading or not (a
+standby is Ready; ``patrol_worker_leader`` tells which replica leads). A keeper thread tries a small journal write every
 ``journal_probe_interval``: a full volume turns readiness off before a rotation trips on it,
 and space coming back turns it on again and resumes at once what was cut short. The same
 thread prunes the journal every ``prune_interval`` by the configured retentions.
@@ -78,6 +80,7 @@ class WorkerService:
         self.planner = Planner([t.name for t in cfg.tokens], self.journal, cooldown=cfg.worker.cooldown,
                                locks=TokenLocks(self.state_dir / "locks"), clock=clock)
         self.leadership = Leadership(lease)
+        self.metrics.watch_leadership(self.leadership)
         self.saga = RotationSaga(cfg, world, self.journal, settings=settings, clock=clock, sleep=sleep,
                                  may_continue=self.may_rotate, on_step=on_step, after_step=after_step,
                                  metrics=self.metrics)
@@ -89,7 +92,8 @@ class WorkerService:
         self.server = WorkerServer(planner=self.planner, dispatcher=self.dispatcher, journal=self.journal,
                                    metrics=self.metrics, webhook_token=webhook_token,
                                    insecure_no_auth=insecure_no_auth, accepting=self.not_accepting_reason,
-                                   limits=server_limits)
+                                   ready=self.not_ready_reason, leader=self.leadership.holder,
+                                   limits=server_limits, clock=clock)
         self.reconcile_interval = (reconcile_interval if reconcile_interval is not None
                                    else cfg.worker.reconcile_interval.total_seconds())
         self._reconcile_now = threading.Event()
@@ -102,14 +106,22 @@ class WorkerService:
     def may_rotate(self) -> bool:
         return not self._stopping.is_set() and self.leadership.is_leader()
 
-    def not_accepting_reason(self) -> str | None:
+    def not_ready_reason(self) -> str | None:
+        """Why this replica cannot serve (``/readyz`` 503), or None; leadership is not a reason."""
         if self._stopping.is_set():
             return "shutting down"
         if not self.journal.writable:
             return f"the journal cannot be written ({self.journal.last_write_error or 'unknown error'})"
-        if not self.leadership.is_leader():
-            return "not the lease holder"
+        if not self.leadership.api_reachable():
+            return "the Kubernetes API does not answer lease calls"
         return None
+
+    def not_accepting_reason(self) -> str | None:
+        """Why this replica cannot take work now (a 503 that makes the sender retry), or None."""
+        reason = self.not_ready_reason()
+        if reason is None and not self.leadership.is_leader():
+            return "not the lease holder"
+        return reason
 
     # -- lifecycle --------------------------------------------------------------------------------
 

@@ -787,7 +787,7 @@ def lease_config(cfg: Config) -> Config:
     return replace(cfg, worker=replace(cfg.worker, lease=lease))
 
 
-def test_two_workers_one_lease(world: World, tmp_path: Path) -> None:
+def test_two_workers_one_lease(world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     world.annotate_seed()
     cfg = lease_config(world.config)
     workers = []
@@ -800,13 +800,46 @@ def test_two_workers_one_lease(world: World, tmp_path: Path) -> None:
         wait_for(lambda: sum(w.service.leadership.is_leader() for w in workers) == 1, timeout=10)
         leader = next(w for w in workers if w.service.leadership.is_leader())
         follower = next(w for w in workers if w is not leader)
-        assert asyncio.run(fetch(follower.url, "/readyz"))[0] == 503
+        leader_name = leader.service.leadership.lock.identity      # type: ignore[union-attr]
+        # Both Ready (a standby does not trip KubeDeploymentReplicasMismatch); the metric says who leads.
+        assert asyncio.run(fetch(follower.url, "/readyz"))[0] == 200
         assert asyncio.run(fetch(leader.url, "/readyz"))[0] == 200
-        assert asyncio.run(deliver(follower.url, alert_payload()))[0][0] == 503   # Alertmanager retries
+        assert 'patrol_worker_leader 0.0' in asyncio.run(fetch(follower.url, "/metrics"))[1]
+        assert 'patrol_worker_leader 1.0' in asyncio.run(fetch(leader.url, "/metrics"))[1]
+        wait_for(lambda: follower.service.leadership.holder() == leader_name, timeout=10)
+        refused = asyncio.run(deliver(follower.url, alert_payload()))[0]         # Alertmanager retries
+        assert refused[0] == 503 and json.loads(refused[1])["leader"] == leader_name
         assert follower.service.journal.count() == 0
         assert asyncio.run(deliver(leader.url, alert_payload()))[0][0] == 202
         assert leader.service.dispatcher.wait_idle(60)
         assert leader.service.journal.recent("keda")[0].outcome == "succeeded"
+        # `patrol rotate` while a worker holds the Lease: asked of the worker over POST /rotations.
+        path = tmp_path / "patrol-lease.yaml"
+        doc = yaml.safe_load(Path(world.sb.ready["config"]).read_text())
+        doc.setdefault("worker", {})["lease"] = {"cluster": "cft-ptl", "namespace": NS, "name": "patrol-worker",
+                                                 "duration": "2s"}
+        path.write_text(yaml.safe_dump(doc))
+        env = {"PATROL_WEBHOOK_TOKEN": WEBHOOK_TOKEN, "POD_NAME": "operator-laptop"}
+        args = cli_args(world, token="keda", dry_run=False, compromised=False, json=False, worker_url=None)
+        args.config, args.env, args.state_dir = str(path), env, str(tmp_path / "operator-state")
+        out = io.StringIO()
+        assert cli.run_rotate(args, out=out) == cli.EXIT_FAILURE              # no URL: says how to reach it
+        assert capsys.readouterr().err.count("no worker URL is set") == 1
+        args.worker_url = follower.url                                         # the standby: 503 naming the leader
+        cfg_file = load_config(str(path))
+        assert cli.rotate_through_worker(args, cfg_file, env, "e2e", holder=leader_name, out=out, where="x",
+                                         sleep=lambda _s: None) == cli.EXIT_FAILURE
+        args.worker_url = leader.url
+        assert cli.run_rotate(args, out=out) == cli.EXIT_OK, out.getvalue()
+        assert f"on the worker {leader_name} at {leader.url}" in out.getvalue()
+        [manual, alerted] = leader.service.journal.recent("keda", limit=2)
+        assert (manual.trigger, manual.outcome, alerted.trigger) == ("manual", "succeeded", "alert")
+        assert f"rotation {manual.id} succeeded: now {manual.new_authorization_id}" in out.getvalue()
+        with Journal.in_state_dir(tmp_path / "operator-state") as local:
+            assert local.count() == 0, "the worker rotated, not the CLI"
+        err = capsys.readouterr().err
+        assert f"the Lease holder is {leader_name}" in err and f"port-forward pod/{leader_name}" in err
+        assert WEBHOOK_TOKEN not in err + out.getvalue()
         # The leader goes away (graceful stop releases the lease): the follower takes over.
         leader.stop()
         wait_for(follower.service.leadership.is_leader, timeout=10)

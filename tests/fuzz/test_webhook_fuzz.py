@@ -1,7 +1,8 @@
 """Property-based fuzzing of the webhook against a live worker server (issue 10, "Proof").
 
 The real :class:`remediation.server.WorkerServer` (planner, journal, dispatcher) listens on a
-loopback socket; hypothesis sends it requests built from raw parts (Authorization bytes,
+loopback socket; hypothesis sends it (the webhook, and ``POST /rotations`` with the same
+bearer) requests built from raw parts (Authorization bytes,
 content type, body) and mutations of a real Alertmanager payload: hostile times, lone
 surrogates, wrong types, deep nesting, binary noise. Properties, over every input:
 
@@ -36,7 +37,7 @@ from remediation.dispatch import Dispatcher
 from remediation.journal import DecisionBudget, Journal, Outcome
 from remediation.metrics import WorkerMetrics
 from remediation.planner import Planner, RotationRequest
-from remediation.server import WEBHOOK_PATH, WorkerServer
+from remediation.server import ROTATIONS_PATH, WEBHOOK_PATH, WorkerServer
 
 EXAMPLES = int(os.environ.get("PATROL_FUZZ_EXAMPLES", "2000"))
 TOKEN = "fuzz-webhook-bearer-token"
@@ -65,12 +66,12 @@ class LiveWorker:
     statuses: Counter[int] = field(default_factory=Counter)
     _conn: http.client.HTTPConnection | None = None
 
-    def send(self, authorization: bytes | None, content_type: str, body: bytes) -> int:
+    def send(self, authorization: bytes | None, content_type: str, body: bytes, path: str = WEBHOOK_PATH) -> int:
         for attempt in range(2):
             if self._conn is None:
                 self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
             try:
-                self._conn.putrequest("POST", WEBHOOK_PATH)
+                self._conn.putrequest("POST", path)
                 if authorization is not None:
                     self._conn.putheader("Authorization", authorization)
                 self._conn.putheader("Content-Type", content_type)
@@ -236,3 +237,58 @@ def test_no_input_makes_the_webhook_fail_log_a_traceback_or_rotate(live: LiveWor
     assert [r.getMessage() for r in loud.records] == []
     assert live.started == [] and live.journal.count() == 0
     assert total >= EXAMPLES
+
+
+ROTATION_KEYS = ("token", "reason", "compromised", "force", "x")
+
+
+@st.composite
+def rotation_body(draw: st.DrawFn) -> bytes:
+    """A ``POST /rotations`` body naming no configured token (so nothing may start), mutated."""
+    doc: Any = {"token": "fuzz-unknown", "reason": "fuzz"}
+    for _ in range(draw(st.integers(0, 4))):
+        value = draw(st.one_of(HOSTILE_STRINGS, st.text(max_size=20), JSON_VALUES))
+        if value in CONFIGURED:
+            value = "not-" + value
+        doc[draw(st.sampled_from(ROTATION_KEYS))] = value
+    if draw(st.booleans()) and draw(st.booleans()):
+        doc = draw(JSON_VALUES)
+        if doc in CONFIGURED:
+            doc = None
+    text = json.dumps(doc)
+    mode = draw(st.sampled_from(("as-is", "as-is", "truncate", "nest", "splice")))
+    if mode == "truncate":
+        text = text[:draw(st.integers(0, len(text)))]
+    elif mode == "nest":
+        depth = draw(st.integers(1, 8000))
+        text = "[" * depth + text + "]" * draw(st.integers(0, depth))
+    elif mode == "splice":
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + draw(st.sampled_from(('\\ud800', '"', "\\", "\x00", "}", "1e999999", "-"))) + text[at:]
+    return text.encode("utf-8", "surrogatepass")
+
+
+def test_no_input_makes_rotate_now_fail_log_a_traceback_or_rotate(live: LiveWorker) -> None:
+    loud = LoudRecords()
+    root = logging.getLogger()
+    root.addHandler(loud)
+    seen: Counter[int] = Counter()
+
+    @settings(max_examples=max(1, EXAMPLES // 2), deadline=None, database=None, derandomize=EXAMPLES <= 5000,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                     HealthCheck.function_scoped_fixture])
+    @given(authorization=AUTHORIZATION, content_type=CONTENT_TYPES,
+           body=st.one_of(rotation_body(), rotation_body(), rotation_body(), st.binary(max_size=256)))
+    def one(authorization: bytes | None, content_type: str, body: bytes) -> None:
+        status = live.send(authorization, content_type, body, path=ROTATIONS_PATH)
+        seen[status] += 1
+        assert status < 500, (status, authorization, content_type, body[:200])
+
+    try:
+        one()
+    finally:
+        root.removeHandler(loud)
+    print(f"\nrotate-now fuzz: statuses {dict(sorted(seen.items()))}, loud log records {len(loud.records)}")
+    assert [r.getMessage() for r in loud.records] == []
+    assert live.started == [] and live.journal.count() == 0
+    assert seen[404] > 0 and seen[400] > 0, "the inputs reach the checks past authentication"

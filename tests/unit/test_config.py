@@ -160,6 +160,15 @@ def test_sections_and_lease_are_read(tmp_path: Path) -> None:
     assert config.worker.lease is not None
     assert (config.worker.lease.cluster, config.worker.lease.name) == ("sds-ptl", "patrol-worker")
     assert config.worker.lease.duration == timedelta(seconds=20)
+    assert config.worker.url is None
+
+
+def test_worker_url_is_an_http_url(tmp_path: Path) -> None:
+    data = base()
+    data["worker"] = {"url": "http://patrol-worker.patrol.svc:9878/"}
+    assert load(tmp_path, data).worker.url == "http://patrol-worker.patrol.svc:9878"
+    problem = only(tmp_path, lambda d: d.update(worker={"url": "patrol-worker:9878"}), "worker.url")
+    assert "http://patrol-worker.patrol.svc:9878" in problem.fix
 
 
 def test_sandbox_style_organization_with_explicit_urls(tmp_path: Path) -> None:

@@ -365,7 +365,10 @@ def test_the_config_and_the_deployments_agree(base: list[Doc], config: Config) -
 def test_two_workers_share_the_configured_lease(base: list[Doc], config: Config) -> None:
     worker = _one(base, "Deployment", "patrol-worker")
     assert worker["spec"]["replicas"] == 2
-    assert worker["spec"]["strategy"]["type"] == "Recreate", "the standby is never Ready: no rolling update"
+    strategy = worker["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate", "both replicas are Ready: roll one at a time"
+    assert strategy["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}, \
+        "a new standby is Ready before an old worker stops"
     assert _one(base, "Deployment", "patrol-exporter")["spec"]["replicas"] == 1
     lease = config.worker.lease
     assert lease is not None
@@ -624,21 +627,31 @@ def _disruptions_allowed(budget: Doc, replicas: int, ready: int) -> int:
     return max(ready - max(desired, 0), 0)
 
 
-@pytest.mark.parametrize(("deployment", "ready"), [("patrol-exporter", 1), ("patrol-worker", 1)])
+@pytest.mark.parametrize(("deployment", "ready"), [("patrol-exporter", 1), ("patrol-worker", 2)])
 def test_disruption_budgets_never_block_a_drain(base: list[Doc], deployment: str, ready: int) -> None:
-    """The worker's standby is never Ready (only the Lease holder is): a budget keeping one worker
-    Ready would refuse to evict the holder forever. Steady state: one Ready pod each."""
+    """Steady state: the exporter's one pod and both workers are Ready (a standby is Ready: readiness
+    does not depend on the Lease); a drain may always evict one of them."""
     labels = _template_labels(base, deployment)
     budgets = [b for b in base if b["kind"] == "PodDisruptionBudget" and _selects(b["spec"]["selector"], labels)]
     assert len(budgets) == 1, f"{deployment}: {len(budgets)} budgets"
     budget = budgets[0]
     assert budget["metadata"]["namespace"] == PATROL_NAMESPACE
     replicas = int(_one(base, "Deployment", deployment)["spec"]["replicas"])
+    assert ready == replicas, "every replica is Ready in the steady state"
     assert _disruptions_allowed(budget, replicas, ready) >= 1, "the Ready pod could never be evicted"
     assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", "a not-Ready pod must stay evictable"
     others = [d for d in base if d["kind"] == "Deployment" and d["metadata"]["name"] != deployment]
     selector = budget["spec"]["selector"]
     assert not [d for d in others if _selects(selector, _template_labels(base, d["metadata"]["name"]))]
+
+
+def test_the_worker_budget_keeps_one_worker_serving(base: list[Doc]) -> None:
+    """Both workers Ready: one may go; with one left Ready, it stays until the other is back."""
+    labels = _template_labels(base, "patrol-worker")
+    [budget] = [b for b in base if b["kind"] == "PodDisruptionBudget" and _selects(b["spec"]["selector"], labels)]
+    replicas = int(_one(base, "Deployment", "patrol-worker")["spec"]["replicas"])
+    assert _disruptions_allowed(budget, replicas, ready=2) == 1
+    assert _disruptions_allowed(budget, replicas, ready=1) == 0
 
 
 def test_the_budget_arithmetic_is_the_eviction_apis() -> None:
@@ -821,7 +834,9 @@ def test_the_flux_example_renders_what_it_says(copy_of_deploy: Path, base: list[
     (flux,) = [d for d in _readme_yaml() if d.get("apiVersion") == "kustomize.toolkit.fluxcd.io/v1"]
     spec = flux["spec"]
     assert (ROOT / spec["path"] / "kustomization.yaml").exists()
-    assert spec["prune"] is True and not spec.get("wait"), "wait: true never succeeds: the standby is never Ready"
+    assert spec["prune"] is True
+    assert {c["name"] for c in spec["healthChecks"]} == {"patrol-exporter", "patrol-worker"}, \
+        "both worker replicas are Ready (the standby too): Flux can wait for the worker"
     for check in spec["healthChecks"]:
         assert _one(base, check["kind"], check["name"])["metadata"]["namespace"] == check["namespace"]
     overlay = copy_of_deploy / "flux"

@@ -15,6 +15,7 @@ from core.errors import UnavailableError
 from core.secret import Secret
 from remediation.journal import Journal
 from remediation.leadership import Leadership
+from remediation.metrics import WorkerMetrics
 from remediation.planner import Planner, RotationRequest, TokenLocks
 from remediation.recovery import Recovery
 
@@ -175,6 +176,7 @@ class FakeLock:
     def __init__(self) -> None:
         self.answers: list[bool | Exception] = []
         self.released = 0
+        self.other: str | None = None
 
     def try_acquire_or_renew(self) -> bool:
         answer = self.answers.pop(0) if self.answers else True
@@ -186,7 +188,7 @@ class FakeLock:
         self.released += 1
 
     def holder(self) -> str | None:
-        return None
+        return self.other
 
 
 def test_leadership_is_judged_conservatively() -> None:
@@ -207,6 +209,51 @@ def test_leadership_is_judged_conservatively() -> None:
     assert leadership.tick() and not leadership.tick()
     assert changes == [True, False, True, False]
     assert Leadership(None).is_leader()
+
+
+def test_leadership_remembers_the_holder_and_whether_the_api_answers() -> None:
+    now = [100.0]
+    lock = FakeLock()
+    leadership = Leadership(lock, monotonic=lambda: now[0], renew_every=1.0)
+    assert leadership.api_reachable() and leadership.holder() is None     # before the first attempt
+    lock.answers = [True]
+    leadership.tick()
+    assert leadership.holder() == "me"
+    lock.answers = [False]
+    lock.other = "worker-b"
+    leadership.tick()
+    assert leadership.holder() == "worker-b" and not leadership.is_leader()
+    assert leadership.api_reachable()                                      # a standby is reachable
+    lock.answers = [UnavailableError("api down")]
+    leadership.tick()
+    assert leadership.holder() is None and leadership.api_reachable()     # one miss is tolerated
+    now[0] += 9.9
+    assert leadership.api_reachable()
+    now[0] += 0.2                                                           # a whole duration unanswered
+    assert not leadership.api_reachable()
+    lock.answers = [False]
+    leadership.tick()
+    assert leadership.api_reachable()
+    down = FakeLock()
+    down.answers = [UnavailableError("api down")]
+    never = Leadership(down, monotonic=lambda: now[0])
+    never.tick()
+    assert not never.api_reachable(), "never reached the API: not ready"
+
+
+def test_leadership_metric_is_read_at_scrape_time() -> None:
+    now = [100.0]
+    leadership = Leadership(FakeLock(), monotonic=lambda: now[0])
+    metrics = WorkerMetrics()
+    metrics.watch_leadership(leadership)
+    assert metrics.registry.get_sample_value("patrol_worker_leader") == 0.0
+    leadership.tick()
+    assert metrics.registry.get_sample_value("patrol_worker_leader") == 1.0
+    now[0] += 10.0                                                          # the lease lapsed unrenewed
+    assert metrics.registry.get_sample_value("patrol_worker_leader") == 0.0
+    alone = WorkerMetrics()
+    alone.watch_leadership(Leadership(None))
+    assert alone.registry.get_sample_value("patrol_worker_leader") == 1.0
 
 
 def test_leadership_thread_renews_and_releases() -> None:

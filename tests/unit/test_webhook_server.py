@@ -19,7 +19,7 @@ from remediation.dispatch import Dispatcher
 from remediation.journal import Journal, Outcome
 from remediation.metrics import WorkerMetrics
 from remediation.planner import Planner, RotationRequest
-from remediation.server import MAX_BODY, WEBHOOK_PATH, ServerLimits, WorkerServer
+from remediation.server import MAX_BODY, ROTATIONS_PATH, WEBHOOK_PATH, ServerLimits, WorkerServer
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "alertmanager"
 TOKEN = "s3cret-webhook-token"
@@ -55,16 +55,20 @@ class Work:
 class World:
     def __init__(self, tmp_path: Path, *, token: str | None = TOKEN, insecure: bool = False,
                  accepting: Callable[[], str | None] = lambda: None,
-                 journal_cls: type[Journal] = Journal, limits: ServerLimits | None = None) -> None:
-        self.journal = journal_cls(tmp_path / "journal.sqlite3")
+                 journal_cls: type[Journal] = Journal, limits: ServerLimits | None = None,
+                 ready: Callable[[], str | None] = lambda: None,
+                 leader: Callable[[], str | None] = lambda: None, clock: Callable[[], float] | None = None) -> None:
         self.metrics = WorkerMetrics()
-        self.planner = Planner(["keda", "daily-checks"], self.journal, cooldown=timedelta(minutes=10))
+        extra = {"clock": clock} if clock is not None else {}
+        self.journal = journal_cls(tmp_path / "journal.sqlite3", **extra)
+        self.planner = Planner(["keda", "daily-checks"], self.journal, cooldown=timedelta(minutes=10), **extra)
         self.work = Work(self.journal)
         self.dispatcher = Dispatcher(self.work, locks=self.planner.locks, journal=self.journal,
                                      metrics=self.metrics)
         self.server = WorkerServer(planner=self.planner, dispatcher=self.dispatcher,
                                    journal=self.journal, metrics=self.metrics, webhook_token=token,
-                                   insecure_no_auth=insecure, accepting=accepting, limits=limits)
+                                   insecure_no_auth=insecure, accepting=accepting, limits=limits,
+                                   ready=ready, leader=leader, **extra)
 
     def close(self) -> None:
         self.work.release.set()
@@ -178,26 +182,47 @@ def test_chunked_body_over_the_limit_is_413(world: World) -> None:
     world.assert_no_side_effect()
 
 
-def test_not_accepting_answers_503_so_alertmanager_retries(tmp_path: Path) -> None:
-    state = {"reason": "not the lease holder"}
-    w = World(tmp_path, accepting=lambda: state["reason"] or None)
+def test_a_standby_answers_503_naming_the_leader_and_stays_ready(tmp_path: Path) -> None:
+    """Not the Lease holder: work gets 503 (Alertmanager retries) naming the holder, while
+    /readyz stays 200 (a standby can serve); readiness follows ``ready`` alone."""
+    state = {"accepting": "not the lease holder", "ready": ""}
+    w = World(tmp_path, accepting=lambda: state["accepting"] or None, ready=lambda: state["ready"] or None,
+              leader=lambda: "worker-0")
     try:
-        async def go() -> list[int]:
-            codes = []
+        async def go() -> list[tuple[int, Any]]:
+            seen: list[tuple[int, Any]] = []
             async with served(w.server) as (url, session):
-                codes.append((await post(session, url, doc=payload()))[0])
+                seen.append(await post(session, url, doc=payload()))
                 async with session.get(url + "/readyz") as resp:
-                    codes.append(resp.status)
-                state["reason"] = ""
+                    seen.append((resp.status, await resp.text()))
+                state["ready"] = "the journal cannot be written (disk full)"
                 async with session.get(url + "/readyz") as resp:
-                    codes.append(resp.status)
-                codes.append((await post(session, url, doc=payload()))[0])
-            return codes
+                    seen.append((resp.status, await resp.text()))
+                state["accepting"], state["ready"] = "", ""
+                seen.append(await post(session, url, doc=payload()))
+            return seen
 
-        assert asyncio.run(go()) == [503, 503, 200, 202]
+        refused, ready, not_ready, accepted = asyncio.run(go())
+        assert refused == (503, {"status": 503, "reason": "not the lease holder", "leader": "worker-0"})
+        assert ready == (200, "ready\n")
+        assert not_ready == (503, "not ready: the journal cannot be written (disk full)\n")
+        assert accepted[0] == 202
         assert w.journal.count() == 1                       # the retry, not the refused delivery
     finally:
         w.close()
+
+
+def test_an_alert_for_an_unknown_token_is_journaled_as_dropped(world: World) -> None:
+    async def go() -> tuple[int, dict[str, Any]]:
+        async with served(world.server) as (url, session):
+            return await post(session, url, doc=payload(token="nope"))
+
+    status, body = asyncio.run(go())
+    assert status == 202                                    # not retried: it can never succeed
+    assert [(d["action"], d["reason"], d["token"]) for d in body["decisions"]] == [("drop", "unknown-token", "nope")]
+    [decision] = world.journal.decisions()
+    assert (decision.token, decision.action, decision.reason) == ("nope", "drop", "unknown-token")
+    assert world.journal.count() == 0 and world.work.started == []
 
 
 def test_shutting_down_answers_503(world: World) -> None:
@@ -332,5 +357,120 @@ def test_an_internal_error_answers_503_and_admits_nothing(tmp_path: Path) -> Non
         w.work.release.set()
         assert w.dispatcher.wait_idle(5) and len(w.work.started) == 2
         assert w.sample("patrol_webhook_requests_total", code="503") == 1
+    finally:
+        w.close()
+
+
+# -- POST /rotations ----------------------------------------------------------------------------
+
+async def ask(session: aiohttp.ClientSession, url: str, doc: Any = None, *, raw: bytes | None = None,
+              headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
+    hdrs = headers if headers is not None else {"Content-Type": "application/json", **AUTH}
+    data = raw if raw is not None else json.dumps(doc).encode()
+    async with session.post(url + ROTATIONS_PATH, data=data, headers=hdrs) as resp:
+        return resp.status, json.loads(await resp.text()), dict(resp.headers)
+
+
+def asked(world: World, *docs: Any) -> list[tuple[int, dict[str, Any], dict[str, str]]]:
+    async def go() -> list[tuple[int, dict[str, Any], dict[str, str]]]:
+        async with served(world.server) as (url, session):
+            return [await ask(session, url, doc) for doc in docs]
+    return asyncio.run(go())
+
+
+def test_rotate_now_starts_a_rotation_and_it_can_be_followed(world: World) -> None:
+    [(status, body, headers)] = asked(world, {"token": "keda", "reason": "suspected leak"})
+    assert status == 202 and body["reason"] == "accepted" and body["token"] == "keda"
+    rotation_id = body["rotation_id"]
+    assert headers["Location"] == f"/rotations/{rotation_id}"
+    world.work.release.set()
+    assert world.dispatcher.wait_idle(5)
+    [request] = world.work.started
+    assert (request.rotation_id, request.trigger, request.compromised) == (rotation_id, "manual", False)
+    assert request.reason == "POST /rotations: suspected leak"
+
+    async def follow() -> tuple[tuple[int, Any], tuple[int, Any]]:
+        async with served(world.server) as (url, session):
+            async with session.get(f"{url}/rotations/{rotation_id}") as resp:
+                known = (resp.status, await resp.json())
+            async with session.get(f"{url}/rotations/000000000000") as resp:
+                unknown = (resp.status, await resp.json())
+        return known, unknown
+
+    known, unknown = asyncio.run(follow())
+    assert known[0] == 200 and known[1]["id"] == rotation_id and known[1]["outcome"] == "succeeded"
+    assert unknown[0] == 404
+    assert world.sample("patrol_rotation_requests_total", code="202") == 1
+    assert world.sample("patrol_webhook_requests_total", code="202") == 0
+
+
+def test_rotate_now_while_one_runs_is_409_with_its_id_and_compromised_marks_it(world: World) -> None:
+    (first, body, _), (second, running, _), (third, marked, _) = asked(
+        world, {"token": "keda"}, {"token": "keda", "force": True}, {"token": "keda", "compromised": True})
+    assert (first, second, third) == (202, 409, 202)
+    assert running["rotation_id"] == body["rotation_id"] and "running" in running["reason"]
+    assert marked["reason"] == "marked-compromised" and marked["rotation_id"] == body["rotation_id"]
+    record = world.journal.get(body["rotation_id"])
+    assert any(t.step == "plan" and t.target == "compromised" for t in record.targets)
+    assert len(world.work.started) == 1
+
+
+def test_rotate_now_in_the_cool_down_is_429_with_the_time_left_unless_forced(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    w = World(tmp_path, clock=lambda: now[0])
+    try:
+        w.work.release.set()
+        [(status, body, _)] = asked(w, {"token": "keda"})
+        assert status == 202 and w.dispatcher.wait_idle(5)
+        now[0] += 60
+        (cooling, why, headers), (forced, started, _) = asked(w, {"token": "keda"}, {"token": "keda", "force": True})
+        assert cooling == 429 and why["retry_after_seconds"] == 540 and headers["Retry-After"] == "540"
+        assert "force" in why["reason"]
+        assert forced == 202 and started["rotation_id"] != body["rotation_id"]
+        assert w.sample("patrol_rotation_requests_total", code="429") == 1
+    finally:
+        w.close()
+
+
+BAD_ROTATIONS = [
+    ("no auth", {"Content-Type": "application/json"}, b'{"token": "keda"}', 401),
+    ("wrong token", {"Content-Type": "application/json", "Authorization": "Bearer nope"}, b'{"token": "keda"}', 401),
+    ("text", {"Content-Type": "text/plain", **AUTH}, b'{"token": "keda"}', 415),
+    ("too big", None, b'{"token": "keda", "reason": "' + b"a" * 20_000 + b'"}', 413),
+    ("not json", None, b"{nope", 400),
+    ("not an object", None, b'["keda"]', 400),
+    ("no token", None, b'{"reason": "x"}', 400),
+    ("token not a string", None, b'{"token": 3}', 400),
+    ("force not a boolean", None, b'{"token": "keda", "force": "yes"}', 400),
+    ("unknown field", None, b'{"token": "keda", "tokne": "x"}', 400),
+    ("lone surrogate in the reason", None, b'{"token": "keda", "reason": "\\ud800"}', 400),
+    ("undecodable bytes", None, b'{"token": "k\xff"}', 400),
+    ("unknown token", None, b'{"token": "nope"}', 404),
+]
+
+
+@pytest.mark.parametrize(("what", "headers", "raw", "code"), BAD_ROTATIONS, ids=[b[0] for b in BAD_ROTATIONS])
+def test_bad_rotation_requests_have_no_side_effect(world: World, what: str, headers: dict[str, str] | None,
+                                                   raw: bytes, code: int) -> None:
+    async def go() -> tuple[int, dict[str, Any], dict[str, str]]:
+        async with served(world.server) as (url, session):
+            return await ask(session, url, raw=raw, headers=headers)
+
+    status, body, _ = asyncio.run(go())
+    assert status == code and body["status"] == code and body["reason"]
+    assert TOKEN not in json.dumps(body)
+    if code == 404:
+        assert body["known_tokens"] == ["daily-checks", "keda"] and "'nope'" in body["reason"]
+    world.assert_no_side_effect()
+    assert world.sample("patrol_rotation_requests_total", code=str(code)) == 1
+
+
+def test_rotate_now_on_a_standby_is_503_naming_the_leader(tmp_path: Path) -> None:
+    w = World(tmp_path, accepting=lambda: "not the lease holder", leader=lambda: "worker-1")
+    try:
+        (status, body, _), (unknown, _, _) = asked(w, {"token": "keda"}, {"token": "nope"})
+        assert (status, body["leader"], body["reason"]) == (503, "worker-1", "not the lease holder")
+        assert unknown == 404                               # the standby knows the configuration too
+        w.assert_no_side_effect()
     finally:
         w.close()

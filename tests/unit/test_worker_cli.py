@@ -145,6 +145,35 @@ def test_history(tmp_path: Path) -> None:
     assert doc["id"] == "bbbbbbbbbbbb" and doc["outcome"] == "failed"
 
 
+def test_history_of_an_unknown_token_fails_listing_the_known_ones(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    config_path = str(write_config(tmp_path))
+    args = parser({}).parse_args(["history", "nope", "--config", config_path])
+    assert cli.run_history(args, out=io.StringIO()) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "no token named 'nope'" in err and "(configured: keda)" in err
+    assert cli.run_history(parser({}).parse_args(["history", "keda", "--config", config_path]),
+                           out=io.StringIO()) == cli.EXIT_OK          # known, nothing rotated yet
+    state = tmp_path / "elsewhere"
+    no_config = parser({}).parse_args(["history", "nope", "--state-dir", str(state)])
+    assert cli.run_history(no_config, out=io.StringIO()) == cli.EXIT_USAGE
+    assert "no rotations of 'nope'" in capsys.readouterr().err
+    with Journal.in_state_dir(state) as journal:
+        journal.create_rotation("aaaaaaaaaaaa", "keda", trigger="alert", reason="alert PatRenewalDue")
+    assert cli.run_history(no_config, out=io.StringIO()) == cli.EXIT_USAGE
+    assert "(tokens with rotations: keda)" in capsys.readouterr().err
+    assert cli.run_history(parser({}).parse_args(["history", "keda", "--state-dir", str(state)]),
+                           out=io.StringIO()) == cli.EXIT_OK
+
+
+def test_rotate_reads_the_worker_url_from_flag_or_env() -> None:
+    args = parser({"PATROL_WORKER_URL": "http://w:9878"}).parse_args(["rotate", "keda", "--no-wait"])
+    assert (args.worker_url, args.no_wait) == ("http://w:9878", True)
+    args = parser({"PATROL_WORKER_URL": "http://w:9878"}).parse_args(
+        ["rotate", "keda", "--worker-url", "http://127.0.0.1:9878"])
+    assert (args.worker_url, args.no_wait) == ("http://127.0.0.1:9878", False)
+
+
 def test_history_needs_a_state_dir() -> None:
     with pytest.raises(ConfigError, match="state dir"):
         cli.run_history(parser({}).parse_args(["history"]))
