@@ -508,13 +508,15 @@ _EXPORTER_KEYS = ("listen", "pat_interval", "validity_interval", "keda_interval"
                   "pipeline_interval", "concurrency")
 _WORKER_KEYS = ("listen", "webhook_token_file", "state_dir", "cooldown", "verify_deadline",
                 "reconcile_interval", "lease",
-                "decision_retention", "rotation_retention", "decisions_per_minute")
+                "decision_retention", "rotation_retention", "decisions_per_minute",
+                "rotate_alertnames")
 _WORKER_REJECTED = {
     "webhook_token": ("a webhook token written in the config file",
                       f"{_NO_SECRETS_FIX}: use 'webhook_token_file' or the PATROL_WEBHOOK_TOKEN "
                       "environment variable"),
 }
 _LEASE_KEYS = ("cluster", "namespace", "name", "duration")
+_ALERTNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class _Parser:
@@ -958,8 +960,25 @@ class _Parser:
             verify_deadline=sec.duration("verify_deadline", d.verify_deadline, example="5m"),
             reconcile_interval=sec.duration("reconcile_interval", d.reconcile_interval, example="5m"),
             lease=lease,
+            rotate_alertnames=self.alertnames(sec, "rotate_alertnames", d.rotate_alertnames),
             **self.journal_bounds(sec, d),
         )
+
+    def alertnames(self, sec: _Section, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """A non-empty list of alert names (Prometheus rule names), duplicates removed."""
+        example = "[" + ", ".join(default) + "]"
+        if not sec.has(key):
+            return default
+        names: list[str] = []
+        for path, value, line in sec.items(key, required=True, example=example):
+            if not isinstance(value, str) or not _ALERTNAME.fullmatch(value):
+                shown = repr(value) if isinstance(value, str | int | float | bool) else _kind_of(value)
+                sec.problem(path, f"{shown} is not an alert name",
+                            "write the name of a Prometheus alerting rule, e.g. 'PatInvalid' "
+                            "(letters, digits and _, not starting with a digit)", line)
+            elif value not in names:
+                names.append(value)
+        return tuple(names) if names else default
 
     def journal_bounds(self, sec: _Section, d: WorkerSettings) -> dict[str, Any]:
         decisions = sec.duration("decision_retention", d.decision_retention, example="7d")

@@ -34,6 +34,11 @@ FluxPolicy = Literal["refuse", "ignore-drift-risk"]
 SwitchMode = Literal["auto", "refresh", "bump"]
 # ADO's default job timeout: how long a pipeline run holding a Key Vault value may still use it.
 DEFAULT_PIPELINE_TIMEOUT = timedelta(minutes=60)
+# The alerts the worker may rotate on (`worker.rotate_alertnames`): patrol's own rules that carry
+# `remediation: rotate` (alerts/rules.py). A `remediation="rotate"` label alone is not enough:
+# kube-prometheus-stack's InfoInhibitor copies every label of an info alert (PatRenewalDue is
+# one), and any rule anyone writes can set it (docs/alerting.md, "Who can start a rotation").
+DEFAULT_ROTATE_ALERTNAMES: tuple[str, ...] = ("PatRenewalDue", "PatInvalid", "KedaScalerAuthFailing")
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,7 @@ class WorkerSettings:
     decision_retention: timedelta = timedelta(days=7)
     rotation_retention: timedelta = timedelta(days=365)
     decisions_per_minute: int = 10
+    rotate_alertnames: tuple[str, ...] = DEFAULT_ROTATE_ALERTNAMES
 
 
 @dataclass(frozen=True)

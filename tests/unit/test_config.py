@@ -802,3 +802,28 @@ def test_journal_bounds_are_read_and_rotations_outlive_decisions(tmp_path: Path)
                    "worker.rotation_retention")
     assert "shorter than decision_retention" in problem.problem
     only(tmp_path, lambda d: d.update(worker={"decisions_per_minute": 0}), "worker.decisions_per_minute")
+
+
+# --------------------------------------------------------------------------- worker.rotate_alertnames
+
+
+def test_rotate_alertnames_default_to_patrols_rotation_alerts(tmp_path: Path) -> None:
+    assert load(tmp_path, base()).worker.rotate_alertnames == (
+        "PatRenewalDue", "PatInvalid", "KedaScalerAuthFailing")
+
+
+def test_rotate_alertnames_are_read_without_duplicates(tmp_path: Path) -> None:
+    data = base()
+    data["worker"] = {"rotate_alertnames": ["PatInvalid", "TeamPatLeaked", "PatInvalid"]}
+    assert load(tmp_path, data).worker.rotate_alertnames == ("PatInvalid", "TeamPatLeaked")
+
+
+@pytest.mark.parametrize(("value", "path", "says"), [
+    ([], "worker.rotate_alertnames", "is empty"),
+    ("PatInvalid", "worker.rotate_alertnames", "expected a list"),
+    (["PatInvalid", "Pat Invalid"], "worker.rotate_alertnames[1]", "'Pat Invalid' is not an alert name"),
+    ([7], "worker.rotate_alertnames[0]", "7 is not an alert name"),
+])
+def test_bad_rotate_alertnames_are_named(tmp_path: Path, value: object, path: str, says: str) -> None:
+    problem = only(tmp_path, lambda d: d.update(worker={"rotate_alertnames": value}), path)
+    assert says in str(problem)
