@@ -29,6 +29,7 @@ DESIGN_ALERTS = ROTATE_ALERTS | {
     "PatrolSourceDown", "PatrolRotationFailed", "PatrolRotationStuck",
     "PatUnmanaged", "PatGlobal",                   # issue 8: adopt a hand-pasted PAT, flag global PATs
     "PatrolJournalNotWritable", "PatrolJournalReset",     # issue 10: the worker's state volume
+    "PatrolExporterDown", "PatrolWorkerDown", "PatrolWebhookUnauthorized",   # issue 8: the watchers
 }
 
 
