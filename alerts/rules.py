@@ -455,6 +455,44 @@ def groups(settings: RuleSettings) -> tuple[Group, ...]:
                 ),
             ),
         ),
+        # The bot account's sign-in (docs/identity.md). A refusal is permanent until a person acts
+        # (MFA, Conditional Access, consent, a disabled account): every read of the PAT
+        # Lifecycle API and every rotation fails meanwhile. max by organization: broken only
+        # while no process could use the credential (the exporter retries each refresh, the
+        # worker only when it rotates). The cause of the latest refusals is carried as a label
+        # when the last hour saw one; the `or` keeps the alert when only older ones did.
+        Group(
+            "patrol.credential",
+            (
+                Alert(
+                    name="PatrolCredentialBroken",
+                    expr=_lines(
+                        "(max by (organization) (patrol_credential_ok) == 0)",
+                        "* on (organization) group_left (cause)",
+                        "topk by (organization) (",
+                        "  1,",
+                        "  sum by (organization, cause) (increase(patrol_credential_failures_total[1h])) > 0",
+                        ")",
+                        "or on (organization)",
+                        "max by (organization) (patrol_credential_ok) == 0",
+                    ),
+                    for_="5m",
+                    severity="critical",
+                    summary=(
+                        "patrol cannot sign in as the bot account of organization "
+                        "{{ $labels.organization }}{{ with $labels.cause }} ({{ . }}){{ end }}"
+                    ),
+                    description=(
+                        "Entra or Azure DevOps refuses the bot credential of organization "
+                        "{{ $labels.organization }}{{ with $labels.cause }} (cause: {{ . }}){{ end }}. "
+                        "Until a person fixes it, patrol cannot read PAT expiry from the PAT Lifecycle "
+                        "API and every rotation fails. The exporter's and the worker's logs carry the "
+                        "message with the fix; the runbook lists the fix for each cause (MFA: "
+                        "`patrol login`; Conditional Access or consent: an Entra admin)."
+                    ),
+                ),
+            ),
+        ),
         # Tokens patrol does not own yet, and PATs that can no longer work wherever they sit. Neither
         # starts a rotation: adoption is the operator's call, and a global PAT may serve other
         # organizations that a rotation here (which revokes it) would break.

@@ -36,6 +36,7 @@ DESIGN_ALERTS = ROTATE_ALERTS | {
     "PatUnmanaged", "PatGlobal",                   # issue 8: adopt a hand-pasted PAT, flag global PATs
     "PatrolJournalNotWritable", "PatrolJournalReset",     # issue 10: the worker's state volume
     "PatrolExporterDown", "PatrolWorkerDown", "PatrolWebhookUnauthorized",   # issue 8: the watchers
+    "PatrolCredentialBroken",                      # issue 8: the tenant refuses the bot account
 }
 
 
