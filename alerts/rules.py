@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from core.config import Config
+
 ROOT = Path(__file__).resolve().parent.parent
 RULES_FILE = ROOT / "alerts" / "patrol.rules.yml"
 PROMETHEUS_RULE_FILE = ROOT / "deploy" / "prometheusrule.yaml"
@@ -74,6 +76,19 @@ class RuleSettings:
     worker_job: str = WORKER_JOB
     # Each daily-checks pipeline's allowed age, by its `pipeline` label (the definition).
     pipeline_max_age: tuple[tuple[str, timedelta], ...] = ()
+
+
+def settings_from_config(config: Config) -> RuleSettings:
+    """The rule settings a deployment's config implies (its ``alerts`` section, its pipelines)."""
+    section = config.alerts
+    return RuleSettings(
+        runbook_base_url=section.runbook_base_url or RUNBOOK_BASE_URL,
+        extra_labels=section.extra_labels,
+        exporter_job=section.exporter_job or EXPORTER_JOB,
+        worker_job=section.worker_job or WORKER_JOB,
+        pipeline_max_age=tuple((t.pipeline.definition, t.pipeline.max_age)
+                               for t in config.tokens if t.pipeline is not None),
+    )
 
 
 @dataclass(frozen=True)
@@ -604,11 +619,15 @@ def _dump(data: object) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000)
 
 
-def render_rules_file(for_override: str | None = None, settings: RuleSettings | None = None) -> str:
-    return HEADER + _dump({"groups": rule_groups(for_override, settings)})
+def render_rules_file(for_override: str | None = None, settings: RuleSettings | None = None, *,
+                      header: str = HEADER) -> str:
+    return header + _dump({"groups": rule_groups(for_override, settings)})
 
 
-def render_prometheus_rule(settings: RuleSettings | None = None) -> str:
+def render_prometheus_rule(settings: RuleSettings | None = None, *, header: str = HEADER,
+                           labels: Sequence[tuple[str, str]] = ()) -> str:
+    """The PrometheusRule; ``labels`` go to its metadata (the committed file has none: the
+    ``release`` label comes from the kustomize component deploy/components/prometheus-release)."""
     resource = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
@@ -617,6 +636,7 @@ def render_prometheus_rule(settings: RuleSettings | None = None) -> str:
             "labels": {
                 "app.kubernetes.io/name": "patrol",
                 "app.kubernetes.io/component": "alerting-rules",
+                **dict(labels),
             },
         },
         "spec": {"groups": rule_groups(None, settings)},
@@ -627,7 +647,7 @@ def render_prometheus_rule(settings: RuleSettings | None = None) -> str:
         "# that label with the component deploy/components/prometheus-release (one place for the\n"
         "# ServiceMonitor and this rule); change it there, or patch it in your overlay.\n"
     )
-    return HEADER + note + _dump(resource)
+    return header + note + _dump(resource)
 
 
 def rendered_files() -> dict[Path, str]:

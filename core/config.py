@@ -204,6 +204,23 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class AlertSettings:
+    """What the config decides in the rendered rules and dashboard (`patrol alerts render`).
+
+    ``None`` keeps the shipped value (alerts/rules.py): this repository's runbook, and the jobs
+    named after deploy/base's Services.
+    """
+
+    runbook_base_url: str | None = None
+    # Added to every alert's labels (e.g. team, environment) for Alertmanager to route on.
+    extra_labels: tuple[tuple[str, str], ...] = ()
+    # Added to the rendered PrometheusRule's metadata.labels (e.g. release: <helm release>).
+    prometheusrule_labels: tuple[tuple[str, str], ...] = ()
+    exporter_job: str | None = None
+    worker_job: str | None = None
+
+
+@dataclass(frozen=True)
 class LeaseSettings:
     cluster: str
     namespace: str
@@ -220,6 +237,7 @@ class Config:
     azure: AzureSettings = field(default_factory=AzureSettings)
     exporter: ExporterSettings = field(default_factory=ExporterSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
 
     def organization(self, name: str) -> Organization:
         for org in self.organizations:
