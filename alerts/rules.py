@@ -7,7 +7,11 @@ they can be reviewed and deployed without running Python; ``tests/unit/test_aler
 when either differs from what this module renders, so nobody edits one by hand.
 
 Alerts that patrol's worker can fix carry ``remediation: rotate`` and a ``token`` label; the
-Alertmanager example routes exactly those to the worker. Everything else is for a human.
+Alertmanager example routes exactly those to the worker (the critical ones to a person too), and
+the worker acts only on their names (``worker.rotate_alertnames``). Everything else is for a
+human. What a deployment's config decides (job names, runbook, extra labels, each pipeline's
+``max_age``) comes in through :class:`RuleSettings`; ``patrol alerts render --config`` renders
+with it, the committed files with the defaults.
 
     python -m alerts.rules --write                # regenerate both files
     python -m alerts.rules --check                # exit 1 if a committed file is out of date
