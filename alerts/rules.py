@@ -7,7 +7,11 @@ they can be reviewed and deployed without running Python; ``tests/unit/test_aler
 when either differs from what this module renders, so nobody edits one by hand.
 
 Alerts that patrol's worker can fix carry ``remediation: rotate`` and a ``token`` label; the
-Alertmanager example routes exactly those to the worker. Everything else is for a human.
+Alertmanager example routes exactly those to the worker (the critical ones to a person too), and
+the worker acts only on their names (``worker.rotate_alertnames``). Everything else is for a
+human. What a deployment's config decides (job names, runbook, extra labels, each pipeline's
+``max_age``) comes in through :class:`RuleSettings`; ``patrol alerts render --config`` renders
+with it, the committed files with the defaults.
 
     python -m alerts.rules --write                # regenerate both files
     python -m alerts.rules --check                # exit 1 if a committed file is out of date
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from core.config import Config
+
 ROOT = Path(__file__).resolve().parent.parent
 RULES_FILE = ROOT / "alerts" / "patrol.rules.yml"
 PROMETHEUS_RULE_FILE = ROOT / "deploy" / "prometheusrule.yaml"
@@ -35,11 +42,17 @@ PROMETHEUS_RULE_FILE = ROOT / "deploy" / "prometheusrule.yaml"
 RUNBOOK_BASE_URL = "https://github.com/hmcts/patrol/blob/main/docs/runbook.md"
 
 DAYS_TO_EXPIRY = "patrol:pat_days_to_expiry"
+# The Prometheus jobs of patrol's two processes: the Services of deploy/base (a ServiceMonitor's
+# job is the Service's name). `alerts.exporter_job` / `alerts.worker_job` in the config override them.
+EXPORTER_JOB = "patrol-exporter"
+WORKER_JOB = "patrol-worker"
 DAILY_CHECKS_MAX_AGE = timedelta(hours=26)    # DESIGN §3 `pipeline.max_age` default
 # KEDA polls every 30 s by default: 1m is two or three failed polls in a row, each already
 # retried by KEDA with a re-read Secret (cache/scalers_cache.go), so a single bad poll pages nobody.
 KEDA_AUTH_FAILING_FOR = "1m"
 ROTATION_FAILURE_WINDOW = "1h"
+WEBHOOK_401_WINDOW = "10m"
+WEBHOOK_401_BURST = 5
 
 ROTATE = "rotate"
 # Fires for an hour after a reset. A new pod's counter starts at 1, where increase() sees
@@ -53,6 +66,36 @@ HEADER = (
 
 
 @dataclass(frozen=True)
+class RuleSettings:
+    """What a deployment's config decides in the rules (``patrol alerts render --config``).
+
+    The defaults render the committed files: the jobs are the Services of ``deploy/base`` (a
+    ServiceMonitor names the job after the Service), the runbook is this repository's.
+    """
+
+    runbook_base_url: str = RUNBOOK_BASE_URL
+    # Added to every alert (e.g. a team or environment label that Alertmanager routes on).
+    extra_labels: tuple[tuple[str, str], ...] = ()
+    exporter_job: str = EXPORTER_JOB
+    worker_job: str = WORKER_JOB
+    # Each daily-checks pipeline's allowed age, by its `pipeline` label (the definition).
+    pipeline_max_age: tuple[tuple[str, timedelta], ...] = ()
+
+
+def settings_from_config(config: Config) -> RuleSettings:
+    """The rule settings a deployment's config implies (its ``alerts`` section, its pipelines)."""
+    section = config.alerts
+    return RuleSettings(
+        runbook_base_url=section.runbook_base_url or RUNBOOK_BASE_URL,
+        extra_labels=section.extra_labels,
+        exporter_job=section.exporter_job or EXPORTER_JOB,
+        worker_job=section.worker_job or WORKER_JOB,
+        pipeline_max_age=tuple((t.pipeline.definition, t.pipeline.max_age)
+                               for t in config.tokens if t.pipeline is not None),
+    )
+
+
+@dataclass(frozen=True)
 class Alert:
     name: str
     expr: str
@@ -62,11 +105,12 @@ class Alert:
     description: str
     remediation: str | None = None
 
-    def runbook_url(self) -> str:
-        return f"{RUNBOOK_BASE_URL}#{self.name.lower()}"
+    def runbook_url(self, base: str = RUNBOOK_BASE_URL) -> str:
+        return f"{base}#{self.name.lower()}"
 
-    def as_rule(self, for_override: str | None) -> dict[str, Any]:
-        labels = {"severity": self.severity}
+    def as_rule(self, for_override: str | None, settings: RuleSettings) -> dict[str, Any]:
+        labels = dict(settings.extra_labels)
+        labels["severity"] = self.severity
         if self.remediation is not None:
             labels["remediation"] = self.remediation
         return {
@@ -77,7 +121,7 @@ class Alert:
             "annotations": {
                 "summary": self.summary,
                 "description": self.description,
-                "runbook_url": self.runbook_url(),
+                "runbook_url": self.runbook_url(settings.runbook_base_url),
             },
         }
 
@@ -87,7 +131,7 @@ class Record:
     name: str
     expr: str
 
-    def as_rule(self, for_override: str | None) -> dict[str, Any]:
+    def as_rule(self, for_override: str | None, settings: RuleSettings) -> dict[str, Any]:
         return {"record": self.name, "expr": self.expr}
 
 
@@ -115,320 +159,452 @@ DAYS_TO_EXPIRY_EXPR = _lines(
     ") / 86400",
 )
 
-GROUPS: tuple[Group, ...] = (
-    Group(
-        "patrol.pat",
-        (
-            Record(DAYS_TO_EXPIRY, DAYS_TO_EXPIRY_EXPR),
-            Alert(
-                name="PatRenewalDue",
-                expr="min by (token, organization) (patrol_pat_renewal_timestamp_seconds) < time()\n",
-                for_="5m",
-                severity="info",
-                remediation=ROTATE,
-                summary="PAT {{ $labels.token }} is due for renewal",
-                description=(
-                    "PAT {{ $labels.token }} of organization {{ $labels.organization }} passed its "
-                    "renewal time ({{ $value | humanizeTimestamp }}). patrol's worker rotates it on "
-                    "this alert; act only if PatExpiringSoon follows."
-                ),
-            ),
-            Alert(
-                name="PatInvalid",
-                expr="min by (token, sink) (patrol_pat_valid) == 0\n",
-                for_="5m",
-                severity="critical",
-                remediation=ROTATE,
-                summary="{{ $labels.sink }} holds a PAT for {{ $labels.token }} that no longer authenticates",
-                description=(
-                    "Azure DevOps rejects the token that {{ $labels.sink }} holds for "
-                    "{{ $labels.token }} (revoked, expired or deleted). Its consumers fail until the "
-                    "token is rotated; patrol's worker rotates it on this alert."
-                ),
-            ),
-            Alert(
-                name="PatExpiringSoon",
-                # More of the renewal window (expiry - renewal) has passed than is left: the
-                # rotation that PatRenewalDue asked for did not happen. Relative to each token's
-                # renew_before, so it fits a 30-day PAT and a sandbox PAT of minutes alike.
-                expr=_lines(
-                    f"{DAYS_TO_EXPIRY} > 0",
-                    "and on (token, organization)",
-                    f"  ({DAYS_TO_EXPIRY} * 86400)",
-                    "  < on (token, organization)",
-                    "  (time() - min by (token, organization) (patrol_pat_renewal_timestamp_seconds))",
-                ),
-                for_="10m",
-                severity="critical",
-                summary=(
-                    'PAT {{ $labels.token }} expires in {{ printf "%.1f" $value }} days '
-                    "and has not been rotated"
-                ),
-                description=(
-                    "PAT {{ $labels.token }} of organization {{ $labels.organization }} is past its "
-                    "renewal time and more than half of its renewal window is gone: patrol did not "
-                    "rotate it. Rotate it now (patrol rotate {{ $labels.token }}, or by hand) before "
-                    "its consumers fail."
-                ),
-            ),
-            Alert(
-                name="PatExpired",
-                expr=f"{DAYS_TO_EXPIRY} <= 0\n",
-                for_="1m",
-                severity="critical",
-                summary="PAT {{ $labels.token }} has expired",
-                description=(
-                    "PAT {{ $labels.token }} of organization {{ $labels.organization }} has expired. "
-                    "Everything that uses it fails to authenticate (KEDA starts no agents, the daily "
-                    "checks fail). Rotate it now."
-                ),
-            ),
-        ),
-    ),
-    Group(
-        "patrol.keda",
-        (
-            Alert(
-                name="KedaScalerAuthFailing",
-                # On the gauge, not on Event counts: KEDA >= 2.20 aggregates its Events into a
-                # series that stops moving after the second failure (docs/metrics.md), so an
-                # increase() over them misses an ongoing failure and outlives recovery by its
-                # window. The gauge drops at the exporter's first refresh after KEDA's first
-                # good poll, and the alert resolves at the next evaluation.
-                # KEDA metrics name the consumer, not the token: patrol_consumer_info maps one to
-                # the other (and gives the pool) so the worker knows what to rotate.
-                expr=_lines(
-                    "(",
-                    "  max by (cluster, namespace, kind, name) (patrol_keda_scaler_auth_failing) == 1",
-                    ")",
-                    "* on (cluster, namespace, kind, name) group_left (token, pool)",
-                    "  max by (cluster, namespace, kind, name, token, pool) (patrol_consumer_info)",
-                ),
-                for_=KEDA_AUTH_FAILING_FOR,
-                severity="critical",
-                remediation=ROTATE,
-                summary=(
-                    "KEDA cannot authenticate to Azure DevOps for {{ $labels.kind }} "
-                    "{{ $labels.namespace }}/{{ $labels.name }} in {{ $labels.cluster }}"
-                ),
-                description=(
-                    "The azure-pipelines scaler of {{ $labels.kind }} {{ $labels.namespace }}/"
-                    "{{ $labels.name }} (cluster {{ $labels.cluster }}, pool {{ $labels.pool }}) "
-                    "is failing to authenticate with token {{ $labels.token }}: KEDA's latest poll "
-                    "failed and its newest KEDAScalerFailed event is an authentication failure. "
-                    "No agents start for this pool until it is fixed; "
-                    "patrol's worker rotates the token on this alert."
-                ),
-            ),
-        ),
-    ),
-    Group(
-        "patrol.agent-pools",
-        (
-            Alert(
-                name="AgentPoolStarved",
-                # KEDA runs agents only while jobs wait, so "no agent online" is normal with an
-                # empty queue; only jobs waiting with nobody to take them is a problem.
-                expr=_lines(
-                    "(max by (organization, pool) (patrol_agent_pool_queued_jobs) > 0)",
-                    "unless on (organization, pool)",
-                    '(max by (organization, pool) (patrol_agent_pool_agents{status="online"}) > 0)',
-                ),
-                for_="15m",
-                severity="critical",
-                summary="Agent pool {{ $labels.pool }} has {{ $value }} queued jobs and no agent online",
-                description=(
-                    "{{ $value }} jobs wait in pool {{ $labels.pool }} of {{ $labels.organization }} "
-                    "and no agent has been online for 15 minutes. KEDA is not starting agents: check "
-                    "KedaScalerAuthFailing, the ScaledJob's status and the cluster's capacity."
-                ),
-            ),
-        ),
-    ),
-    Group(
-        "patrol.pipelines",
-        (
-            Alert(
-                name="DailyChecksStale",
-                expr=(
-                    "time() - max by (pipeline) (patrol_pipeline_last_success_timestamp_seconds) "
-                    f"> {int(DAILY_CHECKS_MAX_AGE.total_seconds())}\n"
-                ),
-                for_="10m",
-                severity="warning",
-                summary=(
-                    "Pipeline {{ $labels.pipeline }} has not succeeded for "
-                    "{{ $value | humanizeDuration }}"
-                ),
-                description=(
-                    "The last successful run of {{ $labels.pipeline }} finished "
-                    "{{ $value | humanizeDuration }} ago (allowed: "
-                    f"{int(DAILY_CHECKS_MAX_AGE.total_seconds() // 3600)}h). The pipeline is not "
-                    "running or keeps failing; if its PAT is the cause, PatInvalid fires too."
-                ),
-            ),
-            Alert(
-                name="DailyChecksFailing",
-                # A failed run newer than the last success (or with no success at all) works
-                # whether the exporter keeps one series per result or only the latest run's.
-                expr=_lines(
-                    'max by (pipeline) (patrol_pipeline_last_run_timestamp_seconds{result="failed"})',
-                    "> on (pipeline)",
-                    "(",
-                    "  max by (pipeline) (patrol_pipeline_last_success_timestamp_seconds)",
-                    "  or on (pipeline)",
-                    "  max by (pipeline) (patrol_pipeline_last_run_timestamp_seconds) * 0",
-                    ")",
-                ),
-                for_="5m",
-                severity="warning",
-                summary="The latest run of pipeline {{ $labels.pipeline }} failed",
-                description=(
-                    "The latest completed run of {{ $labels.pipeline }} (finished "
-                    "{{ $value | humanizeTimestamp }}) failed. Read the run's log: a 401 or an HTML "
-                    "sign-in page in it means its PAT no longer works."
-                ),
-            ),
-        ),
-    ),
-    Group(
-        "patrol.self",
-        (
-            Alert(
-                name="PatrolSourceDown",
-                expr="patrol_source_up == 0\n",
-                for_="10m",
-                severity="warning",
-                summary="patrol cannot read source {{ $labels.source }}",
-                description=(
-                    "The exporter has failed to refresh {{ $labels.source }} for 10 minutes. Its "
-                    "metrics are stale, so alerts built on them may stay silent. The exporter logs "
-                    "the reason once per change of state."
-                ),
-            ),
-            Alert(
-                name="PatrolRotationFailed",
-                expr=(
-                    f'sum by (token) (increase(patrol_rotations_total{{result="failed"}}'
-                    f"[{ROTATION_FAILURE_WINDOW}])) > 0\n"
-                ),
-                for_="1m",
-                severity="critical",
-                summary="patrol failed to rotate PAT {{ $labels.token }}",
-                description=(
-                    "patrol's worker gave up rotating {{ $labels.token }} in the last "
-                    f"{ROTATION_FAILURE_WINDOW}. The old token is still in place (a failed rotation "
-                    "never removes it) but will expire: read the worker's journal and logs, fix the "
-                    "cause, then run patrol rotate {{ $labels.token }} or rotate by hand."
-                ),
-            ),
-            Alert(
-                name="PatrolRotationStuck",
-                # A drain waits, on purpose and bounded, for builds that hold the old PAT: not stuck.
-                expr=("max by (token) (patrol_rotation_in_progress) == 1\n"
-                      "unless max by (token) (patrol_rotation_draining) == 1\n"),
-                for_="30m",
-                severity="warning",
-                summary="Rotation of PAT {{ $labels.token }} has run for over 30 minutes",
-                description=(
-                    "A rotation of {{ $labels.token }} started more than 30 minutes ago and has not "
-                    "finished; it holds the token's lock, so no other rotation of it can start. Read "
-                    "the worker's journal to see the step it waits on (time spent draining does not "
-                    "count)."
-                ),
-            ),
-        ),
-    ),
-    # Tokens patrol does not own yet, and PATs that can no longer work wherever they sit. Neither
-    # starts a rotation: adoption is the operator's call, and a global PAT may serve other
-    # organizations that a rotation here (which revokes it) would break.
-    Group(
-        "patrol.adopt",
-        (
-            Alert(
-                name="PatUnmanaged",
-                expr="max by (token, organization) (patrol_pat_managed) == 0\n",
-                for_="30m",
-                severity="info",
-                summary="patrol does not know which PAT token {{ $labels.token }} is",
-                description=(
-                    "The sinks of token {{ $labels.token }} (organization {{ $labels.organization }}) "
-                    "hold a PAT pasted by hand: no sink records its authorizationId, so patrol cannot "
-                    "match it to Azure DevOps' list of PATs, reports no expiry for it (unless a sink "
-                    "records one) and no renewal or expiry alert can fire. Run "
-                    "`patrol adopt {{ $labels.token }} --dry-run`, then `patrol adopt "
-                    "{{ $labels.token }}` to record it (the token value is not changed)."
-                ),
-            ),
-            Alert(
-                name="PatGlobal",
-                expr="max by (token, organization) (patrol_pat_global) == 1\n",
-                for_="5m",
-                severity="warning",
-                summary="Token {{ $labels.token }} is a global PAT, which Azure DevOps no longer accepts",
-                description=(
-                    "The PAT in the sinks of token {{ $labels.token }} (organization "
-                    "{{ $labels.organization }}) is valid for all organizations. Global PATs stopped "
-                    "authenticating on 2026-12-01. Replace it with an organization-scoped PAT: "
-                    "`patrol rotate {{ $labels.token }}` (patrol never creates global PATs); if the "
-                    "same PAT serves other organizations, give each its own token first, because the "
-                    "rotation revokes it."
-                ),
-            ),
-        ),
-    ),
-    # The worker's state volume (issue 10): a journal it cannot write stops rotations, and one
-    # it had to replace lost its history. Kept apart from patrol.self so that group stays as is.
-    Group(
-        "patrol.journal",
-        (
-            Alert(
-                name="PatrolJournalNotWritable",
-                expr="patrol_journal_writable == 0\n",
-                for_="5m",
-                severity="critical",
-                summary="patrol's worker {{ $labels.instance }} cannot write its journal",
-                description=(
-                    "Every write to the rotation journal on {{ $labels.instance }} has failed for 5 "
-                    "minutes (state volume full, or an I/O error). The worker reports not ready and "
-                    "starts no rotation, so PATs due for renewal are not renewed. Free space on the "
-                    "state volume or replace it. The worker recovers on its own as soon as a write "
-                    "succeeds, and resumes the rotations that were cut short."
-                ),
-            ),
-            Alert(
-                name="PatrolJournalReset",
-                expr=JOURNAL_RESET_EXPR,
-                for_="0m",
-                severity="warning",
-                summary="patrol's worker {{ $labels.instance }} replaced an unreadable journal",
-                description=(
-                    "At start, the rotation journal on {{ $labels.instance }} was not a readable "
-                    "database, so it was moved aside (journal.sqlite3.corrupt-<time> in the state "
-                    "dir) and a fresh one started. Recovery rebuilt the state from ADO, the sinks and "
-                    "the clusters, but the rotation history before that time is only in the moved "
-                    "file. Find out what damaged it (volume, node, a second writer)."
-                ),
-            ),
-        ),
-    ),
-)
+LAST_SUCCESS = "patrol_pipeline_last_success_timestamp_seconds"
 
 
-def rule_groups(for_override: str | None = None) -> list[dict[str, Any]]:
+def _hours(age: timedelta) -> str:
+    hours, rest = divmod(int(age.total_seconds()), 3600)
+    return f"{hours}h" if not rest else f"{int(age.total_seconds())}s"
+
+
+def _down_expr(job: str) -> str:
+    selector = f"up{{job={json.dumps(job)}}}"
+    return _lines(f"max by (job) ({selector}) == 0", "or", f"absent({selector})")
+
+
+def _stale_pipelines_expr(max_age: Sequence[tuple[str, timedelta]]) -> str:
+    """Age of the last success above the pipeline's ``max_age``: one clause per pipeline whose
+    ``max_age`` differs from the default, and the default for every other pipeline."""
+    default = int(DAILY_CHECKS_MAX_AGE.total_seconds())
+    own: dict[str, int] = {}
+    for pipeline, age in max_age:
+        seconds = int(age.total_seconds())
+        own[pipeline] = min(seconds, own.get(pipeline, seconds))   # one label, several checks: the strictest
+    own = {pipeline: seconds for pipeline, seconds in own.items() if seconds != default}
+    plain = f"time() - max by (pipeline) ({LAST_SUCCESS}) > {default}\n"
+    if not own:
+        return plain
+    clauses = [
+        f"(time() - max by (pipeline) ({LAST_SUCCESS}{{pipeline={json.dumps(p)}}}) > {seconds})"
+        for p, seconds in sorted(own.items())
+    ]
+    listed = " or ".join(f"{LAST_SUCCESS}{{pipeline={json.dumps(p)}}}" for p in sorted(own))
+    clauses.append(_lines("(", f"  {plain.strip()}", f"  unless on (pipeline) ({listed})", ")").strip())
+    return "\nor\n".join(clauses) + "\n"
+
+
+def groups(settings: RuleSettings) -> tuple[Group, ...]:
+    """Every group, with the parts the config decides filled in from ``settings``."""
+    return (
+        Group(
+            "patrol.pat",
+            (
+                Record(DAYS_TO_EXPIRY, DAYS_TO_EXPIRY_EXPR),
+                Alert(
+                    name="PatRenewalDue",
+                    expr="min by (token, organization) (patrol_pat_renewal_timestamp_seconds) < time()\n",
+                    for_="5m",
+                    severity="info",
+                    remediation=ROTATE,
+                    summary="PAT {{ $labels.token }} is due for renewal",
+                    description=(
+                        "PAT {{ $labels.token }} of organization {{ $labels.organization }} passed its "
+                        "renewal time ({{ $value | humanizeTimestamp }}). patrol's worker rotates it on "
+                        "this alert; act only if PatExpiringSoon follows."
+                    ),
+                ),
+                Alert(
+                    name="PatInvalid",
+                    expr="min by (token, sink) (patrol_pat_valid) == 0\n",
+                    for_="5m",
+                    severity="critical",
+                    remediation=ROTATE,
+                    summary="{{ $labels.sink }} holds a PAT for {{ $labels.token }} that no longer authenticates",
+                    description=(
+                        "Azure DevOps rejects the token that {{ $labels.sink }} holds for "
+                        "{{ $labels.token }} (revoked, expired or deleted). Its consumers fail until the "
+                        "token is rotated; patrol's worker rotates it on this alert."
+                    ),
+                ),
+                Alert(
+                    name="PatExpiringSoon",
+                    # More of the renewal window (expiry - renewal) has passed than is left: the
+                    # rotation that PatRenewalDue asked for did not happen. Relative to each token's
+                    # renew_before, so it fits a 30-day PAT and a sandbox PAT of minutes alike.
+                    expr=_lines(
+                        f"{DAYS_TO_EXPIRY} > 0",
+                        "and on (token, organization)",
+                        f"  ({DAYS_TO_EXPIRY} * 86400)",
+                        "  < on (token, organization)",
+                        "  (time() - min by (token, organization) (patrol_pat_renewal_timestamp_seconds))",
+                    ),
+                    for_="10m",
+                    severity="critical",
+                    summary=(
+                        'PAT {{ $labels.token }} expires in {{ printf "%.1f" $value }} days '
+                        "and has not been rotated"
+                    ),
+                    description=(
+                        "PAT {{ $labels.token }} of organization {{ $labels.organization }} is past its "
+                        "renewal time and more than half of its renewal window is gone: patrol did not "
+                        "rotate it. Rotate it now (patrol rotate {{ $labels.token }}, or by hand) before "
+                        "its consumers fail."
+                    ),
+                ),
+                Alert(
+                    name="PatExpired",
+                    expr=f"{DAYS_TO_EXPIRY} <= 0\n",
+                    for_="1m",
+                    severity="critical",
+                    summary="PAT {{ $labels.token }} has expired",
+                    description=(
+                        "PAT {{ $labels.token }} of organization {{ $labels.organization }} has expired. "
+                        "Everything that uses it fails to authenticate (KEDA starts no agents, the daily "
+                        "checks fail). Rotate it now."
+                    ),
+                ),
+            ),
+        ),
+        Group(
+            "patrol.keda",
+            (
+                Alert(
+                    name="KedaScalerAuthFailing",
+                    # On the gauge, not on Event counts: KEDA >= 2.20 aggregates its Events into a
+                    # series that stops moving after the second failure (docs/metrics.md), so an
+                    # increase() over them misses an ongoing failure and outlives recovery by its
+                    # window. The gauge drops at the exporter's first refresh after KEDA's first
+                    # good poll, and the alert resolves at the next evaluation.
+                    # KEDA metrics name the consumer, not the token: patrol_consumer_info maps one to
+                    # the other (and gives the pool) so the worker knows what to rotate.
+                    expr=_lines(
+                        "(",
+                        "  max by (cluster, namespace, kind, name) (patrol_keda_scaler_auth_failing) == 1",
+                        ")",
+                        "* on (cluster, namespace, kind, name) group_left (token, pool)",
+                        "  max by (cluster, namespace, kind, name, token, pool) (patrol_consumer_info)",
+                    ),
+                    for_=KEDA_AUTH_FAILING_FOR,
+                    severity="critical",
+                    remediation=ROTATE,
+                    summary=(
+                        "KEDA cannot authenticate to Azure DevOps for {{ $labels.kind }} "
+                        "{{ $labels.namespace }}/{{ $labels.name }} in {{ $labels.cluster }}"
+                    ),
+                    description=(
+                        "The azure-pipelines scaler of {{ $labels.kind }} {{ $labels.namespace }}/"
+                        "{{ $labels.name }} (cluster {{ $labels.cluster }}, pool {{ $labels.pool }}) "
+                        "is failing to authenticate with token {{ $labels.token }}: KEDA's latest poll "
+                        "failed and its newest KEDAScalerFailed event is an authentication failure. "
+                        "No agents start for this pool until it is fixed; "
+                        "patrol's worker rotates the token on this alert."
+                    ),
+                ),
+            ),
+        ),
+        Group(
+            "patrol.agent-pools",
+            (
+                Alert(
+                    name="AgentPoolStarved",
+                    # KEDA runs agents only while jobs wait, so "no agent online" is normal with an
+                    # empty queue; only jobs waiting with nobody to take them is a problem.
+                    expr=_lines(
+                        "(max by (organization, pool) (patrol_agent_pool_queued_jobs) > 0)",
+                        "unless on (organization, pool)",
+                        '(max by (organization, pool) (patrol_agent_pool_agents{status="online"}) > 0)',
+                    ),
+                    for_="15m",
+                    severity="critical",
+                    summary="Agent pool {{ $labels.pool }} has {{ $value }} queued jobs and no agent online",
+                    description=(
+                        "{{ $value }} jobs wait in pool {{ $labels.pool }} of {{ $labels.organization }} "
+                        "and no agent has been online for 15 minutes. KEDA is not starting agents: check "
+                        "KedaScalerAuthFailing, the ScaledJob's status and the cluster's capacity."
+                    ),
+                ),
+            ),
+        ),
+        Group(
+            "patrol.pipelines",
+            (
+                Alert(
+                    name="DailyChecksStale",
+                    expr=_stale_pipelines_expr(settings.pipeline_max_age),
+                    for_="10m",
+                    severity="warning",
+                    summary=(
+                        "Pipeline {{ $labels.pipeline }} has not succeeded for "
+                        "{{ $value | humanizeDuration }}"
+                    ),
+                    description=(
+                        "The last successful run of {{ $labels.pipeline }} finished "
+                        "{{ $value | humanizeDuration }} ago, longer than its `pipeline.max_age` "
+                        f"(default {_hours(DAILY_CHECKS_MAX_AGE)}). The pipeline is not "
+                        "running or keeps failing; if its PAT is the cause, PatInvalid fires too."
+                    ),
+                ),
+                Alert(
+                    name="DailyChecksFailing",
+                    # A failed run newer than the last success (or with no success at all) works
+                    # whether the exporter keeps one series per result or only the latest run's.
+                    expr=_lines(
+                        'max by (pipeline) (patrol_pipeline_last_run_timestamp_seconds{result="failed"})',
+                        "> on (pipeline)",
+                        "(",
+                        "  max by (pipeline) (patrol_pipeline_last_success_timestamp_seconds)",
+                        "  or on (pipeline)",
+                        "  max by (pipeline) (patrol_pipeline_last_run_timestamp_seconds) * 0",
+                        ")",
+                    ),
+                    for_="5m",
+                    severity="warning",
+                    summary="The latest run of pipeline {{ $labels.pipeline }} failed",
+                    description=(
+                        "The latest completed run of {{ $labels.pipeline }} (finished "
+                        "{{ $value | humanizeTimestamp }}) failed. Read the run's log: a 401 or an HTML "
+                        "sign-in page in it means its PAT no longer works."
+                    ),
+                ),
+            ),
+        ),
+        Group(
+            "patrol.self",
+            (
+                Alert(
+                    name="PatrolSourceDown",
+                    expr="patrol_source_up == 0\n",
+                    for_="10m",
+                    severity="warning",
+                    summary="patrol cannot read source {{ $labels.source }}",
+                    description=(
+                        "The exporter has failed to refresh {{ $labels.source }} for 10 minutes. Its "
+                        "metrics are stale, so alerts built on them may stay silent. The exporter logs "
+                        "the reason once per change of state."
+                    ),
+                ),
+                Alert(
+                    name="PatrolRotationFailed",
+                    expr=(
+                        f'sum by (token) (increase(patrol_rotations_total{{result="failed"}}'
+                        f"[{ROTATION_FAILURE_WINDOW}])) > 0\n"
+                    ),
+                    for_="1m",
+                    severity="critical",
+                    summary="patrol failed to rotate PAT {{ $labels.token }}",
+                    description=(
+                        "patrol's worker gave up rotating {{ $labels.token }} in the last "
+                        f"{ROTATION_FAILURE_WINDOW}. The old token is still in place (a failed rotation "
+                        "never removes it) but will expire: read the worker's journal and logs, fix the "
+                        "cause, then run patrol rotate {{ $labels.token }} or rotate by hand."
+                    ),
+                ),
+                Alert(
+                    name="PatrolRotationStuck",
+                    # A drain waits, on purpose and bounded, for builds that hold the old PAT: not stuck.
+                    expr=("max by (token) (patrol_rotation_in_progress) == 1\n"
+                          "unless max by (token) (patrol_rotation_draining) == 1\n"),
+                    for_="30m",
+                    severity="warning",
+                    summary="Rotation of PAT {{ $labels.token }} has run for over 30 minutes",
+                    description=(
+                        "A rotation of {{ $labels.token }} started more than 30 minutes ago and has not "
+                        "finished; it holds the token's lock, so no other rotation of it can start. Read "
+                        "the worker's journal to see the step it waits on (time spent draining does not "
+                        "count)."
+                    ),
+                ),
+            ),
+        ),
+        # Who watches the watchers: every PAT alert is built on the exporter's metrics, so a dead
+        # exporter silences them all (a series that stops is not an expired PAT), and a dead
+        # worker rotates nothing. `up` is 0 while Prometheus fails to scrape a target; it is
+        # absent when there is no target at all (Deployment scaled to 0, Service or
+        # ServiceMonitor gone or not selected), hence both. By job, not instance: one standby
+        # replica down is Kubernetes' own alert (KubeDeploymentReplicasMismatch), not ours.
+        Group(
+            "patrol.meta",
+            (
+                Alert(
+                    name="PatrolExporterDown",
+                    expr=_down_expr(settings.exporter_job),
+                    for_="5m",
+                    severity="critical",
+                    summary="patrol's exporter (job {{ $labels.job }}) is not being scraped",
+                    description=(
+                        "Prometheus has had no successful scrape of job {{ $labels.job }} for 5 "
+                        "minutes (the target is down, or there is no target at all). Every PAT alert "
+                        "(PatRenewalDue, PatInvalid, PatExpiringSoon, PatExpired) is built on the "
+                        "exporter's metrics and stays silent meanwhile: a PAT can expire unseen. "
+                        "Bring the exporter back (kubectl -n patrol get pods,endpoints,servicemonitor)."
+                    ),
+                ),
+                Alert(
+                    name="PatrolWorkerDown",
+                    expr=_down_expr(settings.worker_job),
+                    for_="10m",
+                    severity="critical",
+                    summary="No replica of patrol's worker (job {{ $labels.job }}) is being scraped",
+                    description=(
+                        "Prometheus has had no successful scrape of any replica of job "
+                        "{{ $labels.job }} for 10 minutes. Alertmanager's rotation alerts reach nobody, "
+                        "so no PAT is rotated; PatExpiringSoon pages later if nothing changes. Bring "
+                        "the worker back, or rotate by hand (docs/runbook.md)."
+                    ),
+                ),
+                Alert(
+                    name="PatrolWebhookUnauthorized",
+                    # 5 in 10m: one Alertmanager with a wrong bearer retries each notification
+                    # several times within its group_interval; a lone stray request stays quiet.
+                    expr=(
+                        'sum by (job, instance) (increase(patrol_webhook_requests_total{code="401"}'
+                        f"[{WEBHOOK_401_WINDOW}])) >= {WEBHOOK_401_BURST}\n"
+                    ),
+                    for_="0m",
+                    severity="warning",
+                    summary="patrol's worker {{ $labels.instance }} refused {{ $value }} webhook calls (401)",
+                    description=(
+                        "{{ $labels.instance }} answered {{ $value }} webhook requests with 401 in the "
+                        f"last {WEBHOOK_401_WINDOW}: the bearer token was missing or wrong. Either "
+                        "Alertmanager's credentials_file no longer matches the worker's "
+                        "worker.webhook_token_file (then rotation alerts never arrive), or something "
+                        "else is calling the webhook. Compare the two Secrets; find the caller in the "
+                        "network flow logs if they match."
+                    ),
+                ),
+            ),
+        ),
+        # The bot account's sign-in (docs/identity.md). A refusal is permanent until a person acts
+        # (MFA, Conditional Access, consent, a disabled account): every read of the PAT
+        # Lifecycle API and every rotation fails meanwhile. max by organization: broken only
+        # while no process could use the credential (the exporter retries each refresh, the
+        # worker only when it rotates). The cause of the latest refusals is carried as a label
+        # when the last hour saw one; the `or` keeps the alert when only older ones did.
+        Group(
+            "patrol.credential",
+            (
+                Alert(
+                    name="PatrolCredentialBroken",
+                    expr=_lines(
+                        "(max by (organization) (patrol_credential_ok) == 0)",
+                        "* on (organization) group_left (cause)",
+                        "topk by (organization) (",
+                        "  1,",
+                        "  sum by (organization, cause) (increase(patrol_credential_failures_total[1h])) > 0",
+                        ")",
+                        "or on (organization)",
+                        "max by (organization) (patrol_credential_ok) == 0",
+                    ),
+                    for_="5m",
+                    severity="critical",
+                    summary=(
+                        "patrol cannot sign in as the bot account of organization "
+                        "{{ $labels.organization }}{{ with $labels.cause }} ({{ . }}){{ end }}"
+                    ),
+                    description=(
+                        "Entra or Azure DevOps refuses the bot credential of organization "
+                        "{{ $labels.organization }}{{ with $labels.cause }} (cause: {{ . }}){{ end }}. "
+                        "Until a person fixes it, patrol cannot read PAT expiry from the PAT Lifecycle "
+                        "API and every rotation fails. The exporter's and the worker's logs carry the "
+                        "message with the fix; the runbook lists the fix for each cause (MFA: "
+                        "`patrol login`; Conditional Access or consent: an Entra admin)."
+                    ),
+                ),
+            ),
+        ),
+        # Tokens patrol does not own yet, and PATs that can no longer work wherever they sit. Neither
+        # starts a rotation: adoption is the operator's call, and a global PAT may serve other
+        # organizations that a rotation here (which revokes it) would break.
+        Group(
+            "patrol.adopt",
+            (
+                Alert(
+                    name="PatUnmanaged",
+                    expr="max by (token, organization) (patrol_pat_managed) == 0\n",
+                    for_="30m",
+                    severity="info",
+                    summary="patrol does not know which PAT token {{ $labels.token }} is",
+                    description=(
+                        "The sinks of token {{ $labels.token }} (organization {{ $labels.organization }}) "
+                        "hold a PAT pasted by hand: no sink records its authorizationId, so patrol cannot "
+                        "match it to Azure DevOps' list of PATs, reports no expiry for it (unless a sink "
+                        "records one) and no renewal or expiry alert can fire. Run "
+                        "`patrol adopt {{ $labels.token }} --dry-run`, then `patrol adopt "
+                        "{{ $labels.token }}` to record it (the token value is not changed)."
+                    ),
+                ),
+                Alert(
+                    name="PatGlobal",
+                    expr="max by (token, organization) (patrol_pat_global) == 1\n",
+                    for_="5m",
+                    severity="warning",
+                    summary="Token {{ $labels.token }} is a global PAT, which Azure DevOps no longer accepts",
+                    description=(
+                        "The PAT in the sinks of token {{ $labels.token }} (organization "
+                        "{{ $labels.organization }}) is valid for all organizations. Global PATs stopped "
+                        "authenticating on 2026-12-01. Replace it with an organization-scoped PAT: "
+                        "`patrol rotate {{ $labels.token }}` (patrol never creates global PATs); if the "
+                        "same PAT serves other organizations, give each its own token first, because the "
+                        "rotation revokes it."
+                    ),
+                ),
+            ),
+        ),
+        # The worker's state volume (issue 10): a journal it cannot write stops rotations, and one
+        # it had to replace lost its history. Kept apart from patrol.self so that group stays as is.
+        Group(
+            "patrol.journal",
+            (
+                Alert(
+                    name="PatrolJournalNotWritable",
+                    expr="patrol_journal_writable == 0\n",
+                    for_="5m",
+                    severity="critical",
+                    summary="patrol's worker {{ $labels.instance }} cannot write its journal",
+                    description=(
+                        "Every write to the rotation journal on {{ $labels.instance }} has failed for 5 "
+                        "minutes (state volume full, or an I/O error). The worker reports not ready and "
+                        "starts no rotation, so PATs due for renewal are not renewed. Free space on the "
+                        "state volume or replace it. The worker recovers on its own as soon as a write "
+                        "succeeds, and resumes the rotations that were cut short."
+                    ),
+                ),
+                Alert(
+                    name="PatrolJournalReset",
+                    expr=JOURNAL_RESET_EXPR,
+                    for_="0m",
+                    severity="warning",
+                    summary="patrol's worker {{ $labels.instance }} replaced an unreadable journal",
+                    description=(
+                        "At start, the rotation journal on {{ $labels.instance }} was not a readable "
+                        "database, so it was moved aside (journal.sqlite3.corrupt-<time> in the state "
+                        "dir) and a fresh one started. Recovery rebuilt the state from ADO, the sinks and "
+                        "the clusters, but the rotation history before that time is only in the moved "
+                        "file. Find out what damaged it (volume, node, a second writer)."
+                    ),
+                ),
+            ),
+        ),
+    )
+
+
+def rule_groups(for_override: str | None = None,
+                settings: RuleSettings | None = None) -> list[dict[str, Any]]:
     """The rule groups as Prometheus wants them.
 
     ``for_override`` replaces every alert's ``for`` (an end-to-end test on the sandbox's
     minutes-long PATs cannot wait the production durations).
     """
+    settings = settings or RuleSettings()
     return [
-        {"name": group.name, "rules": [rule.as_rule(for_override) for rule in group.rules]}
-        for group in GROUPS
+        {"name": group.name, "rules": [rule.as_rule(for_override, settings) for rule in group.rules]}
+        for group in groups(settings)
     ]
 
 
-def alerts() -> list[Alert]:
-    return [rule for group in GROUPS for rule in group.rules if isinstance(rule, Alert)]
+def alerts(settings: RuleSettings | None = None) -> list[Alert]:
+    return [rule for group in groups(settings or RuleSettings()) for rule in group.rules
+            if isinstance(rule, Alert)]
 
 
 class _Dumper(yaml.SafeDumper):
@@ -447,11 +623,15 @@ def _dump(data: object) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000)
 
 
-def render_rules_file(for_override: str | None = None) -> str:
-    return HEADER + _dump({"groups": rule_groups(for_override)})
+def render_rules_file(for_override: str | None = None, settings: RuleSettings | None = None, *,
+                      header: str = HEADER) -> str:
+    return header + _dump({"groups": rule_groups(for_override, settings)})
 
 
-def render_prometheus_rule() -> str:
+def render_prometheus_rule(settings: RuleSettings | None = None, *, header: str = HEADER,
+                           labels: Sequence[tuple[str, str]] = ()) -> str:
+    """The PrometheusRule; ``labels`` go to its metadata (the committed file has none: the
+    ``release`` label comes from the kustomize component deploy/components/prometheus-release)."""
     resource = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
@@ -460,9 +640,10 @@ def render_prometheus_rule() -> str:
             "labels": {
                 "app.kubernetes.io/name": "patrol",
                 "app.kubernetes.io/component": "alerting-rules",
+                **dict(labels),
             },
         },
-        "spec": {"groups": rule_groups()},
+        "spec": {"groups": rule_groups(None, settings)},
     }
     note = (
         "# kube-prometheus-stack's Prometheus only loads PrometheusRules whose labels match its\n"
@@ -470,7 +651,7 @@ def render_prometheus_rule() -> str:
         "# that label with the component deploy/components/prometheus-release (one place for the\n"
         "# ServiceMonitor and this rule); change it there, or patch it in your overlay.\n"
     )
-    return HEADER + note + _dump(resource)
+    return header + note + _dump(resource)
 
 
 def rendered_files() -> dict[Path, str]:

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from core.config import (
+    AlertSettings,
     AzureCredentialKind,
     AzureSettings,
     Cluster,
@@ -457,7 +458,7 @@ def _resolve(base_dir: str, value: str) -> str:
 
 # --------------------------------------------------------------------------- the schema
 
-_TOP_KEYS = ("organizations", "clusters", "tokens", "azure", "exporter", "worker")
+_TOP_KEYS = ("organizations", "clusters", "tokens", "azure", "exporter", "worker", "alerts")
 _ORG_KEYS = ("name", "url", "vssps_url", "vsrm_url", "credential")
 _CRED_COMMON = ("kind", "tenant_id", "client_id", "authority")
 _CRED_BY_KIND: dict[str, tuple[str, ...]] = {
@@ -508,13 +509,22 @@ _EXPORTER_KEYS = ("listen", "pat_interval", "validity_interval", "keda_interval"
                   "pipeline_interval", "concurrency")
 _WORKER_KEYS = ("listen", "webhook_token_file", "state_dir", "cooldown", "verify_deadline",
                 "reconcile_interval", "lease",
-                "decision_retention", "rotation_retention", "decisions_per_minute", "url")
+                "decision_retention", "rotation_retention", "decisions_per_minute", "url",
+                "rotate_alertnames")
 _WORKER_REJECTED = {
     "webhook_token": ("a webhook token written in the config file",
                       f"{_NO_SECRETS_FIX}: use 'webhook_token_file' or the PATROL_WEBHOOK_TOKEN "
                       "environment variable"),
 }
 _LEASE_KEYS = ("cluster", "namespace", "name", "duration")
+_ALERTNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ALERTS_KEYS = ("runbook_base_url", "extra_labels", "prometheusrule_labels", "exporter_job", "worker_job")
+# Labels an alert's meaning rests on: the routes, the worker's screen, Prometheus itself.
+_RESERVED_ALERT_LABELS = ("alertname", "severity", "remediation", "token", "compromised", "alertstate")
+_PROMETHEUS_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# A Kubernetes label key: optional DNS-subdomain prefix and '/', then a name of up to 63 characters.
+_K8S_LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_K8S_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
 
 class _Parser:
@@ -571,8 +581,10 @@ class _Parser:
         exporter = self.exporter(exporter_sec) if exporter_sec else ExporterSettings()
         worker_sec = top.section("worker", _WORKER_KEYS, rejected=_WORKER_REJECTED)
         worker = self.worker(worker_sec) if worker_sec else WorkerSettings()
+        alerts_sec = top.section("alerts", _ALERTS_KEYS)
+        alerts = self.alerts(alerts_sec) if alerts_sec else AlertSettings()
         return Config(source=file, organizations=orgs, clusters=clusters, tokens=tokens,
-                      azure=azure, exporter=exporter, worker=worker)
+                      azure=azure, exporter=exporter, worker=worker, alerts=alerts)
 
     # -- organizations
 
@@ -959,8 +971,76 @@ class _Parser:
             reconcile_interval=sec.duration("reconcile_interval", d.reconcile_interval, example="5m"),
             lease=lease,
             url=sec.url("url", required=False, https_only=False, example="http://patrol-worker.patrol.svc:9878"),
+            rotate_alertnames=self.alertnames(sec, "rotate_alertnames", d.rotate_alertnames),
             **self.journal_bounds(sec, d),
         )
+
+    def alerts(self, sec: _Section) -> AlertSettings:
+        job_rule = "a Prometheus job name as it appears in up{job=...}"
+        return AlertSettings(
+            runbook_base_url=sec.url("runbook_base_url", required=False, https_only=False,
+                                     example="https://wiki.example.org/patrol/runbook"),
+            extra_labels=self.labels(
+                sec, "extra_labels", _PROMETHEUS_LABEL, None,
+                "a Prometheus label name: letters, digits and _, not starting with a digit",
+                reserved=_RESERVED_ALERT_LABELS),
+            prometheusrule_labels=self.labels(
+                sec, "prometheusrule_labels", _K8S_LABEL_KEY, _K8S_LABEL_VALUE,
+                "a Kubernetes label key such as 'release' or 'example.org/team'"),
+            exporter_job=sec.optional_text("exporter_job", "patrol-exporter", rule=job_rule),
+            worker_job=sec.optional_text("worker_job", "patrol-worker", rule=job_rule),
+        )
+
+    def labels(self, sec: _Section, key: str, name_pattern: re.Pattern[str],
+               value_pattern: re.Pattern[str] | None, name_rule: str, *,
+               reserved: tuple[str, ...] = ()) -> tuple[tuple[str, str], ...]:
+        """A mapping of label names to string values, checked against the label syntax."""
+        if not sec.has(key):
+            return ()
+        data = sec.data[key]
+        if not isinstance(data, dict):
+            sec.problem(sec.sub(key), f"expected a mapping of label names to values, got {_kind_of(data)}",
+                        f"write it as '{key}: {{team: platform}}'", sec.line_of(key))
+            return ()
+        key_lines: Mapping[Any, int] = getattr(data, "key_lines", {})
+        result: list[tuple[str, str]] = []
+        for name, value in data.items():
+            path, line = _join(sec.sub(key), str(name)), key_lines.get(name, sec.line_of(key))
+            if not isinstance(name, str):
+                sec.problem(path, f"label name {name!r} is {_kind_of(name)}", f"use {name_rule}", line)
+                continue
+            if name in reserved or name.startswith("__"):
+                sec.problem(path, f"label {name!r} is patrol's or Prometheus' own",
+                            "choose another name: patrol's routes and the worker rely on "
+                            f"{', '.join(reserved)}", line)
+            elif not name_pattern.fullmatch(name):
+                sec.problem(path, f"{name!r} is not a valid label name", f"use {name_rule}", line)
+            elif isinstance(value, bool) or not isinstance(value, str | int | float):
+                sec.problem(path, f"expected a string, got {_kind_of(value)}",
+                            f"write '{name}: \"some-value\"'", line)
+            elif value_pattern is not None and not value_pattern.fullmatch(str(value)):
+                sec.problem(path, f"{str(value)!r} is not a valid Kubernetes label value",
+                            "use at most 63 letters, digits, '-', '_' or '.', starting and ending "
+                            "with a letter or digit", line)
+            else:
+                result.append((name, str(value)))
+        return tuple(result)
+
+    def alertnames(self, sec: _Section, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """A non-empty list of alert names (Prometheus rule names), duplicates removed."""
+        example = "[" + ", ".join(default) + "]"
+        if not sec.has(key):
+            return default
+        names: list[str] = []
+        for path, value, line in sec.items(key, required=True, example=example):
+            if not isinstance(value, str) or not _ALERTNAME.fullmatch(value):
+                shown = repr(value) if isinstance(value, str | int | float | bool) else _kind_of(value)
+                sec.problem(path, f"{shown} is not an alert name",
+                            "write the name of a Prometheus alerting rule, e.g. 'PatInvalid' "
+                            "(letters, digits and _, not starting with a digit)", line)
+            elif value not in names:
+                names.append(value)
+        return tuple(names) if names else default
 
     def journal_bounds(self, sec: _Section, d: WorkerSettings) -> dict[str, Any]:
         decisions = sec.duration("decision_retention", d.decision_retention, example="7d")

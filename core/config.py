@@ -34,6 +34,11 @@ FluxPolicy = Literal["refuse", "ignore-drift-risk"]
 SwitchMode = Literal["auto", "refresh", "bump"]
 # ADO's default job timeout: how long a pipeline run holding a Key Vault value may still use it.
 DEFAULT_PIPELINE_TIMEOUT = timedelta(minutes=60)
+# The alerts the worker may rotate on (`worker.rotate_alertnames`): patrol's own rules that carry
+# `remediation: rotate` (alerts/rules.py). A `remediation="rotate"` label alone is not enough:
+# kube-prometheus-stack's InfoInhibitor copies every label of an info alert (PatRenewalDue is
+# one), and any rule anyone writes can set it (docs/alerting.md, "Who can start a rotation").
+DEFAULT_ROTATE_ALERTNAMES: tuple[str, ...] = ("PatRenewalDue", "PatInvalid", "KedaScalerAuthFailing")
 
 
 @dataclass(frozen=True)
@@ -199,6 +204,24 @@ class WorkerSettings:
     # (e.g. the Service, http://patrol-worker.patrol.svc:9878); flag --worker-url and env
     # PATROL_WORKER_URL override it.
     url: str | None = None
+    rotate_alertnames: tuple[str, ...] = DEFAULT_ROTATE_ALERTNAMES
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """What the config decides in the rendered rules and dashboard (`patrol alerts render`).
+
+    ``None`` keeps the shipped value (alerts/rules.py): this repository's runbook, and the jobs
+    named after deploy/base's Services.
+    """
+
+    runbook_base_url: str | None = None
+    # Added to every alert's labels (e.g. team, environment) for Alertmanager to route on.
+    extra_labels: tuple[tuple[str, str], ...] = ()
+    # Added to the rendered PrometheusRule's metadata.labels (e.g. release: <helm release>).
+    prometheusrule_labels: tuple[tuple[str, str], ...] = ()
+    exporter_job: str | None = None
+    worker_job: str | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +241,7 @@ class Config:
     azure: AzureSettings = field(default_factory=AzureSettings)
     exporter: ExporterSettings = field(default_factory=ExporterSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
 
     def organization(self, name: str) -> Organization:
         for org in self.organizations:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from core import _config_parse as parse
 from core.config import (
+    AlertSettings,
     AzureSettings,
     Cluster,
     Config,
@@ -65,6 +66,7 @@ SECTIONS: dict[type[Any], tuple[str, ...]] = {
     ExporterSettings: parse._EXPORTER_KEYS,
     WorkerSettings: parse._WORKER_KEYS,
     LeaseSettings: parse._LEASE_KEYS,
+    AlertSettings: parse._ALERTS_KEYS,
 }
 
 # Where the YAML and the model differ on what must be written.
@@ -137,6 +139,9 @@ def _type_schema(hint: Any, where: str) -> JsonSchema:
     if origin is Literal:
         values = list(typing.get_args(hint))
         return {"const": values[0]} if len(values) == 1 else {"enum": values}
+    if origin is tuple and typing.get_args(hint) == (tuple[str, str], Ellipsis):
+        # labels: a mapping in the YAML, kept as (name, value) pairs by the model
+        return {"type": "object", "additionalProperties": {"type": "string"}}
     if origin is tuple:
         item, _ellipsis = typing.get_args(hint)
         return {"type": "array", "items": _type_schema(item, where)}

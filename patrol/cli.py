@@ -187,6 +187,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     remediation_cli.add_parsers(sub, env, common=lambda p: _common(p, env))
     remediation_cli.add_adopt_parser(sub, env, common=lambda p: _common(p, env))
 
+    # alerts render, dashboard render
+    from patrol import render_cmd
+
+    render_cmd.add_parsers(sub, env, common=lambda p: _common(p, env), formatter=_Formatter)
+
     # login
     login = _sub(sub, "login", "sign in once as the bot account (device code) for silent refresh later",
                  "For bot accounts protected by MFA: run once interactively; the worker then refreshes\n"

@@ -3,8 +3,11 @@
 ``make demo`` and the end-to-end tests both need the same thing: the Debian ``prometheus`` and
 ``prometheus-alertmanager`` binaries, configured to scrape patrol's exporter and worker, to
 evaluate the shipped rules (with short ``for`` so a loop fits in a minute), and to deliver
-``remediation="rotate"`` alerts to the worker's webhook with bearer authentication, exactly as
-``alerts/alertmanager.example.yml`` does in production.
+``remediation="rotate"`` alerts to the worker's webhook with bearer authentication, as
+``alerts/alertmanager.example.yml`` does in production. The route here matches that label
+alone, where the example also matches the rotation alert names: so whatever else carries the
+label (kube-prometheus-stack's InfoInhibitor, in tests/e2e/test_info_inhibitor_e2e.py) reaches
+the worker, and the worker's own allow-list is what is exercised.
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ class MonitoringStack:
     # "rotate" (the demo: only what drives a rotation is sped up; the rest keep their real
     # ``for``, so a sandbox's seconds-long steps do not page anyone)
     fast: Literal["all", "rotate"] = "all"
+    # Rule files loaded beside patrol's (e.g. a third party's rules a test runs next to ours).
+    extra_rule_files: tuple[Path, ...] = ()
     prometheus_port: int = field(default_factory=free_port)
     alertmanager_port: int = field(default_factory=free_port)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -121,7 +126,7 @@ class MonitoringStack:
         rules.write_text(self.rules_text())
         prom = {
             "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
-            "rule_files": [str(rules)],
+            "rule_files": [str(rules), *(str(path) for path in self.extra_rule_files)],
             "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{self.alertmanager_port}"]}]}]},
             "scrape_configs": [
                 {"job_name": job, "static_configs": [{"targets": [target]}]}

@@ -4,7 +4,11 @@ Alertmanager delivers at least once and repeats firing groups (DESIGN §1 fact 6
 alerts can point at one token at once (PatInvalid for each sink, KedaScalerAuthFailing for each
 consumer). The planner turns that stream into at most one rotation per token at a time:
 
-- only ``firing`` alerts with ``remediation="rotate"`` and a configured ``token`` label count;
+- only ``firing`` alerts with ``remediation="rotate"``, an alertname on the allow-list
+  (``worker.rotate_alertnames``, by default patrol's own rotation alerts) and a configured
+  ``token`` label count. The label alone is not trusted: kube-prometheus-stack's
+  ``InfoInhibitor`` copies every label of an info alert such as PatRenewalDue, and any rule in
+  the cluster can set it, so a rotation (which revokes a PAT) needs one of our alert names too;
 - an alert episode (fingerprint + startsAt) that already started a rotation is a duplicate,
   remembered in the journal so a restart does not forget it; the hot path for duplicates is an
   in-memory set, so a storm of re-deliveries costs no database write;
@@ -34,6 +38,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
+from core.config import DEFAULT_ROTATE_ALERTNAMES
 from remediation.alerts import Alert, Notification
 from remediation.journal import Journal, RotationRecord
 
@@ -146,8 +151,10 @@ class Planner:
         locks: TokenLocks | None = None,
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = new_rotation_id,
+        rotate_alertnames: Iterable[str] = DEFAULT_ROTATE_ALERTNAMES,
     ) -> None:
         self.tokens = frozenset(tokens)
+        self.rotate_alertnames = frozenset(rotate_alertnames)
         self.journal = journal
         self.cooldown = cooldown.total_seconds()
         self.locks = locks or TokenLocks()
@@ -192,6 +199,8 @@ class Planner:
         token = alert.labels.get(TOKEN_LABEL)
         if alert.labels.get(REMEDIATION_LABEL) != REMEDIATION_VALUE:
             return self._drop(alert, "not-remediable", token)
+        if alert.name not in self.rotate_alertnames:
+            return self._drop(alert, "alertname-not-allowed", token)
         if not token:
             return self._drop(alert, "no-token-label", None)
         if token not in self.tokens:

@@ -78,7 +78,8 @@ class WorkerService:
         self._journal_keeper: threading.Thread | None = None
         self.metrics.declare_tokens([t.name for t in cfg.tokens])
         self.planner = Planner([t.name for t in cfg.tokens], self.journal, cooldown=cfg.worker.cooldown,
-                               locks=TokenLocks(self.state_dir / "locks"), clock=clock)
+                               locks=TokenLocks(self.state_dir / "locks"), clock=clock,
+                               rotate_alertnames=cfg.worker.rotate_alertnames)
         self.leadership = Leadership(lease)
         self.metrics.watch_leadership(self.leadership)
         self.saga = RotationSaga(cfg, world, self.journal, settings=settings, clock=clock, sleep=sleep,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,8 @@ import pytest
 import yaml
 
 from alerts import rules
+from core.config import DEFAULT_ROTATE_ALERTNAMES
+from patrol.stack import find_binary, free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_FILE = ROOT / "alerts" / "patrol.rules.yml"
@@ -29,6 +35,8 @@ DESIGN_ALERTS = ROTATE_ALERTS | {
     "PatrolSourceDown", "PatrolRotationFailed", "PatrolRotationStuck",
     "PatUnmanaged", "PatGlobal",                   # issue 8: adopt a hand-pasted PAT, flag global PATs
     "PatrolJournalNotWritable", "PatrolJournalReset",     # issue 10: the worker's state volume
+    "PatrolExporterDown", "PatrolWorkerDown", "PatrolWebhookUnauthorized",   # issue 8: the watchers
+    "PatrolCredentialBroken",                      # issue 8: the tenant refuses the bot account
 }
 
 
@@ -221,9 +229,11 @@ def test_the_worker_receives_rotate_alerts_grouped_by_token_with_bearer_auth() -
     worker_routes = [r for r in config["route"]["routes"] if r["receiver"] == "patrol-worker"]
     assert len(worker_routes) == 1
     route = worker_routes[0]
-    assert route["matchers"] == ['remediation="rotate"']
+    assert route["matchers"] == [
+        'remediation="rotate"', f'alertname=~"{"|".join(DEFAULT_ROTATE_ALERTNAMES)}"']
     assert route["group_by"] == ["alertname", "token"]
-    assert not route.get("continue", False)
+    assert route["continue"] is True, "critical rotation alerts must reach a person too"
+    assert config["route"]["routes"].index(route) == 0, "the worker's route must come first"
     (receiver,) = [r for r in config["receivers"] if r["name"] == "patrol-worker"]
     (webhook,) = receiver["webhook_configs"]
     assert webhook["url"] == "http://patrol-worker:9878/webhook/alertmanager"
@@ -234,17 +244,122 @@ def test_the_worker_receives_rotate_alerts_grouped_by_token_with_bearer_auth() -
     }
 
 
-@pytest.mark.parametrize("rule", _alert_rules(), ids=lambda rule: rule["alert"])
-def test_each_alert_reaches_the_right_receiver(rule: dict[str, Any]) -> None:
-    labels = {"alertname": rule["alert"], **rule["labels"]}
-    if labels.get("remediation") == "rotate":
-        labels["token"] = "keda"
-        expected = "patrol-worker"
-    elif labels["severity"] == "critical":
-        expected = "platform-oncall"
-    else:
-        expected = "platform-team"
+def _routes_test(labels: dict[str, str], expected: str) -> None:
     _run(
         _tool("amtool"), "config", "routes", "test", f"--config.file={ALERTMANAGER_EXAMPLE}",
         f"--verify.receivers={expected}", *(f"{key}={value}" for key, value in labels.items()),
     )
+
+
+@pytest.mark.parametrize("rule", _alert_rules(), ids=lambda rule: rule["alert"])
+def test_each_alert_reaches_the_right_receivers(rule: dict[str, Any]) -> None:
+    labels = {"alertname": rule["alert"], **rule["labels"]}
+    people = {"critical": "platform-oncall"}.get(labels["severity"], "platform-team")
+    if labels.get("remediation") == "rotate":
+        labels["token"] = "keda"
+        # Critical: the worker and a person. Otherwise (PatRenewalDue) the worker alone.
+        expected = "patrol-worker,platform-oncall" if labels["severity"] == "critical" else "patrol-worker"
+    else:
+        expected = people
+    _routes_test(labels, expected)
+
+
+def test_info_inhibitors_copy_of_a_rotation_alert_does_not_reach_the_worker() -> None:
+    """The labels promtool showed kube-prometheus-stack's InfoInhibitor fires with."""
+    _routes_test({"alertname": "InfoInhibitor", "severity": "none", "remediation": "rotate",
+                  "token": "keda", "organization": "hmcts", "alertstate": "firing"}, "platform-team")
+
+
+# --- inhibition: one incident, one page -------------------------------------------------------------
+
+
+_MATCHER = re.compile(r'^\s*([a-zA-Z_]\w*)\s*(=~|!~|!=|=)\s*"(.*)"\s*$')
+
+
+def _matches(matchers: list[str], labels: dict[str, str]) -> bool:
+    for text in matchers:
+        found = _MATCHER.match(text)
+        assert found, f"matcher not understood by this test: {text}"
+        name, op, value = found.groups()
+        have = labels.get(name, "")
+        ok = {"=": have == value, "!=": have != value,
+              "=~": re.fullmatch(value, have) is not None, "!~": re.fullmatch(value, have) is None}[op]
+        if not ok:
+            return False
+    return True
+
+
+def test_an_alert_the_worker_needs_is_only_inhibited_by_a_rotation_alert_of_the_same_token() -> None:
+    """An inhibited alert reaches no receiver, the worker included."""
+    config = yaml.safe_load(ALERTMANAGER_EXAMPLE.read_text(encoding="utf-8"))
+    rules_by_name = {r["alert"]: {"alertname": r["alert"], **r["labels"]} for r in _alert_rules()}
+    assert config["inhibit_rules"]
+    for inhibit in config["inhibit_rules"]:
+        sources = [n for n, labels in rules_by_name.items() if _matches(inhibit["source_matchers"], labels)]
+        targets = [n for n, labels in rules_by_name.items() if _matches(inhibit["target_matchers"], labels)]
+        assert sources and targets, f"inhibit rule matches none of patrol's alerts: {inhibit}"
+        for target in targets:
+            if target in DEFAULT_ROTATE_ALERTNAMES:
+                assert "token" in inhibit.get("equal", []), inhibit
+                assert set(sources) <= set(DEFAULT_ROTATE_ALERTNAMES), (
+                    f"{target} would be kept from the worker by {sources}")
+
+
+def _post_alerts(base: str, alerts: list[dict[str, str]]) -> None:
+    now = datetime.now(UTC)
+    body = [{"labels": labels, "startsAt": now.isoformat(), "endsAt": (now + timedelta(hours=1)).isoformat()}
+            for labels in alerts]
+    request = urllib.request.Request(f"{base}/api/v2/alerts", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+
+
+def test_a_real_alertmanager_pages_once_per_incident(tmp_path: Path) -> None:
+    """The example's inhibit rules, run by the real Alertmanager (API v2 reports inhibitedBy)."""
+    binary = find_binary("prometheus-alertmanager", "alertmanager")
+    if binary is None:
+        pytest.fail("prometheus-alertmanager not found: install it (`make system-deps`)")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [binary, f"--config.file={ALERTMANAGER_EXAMPLE}", f"--storage.path={tmp_path / 'am'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"{base}/-/ready", proc=proc)
+        keda = {"token": "keda", "organization": "hmcts"}
+        _post_alerts(base, [
+            {"alertname": "PatExpired", "severity": "critical", **keda},
+            {"alertname": "PatExpiringSoon", "severity": "critical", **keda},
+            {"alertname": "PatInvalid", "severity": "critical", "remediation": "rotate", "token": "keda",
+             "sink": "k8s/cft-ptl/azure-devops/azure-devops-token"},
+            {"alertname": "KedaScalerAuthFailing", "severity": "critical", "remediation": "rotate",
+             "token": "keda", "pool": "hmcts-agents", "cluster": "cft-ptl", "namespace": "azure-devops",
+             "kind": "ScaledJob", "name": "azure-devops-agent"},
+            {"alertname": "AgentPoolStarved", "severity": "critical", "organization": "hmcts",
+             "pool": "hmcts-agents"},
+            # another token's PatExpiringSoon is another incident
+            {"alertname": "PatExpiringSoon", "severity": "critical", "token": "daily-checks",
+             "organization": "hmcts"},
+        ])
+        deadline = time.monotonic() + 10
+        while True:
+            with urllib.request.urlopen(f"{base}/api/v2/alerts", timeout=5) as response:
+                alerts = json.loads(response.read())
+            state = {(a["labels"]["alertname"], a["labels"].get("token", "")):
+                     a["status"]["state"] for a in alerts}
+            if len(state) == 6 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert state == {
+        ("PatInvalid", "keda"): "active",                   # to the worker, and one page
+        ("PatExpired", "keda"): "suppressed",               # by PatInvalid
+        ("PatExpiringSoon", "keda"): "suppressed",          # by PatExpired
+        ("KedaScalerAuthFailing", "keda"): "suppressed",    # by PatInvalid
+        ("AgentPoolStarved", ""): "suppressed",             # by KedaScalerAuthFailing
+        ("PatExpiringSoon", "daily-checks"): "active",
+    }

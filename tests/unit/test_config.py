@@ -811,3 +811,67 @@ def test_journal_bounds_are_read_and_rotations_outlive_decisions(tmp_path: Path)
                    "worker.rotation_retention")
     assert "shorter than decision_retention" in problem.problem
     only(tmp_path, lambda d: d.update(worker={"decisions_per_minute": 0}), "worker.decisions_per_minute")
+
+
+# --------------------------------------------------------------------------- worker.rotate_alertnames
+
+
+def test_rotate_alertnames_default_to_patrols_rotation_alerts(tmp_path: Path) -> None:
+    assert load(tmp_path, base()).worker.rotate_alertnames == (
+        "PatRenewalDue", "PatInvalid", "KedaScalerAuthFailing")
+
+
+def test_rotate_alertnames_are_read_without_duplicates(tmp_path: Path) -> None:
+    data = base()
+    data["worker"] = {"rotate_alertnames": ["PatInvalid", "TeamPatLeaked", "PatInvalid"]}
+    assert load(tmp_path, data).worker.rotate_alertnames == ("PatInvalid", "TeamPatLeaked")
+
+
+@pytest.mark.parametrize(("value", "path", "says"), [
+    ([], "worker.rotate_alertnames", "is empty"),
+    ("PatInvalid", "worker.rotate_alertnames", "expected a list"),
+    (["PatInvalid", "Pat Invalid"], "worker.rotate_alertnames[1]", "'Pat Invalid' is not an alert name"),
+    ([7], "worker.rotate_alertnames[0]", "7 is not an alert name"),
+])
+def test_bad_rotate_alertnames_are_named(tmp_path: Path, value: object, path: str, says: str) -> None:
+    problem = only(tmp_path, lambda d: d.update(worker={"rotate_alertnames": value}), path)
+    assert says in str(problem)
+
+
+# --------------------------------------------------------------------------- alerts
+
+
+def test_alerts_section_is_read(tmp_path: Path) -> None:
+    data = base()
+    data["alerts"] = {"runbook_base_url": "https://wiki.example.org/patrol/runbook/",
+                      "extra_labels": {"team": "platform", "env": "prod"},
+                      "prometheusrule_labels": {"release": "kube-prometheus-stack"},
+                      "exporter_job": "patrol/exporter", "worker_job": "patrol/worker"}
+    alerts = load(tmp_path, data).alerts
+    assert alerts.runbook_base_url == "https://wiki.example.org/patrol/runbook"
+    assert alerts.extra_labels == (("team", "platform"), ("env", "prod"))
+    assert alerts.prometheusrule_labels == (("release", "kube-prometheus-stack"),)
+    assert (alerts.exporter_job, alerts.worker_job) == ("patrol/exporter", "patrol/worker")
+
+
+def test_alerts_section_defaults_keep_the_shipped_values(tmp_path: Path) -> None:
+    alerts = load(tmp_path, base()).alerts
+    assert alerts.runbook_base_url is None and alerts.exporter_job is None and alerts.worker_job is None
+    assert alerts.extra_labels == () and alerts.prometheusrule_labels == ()
+
+
+@pytest.mark.parametrize(("alerts", "path", "says"), [
+    ({"extra_labels": {"severity": "page"}}, "alerts.extra_labels.severity", "patrol's or Prometheus' own"),
+    ({"extra_labels": {"remediation": "none"}}, "alerts.extra_labels.remediation", "patrol's or Prometheus' own"),
+    ({"extra_labels": {"my-team": "x"}}, "alerts.extra_labels.my-team", "not a valid label name"),
+    ({"extra_labels": {"team": ["a"]}}, "alerts.extra_labels.team", "expected a string"),
+    ({"extra_labels": ["team"]}, "alerts.extra_labels", "expected a mapping"),
+    ({"prometheusrule_labels": {"release": "not valid!"}}, "alerts.prometheusrule_labels.release",
+     "not a valid Kubernetes label value"),
+    ({"runbook_base_url": "wiki/runbook"}, "alerts.runbook_base_url", "is not an http(s) URL"),
+    ({"exporter_job": ""}, "alerts.exporter_job", "is empty"),
+    ({"runbok_base_url": "https://x"}, "alerts.runbok_base_url", "did you mean 'runbook_base_url'"),
+])
+def test_bad_alerts_settings_are_named(tmp_path: Path, alerts: Data, path: str, says: str) -> None:
+    problem = only(tmp_path, lambda d: d.update(alerts=alerts), path)
+    assert says in str(problem)

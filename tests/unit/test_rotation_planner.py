@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from alerts import rules
+from core.config import DEFAULT_ROTATE_ALERTNAMES
 from remediation.alerts import Notification, parse_notification
 from remediation.journal import Journal
 from remediation.planner import Planner, TokenLocks
@@ -258,7 +261,8 @@ def compromised(doc: dict[str, Any], value: str = "true") -> dict[str, Any]:
 
 
 def test_a_compromised_alert_is_journaled_and_ignores_the_cooldown(journal: Journal, clock: Clock) -> None:
-    planner = make(journal, clock, cooldown=600)
+    planner = Planner(["keda", "daily-checks"], journal, cooldown=timedelta(seconds=600), clock=clock,
+                      new_id=Ids(), rotate_alertnames=["PatRenewalDue", "PatLeaked"])
     first = planner.plan(notification(alert(fp="a"))).requests[0]
     assert not first.compromised
     journal.finish(first.rotation_id, "succeeded")
@@ -300,3 +304,68 @@ def test_a_compromised_manual_request_marks_the_running_rotation(journal: Journa
     # a token with no rotation running simply starts one
     decision, _ = planner.request("daily-checks", trigger="manual", reason="leak", compromised=True)
     assert decision.action == "start"
+
+
+# --- who may start a rotation: the alertname allow-list (issue 8) ---------------------------------
+
+INFO_INHIBITOR_TEST = Path(__file__).resolve().parents[2] / "alerts" / "tests" / "info-inhibitor.test.yml"
+
+
+def _info_inhibitor_labels() -> dict[str, str]:
+    """The labels promtool proved kube-prometheus-stack's InfoInhibitor fires with, next to
+    patrol's rules (alerts/tests/info-inhibitor.test.yml): PatRenewalDue's, renamed."""
+    doc = yaml.safe_load(INFO_INHIBITOR_TEST.read_text(encoding="utf-8"))
+    for test in doc["tests"]:
+        for case in test["alert_rule_test"]:
+            if case["alertname"] == "InfoInhibitor" and case["exp_alerts"]:
+                labels: dict[str, str] = dict(case["exp_alerts"][0]["exp_labels"])
+                return {"alertname": "InfoInhibitor", **labels}
+    raise AssertionError(f"{INFO_INHIBITOR_TEST} has no firing InfoInhibitor case")
+
+
+def test_info_inhibitor_never_starts_a_rotation(journal: Journal) -> None:
+    labels = _info_inhibitor_labels()
+    assert labels["remediation"] == "rotate" and labels["token"] == "keda"   # the trap is real
+    doc = {**alert(), "labels": labels, "fingerprint": "ii1"}
+    planner = make(journal)
+    plan = planner.plan(notification(doc))
+    assert reasons(plan) == [("drop", "keda", "alertname-not-allowed")]
+    assert plan.requests == [] and journal.count() == 0
+    assert not planner.locks.held("keda")
+    [recorded] = journal.decisions()
+    assert (recorded.alertname, recorded.reason, recorded.token) == (
+        "InfoInhibitor", "alertname-not-allowed", "keda")
+
+
+def test_info_inhibitor_beside_the_real_alert_starts_exactly_the_real_one(journal: Journal) -> None:
+    inhibitor = {**alert(fp="ii1"), "labels": _info_inhibitor_labels()}
+    plan = make(journal).plan(notification(inhibitor, alert(fp="r1")))
+    assert sorted(reasons(plan)) == [("drop", "keda", "alertname-not-allowed"),
+                                     ("start", "keda", "accepted")]
+    [request] = plan.requests
+    assert request.reason == "alert PatRenewalDue"
+
+
+@pytest.mark.parametrize("name", ["PatRenewalDue", "PatInvalid", "KedaScalerAuthFailing"])
+def test_the_default_allow_list_is_the_rotation_alerts(journal: Journal, name: str) -> None:
+    plan = make(journal).plan(notification(alert(name=name)))
+    assert reasons(plan) == [("start", "keda", "accepted")]
+
+
+@pytest.mark.parametrize("name", ["PatExpired", "PatExpiringSoon", "Watchdog", "patrenewaldue"])
+def test_other_names_with_the_rotate_label_are_dropped(journal: Journal, name: str) -> None:
+    plan = make(journal).plan(notification(alert(name=name)))
+    assert reasons(plan) == [("drop", "keda", "alertname-not-allowed")]
+
+
+def test_the_allow_list_is_configurable(journal: Journal) -> None:
+    planner = Planner(["keda"], journal, cooldown=timedelta(0), clock=Clock(), new_id=Ids(),
+                      rotate_alertnames=["TeamPatLeaked"])
+    plan = planner.plan(notification(alert(name="PatRenewalDue", fp="a"),
+                                     alert(name="TeamPatLeaked", fp="b")))
+    assert sorted(reasons(plan)) == [("drop", "keda", "alertname-not-allowed"),
+                                     ("start", "keda", "accepted")]
+
+
+def test_the_default_allow_list_equals_the_rules_that_carry_remediation_rotate() -> None:
+    assert set(DEFAULT_ROTATE_ALERTNAMES) == {a.name for a in rules.alerts() if a.remediation == "rotate"}
