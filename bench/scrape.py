@@ -18,9 +18,17 @@ Figures:
    series (real ``Gauge``/``Counter`` objects), timed in the same run;
 3. the exporter's RSS after the scrapes.
 
-Targets (issue 3): /metrics ≤ 1.5x the floor, p99 ≤ 10 ms, RSS ≤ 80 MB.
+Targets (issue 3): /metrics ≤ 1.5x the floor, p99 ≤ 10 ms, RSS ≤ 80 MB; (issue 10) runtime
+growth over the imports < 15 MB.
 
     .venv/bin/python bench/scrape.py [--scrapes 1000] [--no-write]
+    .venv/bin/python bench/scrape.py --profile [N]     # where the runtime growth goes
+
+``--profile`` runs the exporter (large configuration, the arena cap as ``patrol exporter`` sets
+it) in a child under ``tracemalloc``: RSS and traced memory after the imports, after the first
+full refresh and after N more, and the top allocations still alive, by traceback. tracemalloc
+sees Python's allocations only; RSS minus the traced growth is the C side (OpenSSL, malloc's
+arenas and fragmentation, thread stacks).
 """
 
 from __future__ import annotations
@@ -362,12 +370,70 @@ def write_section(section: str) -> None:
     DOC.write_text(text)
 
 
+def profile_child(config: Path, refreshes: int, top: int = 15) -> None:
+    """The exporter's sources built, refreshed and rendered as ``patrol exporter`` does, traced."""
+    import gc
+    import os
+    import tracemalloc
+
+    from core.config import load_config
+    from exporter.arenas import cap_arenas
+    from exporter.assembly import CoreClients, build
+
+    def mark(label: str) -> None:
+        gc.collect()
+        traced = tracemalloc.get_traced_memory()[0] / 1e6
+        print(f"{label}: RSS {rss_mb(os.getpid())[0]:.1f} MB, traced {traced:.1f} MB", flush=True)
+
+    cap_arenas(os.environ)
+    cfg = load_config(config)
+    tracemalloc.start(12)
+    mark("after imports and configuration")
+    start = tracemalloc.take_snapshot()
+    exporter = build(cfg, CoreClients(cfg, os.environ))
+    exporter.start()
+    try:
+        exporter.refresher.wait_ready(600)
+        exporter.exposition.gzip_body()
+        mark("after the first full refresh")
+        for _ in range(refreshes):
+            exporter.refresher.refresh_once()
+            exporter.exposition.gzip_body()
+        mark(f"after {refreshes} more full refreshes")
+        grown = tracemalloc.take_snapshot().compare_to(start, "traceback")
+        print(f"top {top} allocations alive, by traceback (innermost of ours last):")
+        for stat in grown[:top]:
+            frames = [f for f in stat.traceback.format() if f.startswith("  File")]
+            ours = [f.strip() for f in frames if str(ROOT) in f and ".venv" not in f][-2:]
+            print(f"{stat.size_diff / 1024:8.0f} KiB {stat.count_diff:7d} blocks  {frames[-1].strip()}"
+                  + "".join(f"\n{'':28}via {f}" for f in ours))
+    finally:
+        exporter.close()
+
+
+def profile(refreshes: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="patrol-bench-") as tmp, SandboxThread(tmp, "large", timeout=120) as sb:
+        large = Path(tmp) / "large.yaml"
+        print(f"sizes: {extend_config(sb, Path(sb.ready['config']), large)}", flush=True)
+        subprocess.run([sys.executable, __file__, "--profile-child", str(large), str(refreshes)],
+                       cwd=ROOT, timeout=1800, check=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--scrapes", type=int, default=1000)
     parser.add_argument("--no-write", action="store_true", help=f"do not update {DOC.relative_to(ROOT)}")
     parser.add_argument("--measure", nargs=2, metavar=("URL", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--profile", nargs="?", type=int, const=3, metavar="N",
+                        help="trace where the exporter's runtime memory goes (N full refreshes, default 3)")
+    parser.add_argument("--profile-child", nargs=2, metavar=("CONFIG", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.profile_child:
+        profile_child(Path(args.profile_child[0]), int(args.profile_child[1]))
+        return 0
+    if args.profile is not None:
+        profile(args.profile)
+        return 0
     if args.measure:
         measure(args.measure[0], int(args.measure[1]))
         return 0

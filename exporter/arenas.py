@@ -6,6 +6,9 @@ Guarantees:
   thread of the process allocates from at most :data:`EXPORTER_ARENAS` glibc arenas.
 - An operator's ``MALLOC_ARENA_MAX`` wins: when it is set, glibc already applied it and nothing
   here changes it.
+- :class:`Trimmer` hands the free pages of those arenas back to the kernel (``malloc_trim``)
+  after refreshes, at most once per ``every`` seconds, so a refresh's transient peak (a page
+  of parsed JSON, a thousand Key Vault answers) does not stay resident until the next one.
 - Where there is no glibc (musl, macOS) nothing happens and the exporter runs as before.
 
 Why: the exporter runs ~45 threads (one refresher thread per source, one Event watch per
@@ -23,12 +26,25 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 
 # <malloc.h>: mallopt(M_ARENA_MAX, n) — the same knob as the MALLOC_ARENA_MAX variable.
 M_ARENA_MAX = -8
 EXPORTER_ARENAS = 2
 ENV = "MALLOC_ARENA_MAX"
+TRIM_EVERY = 10.0                               # seconds between two malloc_trim calls, at most
+
+
+def _libc_function(name: str) -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function: Callable[..., int] = getattr(ctypes.CDLL(None), name)  # this interpreter's C library
+    except (OSError, AttributeError):
+        return None
+    return function
 
 
 def cap_arenas(env: Mapping[str, str], limit: int = EXPORTER_ARENAS) -> bool:
@@ -38,12 +54,36 @@ def cap_arenas(env: Mapping[str, str], limit: int = EXPORTER_ARENAS) -> bool:
     """
     if limit < 1:
         raise ValueError(f"arena limit must be at least 1, not {limit}")
-    if ENV in env or not sys.platform.startswith("linux"):
+    mallopt = None if ENV in env else _libc_function("mallopt")
+    if mallopt is None:
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt      # the C library this interpreter runs on
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_ARENA_MAX, limit))
+    return bool(mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(limit)))
+
+
+class Trimmer:
+    """``malloc_trim(0)`` when asked, at most once per ``every`` seconds; callable from any thread.
+
+    :attr:`trims` counts the calls made (tests). Without glibc it counts, and does nothing else.
+    """
+
+    def __init__(self, every: float = TRIM_EVERY, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._every = every
+        self._monotonic = monotonic
+        self._last: float | None = None
+        self._lock = threading.Lock()
+        self._trim = _libc_function("malloc_trim")
+        self.trims = 0
+
+    def __call__(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            return                                # another thread is trimming right now
+        try:
+            now = self._monotonic()
+            if self._last is not None and now - self._last < self._every:
+                return
+            self._last = now
+            self.trims += 1
+            if self._trim is not None:
+                self._trim(ctypes.c_size_t(0))
+        finally:
+            self._lock.release()

@@ -39,6 +39,7 @@ from core.keyvault import KeyVaultReader
 from core.kube import KubeCluster
 from core.retry import Backoff
 from core.secret import Secret
+from exporter.arenas import Trimmer
 from exporter.exposition import Exposition
 from exporter.fanout import Fanout
 from exporter.keda import ConsumerInfo, Keda, KedaApi
@@ -272,12 +273,14 @@ def build(cfg: config.Config, clients: Clients, *, clock: Callable[[], float] = 
                                watch=watch, watch_timeout=watch_timeout, **common))
 
     sources = (*first, *second)
+    trim = Trimmer(monotonic=monotonic)
     exposition = Exposition([*sources, ConsumerInfo(cfg.tokens),
                              BuildInfoCollector(info or build_info())])
 
     def rendered() -> None:
         exposition.invalidate()
         exposition.body()
+        trim()                                 # the refresh's garbage back to the kernel (arenas.py)
 
     for source in second:
         if isinstance(source, Keda):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.arenas import ENV, cap_arenas
+from exporter.arenas import ENV, Trimmer, cap_arenas
 from exporter.fanout import Fanout
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,3 +104,41 @@ def test_an_operators_malloc_arena_max_wins() -> None:
 def test_the_limit_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         cap_arenas({}, 0)
+
+
+def test_the_trimmer_trims_at_most_once_per_interval() -> None:
+    now = [100.0]
+    trim = Trimmer(10.0, monotonic=lambda: now[0])
+    trim()
+    trim()
+    now[0] = 109.9
+    trim()
+    assert trim.trims == 1
+    now[0] = 110.0
+    trim()
+    assert trim.trims == 2
+
+
+# Frees 60 MB of malloc'd blocks but every 100th (so glibc cannot give the heap's top back by
+# itself), then reports RSS before and after one Trimmer call, in MB.
+TRIM_PROBE = textwrap.dedent("""
+    import re
+    from pathlib import Path
+    from exporter.arenas import Trimmer
+    def rss():
+        return int(re.search(r"VmRSS:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
+    blocks = [bytes(1500) + bytes([i % 256]) for i in range(40000)]
+    kept = blocks[::100]
+    del blocks
+    before = rss()
+    Trimmer()()
+    print(before, rss())
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's")
+def test_a_trim_gives_freed_memory_back() -> None:
+    done = subprocess.run([sys.executable, "-c", TRIM_PROBE], capture_output=True, text=True, cwd=ROOT,
+                          env={"PATH": "/usr/bin:/bin"}, timeout=60, check=True)
+    before, after = map(float, done.stdout.split())
+    assert before - after > 30, (before, after)
