@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from core.errors import TransientError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -44,6 +46,7 @@ class Fanout:
         self._count_lock = threading.Lock()
         self.peak_in_flight = 0               # the most calls ever in flight at once (for tests)
         self.submitted = 0                    # tasks ever handed to the pool (for tests)
+        self._closing = threading.Event()
 
     def call(self, fn: Callable[[], R]) -> R:
         """Run ``fn`` on this thread while holding a slot."""
@@ -80,6 +83,9 @@ class Fanout:
                     index = next(indices, None)
                 if index is None:
                     return
+                if self._closing.is_set():       # stopping: the items not started are not run
+                    results[index] = Result(error=TransientError("not read: the exporter is stopping"))
+                    continue
                 results[index] = self._result(fn, batch[index])
 
         tasks = [self._pool.submit(drain) for _ in range(min(self.concurrency, len(batch)))]
@@ -95,5 +101,11 @@ class Fanout:
         except Exception as exc:
             return Result(error=exc)
 
+    @property
+    def closing(self) -> bool:
+        return self._closing.is_set()
+
     def close(self) -> None:
+        """Finish the calls in flight, start no other, and stop the pool."""
+        self._closing.set()
         self._pool.shutdown(wait=True, cancel_futures=True)

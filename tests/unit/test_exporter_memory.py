@@ -11,12 +11,14 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from core.errors import TransientError
 from exporter.arenas import ENV, Trimmer, cap_arenas
-from exporter.fanout import Fanout
+from exporter.fanout import Fanout, Result
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -142,3 +144,33 @@ def test_a_trim_gives_freed_memory_back() -> None:
                           env={"PATH": "/usr/bin:/bin"}, timeout=60, check=True)
     before, after = map(float, done.stdout.split())
     assert before - after > 30, (before, after)
+
+
+def test_closing_the_fanout_stops_a_map_between_items() -> None:
+    fanout = Fanout(2)
+    started = threading.Event()
+    release = threading.Event()
+    ran: list[int] = []
+
+    def work(item: int) -> int:
+        ran.append(item)
+        started.set()
+        release.wait(10)
+        return item
+
+    out: list[list[Result[int]]] = []
+    mapper = threading.Thread(target=lambda: out.append(fanout.map(work, range(100))))
+    mapper.start()
+    assert started.wait(10)
+    closer = threading.Thread(target=fanout.close)
+    closer.start()
+    while not fanout.closing:
+        time.sleep(0.01)
+    release.set()
+    closer.join(10)
+    mapper.join(10)
+    results = out[0]
+    assert len(results) == 100 and len(ran) <= 2         # the two in flight finished, no other began
+    assert all(r.ok for r in results[:len(ran)])
+    assert all(isinstance(r.error, TransientError) and "stopping" in str(r.error)
+               for r in results[len(ran):])
