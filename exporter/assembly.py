@@ -46,6 +46,7 @@ from core.keyvault import KeyVaultReader
 from core.kube import KubeCluster
 from core.retry import Backoff
 from core.secret import Secret
+from exporter.arenas import Trimmer
 from exporter.exposition import Exposition
 from exporter.fanout import Fanout
 from exporter.keda import ConsumerInfo, Keda, KedaApi
@@ -284,12 +285,14 @@ def build(cfg: config.Config, clients: Clients, *, clock: Callable[[], float] = 
 
     sources = (*first, *second)
     extra = [CredentialCollector(credentials)] if credentials is not None else []
+    trim = Trimmer(monotonic=monotonic)
     exposition = Exposition([*sources, ConsumerInfo(cfg.tokens),
                              BuildInfoCollector(info or build_info()), *extra])
 
     def rendered() -> None:
         exposition.invalidate()
         exposition.body()
+        trim()                                 # the refresh's garbage back to the kernel (arenas.py)
 
     for source in second:
         if isinstance(source, Keda):

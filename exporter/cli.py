@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from core.config import load_config
 from core.errors import ConfigError, ListenError
+from exporter.arenas import cap_arenas
 from exporter.server import DEFAULT_PORT, make_app, parse_listen, start
 
 if TYPE_CHECKING:
@@ -85,6 +86,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
                           "write HOST:PORT, e.g. 0.0.0.0:9877") from None
     if env is None:
         env = getattr(args, "env", None) or {}
+    # before any thread starts: a thread keeps the malloc arena it was first given (exporter/arenas.py)
+    cap_arenas(env)
     # imported here: every patrol command builds this parser, and only the exporter needs the
     # sources and their clients (the worker and the CLI stay lighter for it)
     from exporter.assembly import CoreClients, build

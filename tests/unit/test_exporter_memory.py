@@ -1,0 +1,176 @@
+"""What keeps the exporter's runtime memory small (issue 10, "Memory"), checked by counting, not timing.
+
+The figures themselves are bench/scrape.py's (docs/benchmarks.md); these tests guard the
+mechanisms: a fan-out over many items holds a bounded number of pool tasks, and the process
+caps glibc's malloc arenas before its threads start.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from core.errors import TransientError
+from exporter.arenas import ENV, Trimmer, cap_arenas
+from exporter.fanout import Fanout, Result
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_map_over_many_items_queues_at_most_concurrency_tasks() -> None:
+    fanout = Fanout(4)
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def work(item: int) -> int:
+        with lock:
+            seen.append(item)
+        if item % 7 == 0:
+            raise ValueError(f"item {item}")
+        return item * 2
+
+    try:
+        results = fanout.map(work, range(1000))
+    finally:
+        fanout.close()
+    assert fanout.submitted <= 4                          # not one future per item
+    assert sorted(seen) == list(range(1000))              # every item ran exactly once
+    assert [r.value for r in results if r.ok] == [i * 2 for i in range(1000) if i % 7]
+    assert [str(r.error) for r in results if not r.ok] == [f"item {i}" for i in range(0, 1000, 7)]
+    assert fanout.peak_in_flight <= 4
+
+
+def test_a_map_still_runs_its_items_side_by_side() -> None:
+    fanout = Fanout(3)
+    barrier = threading.Barrier(3, timeout=10)
+    try:
+        results = fanout.map(lambda _i: barrier.wait(), range(3))    # deadlocks if run one by one
+    finally:
+        fanout.close()
+    assert all(r.ok for r in results) and fanout.peak_in_flight == 3
+
+
+# Counts glibc's arenas (malloc_info prints one <heap nr=...> per arena) after 12 threads
+# each allocated: without a cap glibc gives each new thread its own arena, up to 8 per CPU.
+ARENA_PROBE = textwrap.dedent("""
+    import ctypes, os, re, sys, tempfile, threading
+    from exporter.arenas import cap_arenas
+    print(cap_arenas({}) if sys.argv[1] == "cap" else False)
+    libc = ctypes.CDLL(None)
+    libc.fopen.restype = ctypes.c_void_p
+    libc.fopen.argtypes = (ctypes.c_char_p, ctypes.c_char_p)
+    libc.malloc_info.argtypes = (ctypes.c_int, ctypes.c_void_p)
+    libc.fclose.argtypes = (ctypes.c_void_p,)
+    go = threading.Barrier(12)
+    def work():
+        go.wait()                                     # all alive at once: no arena handed back
+        blocks = [bytearray(4096) for _ in range(200)]
+        go.wait()
+    threads = [threading.Thread(target=work) for _ in range(12)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    with tempfile.NamedTemporaryFile() as out:
+        fp = libc.fopen(out.name.encode(), b"w")
+        libc.malloc_info(0, fp)
+        libc.fclose(fp)
+        print(len(re.findall(r'<heap nr="', open(out.name).read())))
+""")
+
+
+def arenas_after_threads(mode: str) -> tuple[bool, int]:
+    done = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True,
+                          cwd=ROOT, env={"PATH": "/usr/bin:/bin"}, timeout=60, check=True)
+    capped, count = done.stdout.split()
+    return capped == "True", int(count)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc arenas exist on Linux only")
+def test_the_arena_cap_bounds_the_arenas_threads_allocate_from() -> None:
+    capped, arenas = arenas_after_threads("cap")
+    _, uncapped = arenas_after_threads("none")
+    assert capped
+    assert arenas <= 2
+    assert uncapped > arenas                              # the probe does see arenas multiply
+
+
+def test_an_operators_malloc_arena_max_wins() -> None:
+    assert cap_arenas({ENV: "4"}) is False
+
+
+def test_the_limit_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        cap_arenas({}, 0)
+
+
+def test_the_trimmer_trims_at_most_once_per_interval() -> None:
+    now = [100.0]
+    trim = Trimmer(10.0, monotonic=lambda: now[0])
+    trim()
+    trim()
+    now[0] = 109.9
+    trim()
+    assert trim.trims == 1
+    now[0] = 110.0
+    trim()
+    assert trim.trims == 2
+
+
+# Frees 60 MB of malloc'd blocks but every 100th (so glibc cannot give the heap's top back by
+# itself), then reports RSS before and after one Trimmer call, in MB.
+TRIM_PROBE = textwrap.dedent("""
+    import re
+    from pathlib import Path
+    from exporter.arenas import Trimmer
+    def rss():
+        return int(re.search(r"VmRSS:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
+    blocks = [bytes(1500) + bytes([i % 256]) for i in range(40000)]
+    kept = blocks[::100]
+    del blocks
+    before = rss()
+    Trimmer()()
+    print(before, rss())
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's")
+def test_a_trim_gives_freed_memory_back() -> None:
+    done = subprocess.run([sys.executable, "-c", TRIM_PROBE], capture_output=True, text=True, cwd=ROOT,
+                          env={"PATH": "/usr/bin:/bin"}, timeout=60, check=True)
+    before, after = map(float, done.stdout.split())
+    assert before - after > 30, (before, after)
+
+
+def test_closing_the_fanout_stops_a_map_between_items() -> None:
+    fanout = Fanout(2)
+    started = threading.Event()
+    release = threading.Event()
+    ran: list[int] = []
+
+    def work(item: int) -> int:
+        ran.append(item)
+        started.set()
+        release.wait(10)
+        return item
+
+    out: list[list[Result[int]]] = []
+    mapper = threading.Thread(target=lambda: out.append(fanout.map(work, range(100))))
+    mapper.start()
+    assert started.wait(10)
+    closer = threading.Thread(target=fanout.close)
+    closer.start()
+    while not fanout.closing:
+        time.sleep(0.01)
+    release.set()
+    closer.join(10)
+    mapper.join(10)
+    results = out[0]
+    assert len(results) == 100 and len(ran) <= 2         # the two in flight finished, no other began
+    assert all(r.ok for r in results[:len(ran)])
+    assert all(isinstance(r.error, TransientError) and "stopping" in str(r.error)
+               for r in results[len(ran):])
