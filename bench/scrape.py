@@ -402,8 +402,8 @@ def profile_child(config: Path, refreshes: int, top: int = 15) -> None:
     import os
     import tracemalloc
 
+    from core.arenas import cap_arenas
     from core.config import load_config
-    from exporter.arenas import cap_arenas
     from exporter.assembly import CoreClients, build
 
     def mark(label: str) -> None:

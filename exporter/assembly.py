@@ -33,6 +33,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from core import config
 from core.ado import AdoClient, PatLifecycleClient
+from core.arenas import Trimmer
 from core.build import BuildInfo, build_info
 from core.entra import (
     CredentialCollector,
@@ -46,7 +47,6 @@ from core.keyvault import KeyVaultReader
 from core.kube import KubeCluster
 from core.retry import Backoff
 from core.secret import Secret
-from exporter.arenas import Trimmer
 from exporter.exposition import Exposition
 from exporter.fanout import Fanout
 from exporter.keda import ConsumerInfo, Keda, KedaApi

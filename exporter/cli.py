@@ -23,9 +23,9 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
+from core.arenas import cap_arenas
 from core.config import load_config
 from core.errors import ConfigError, ListenError
-from exporter.arenas import cap_arenas
 from exporter.server import DEFAULT_PORT, make_app, parse_listen, start
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
                           "write HOST:PORT, e.g. 0.0.0.0:9877") from None
     if env is None:
         env = getattr(args, "env", None) or {}
-    # before any thread starts: a thread keeps the malloc arena it was first given (exporter/arenas.py)
+    # before any thread starts: a thread keeps the malloc arena it was first given (core/arenas.py)
     cap_arenas(env)
     # imported here: every patrol command builds this parser, and only the exporter needs the
     # sources and their clients (the worker and the CLI stay lighter for it)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from core import config
+from core.arenas import cap_arenas
 from core.config import load_config
 from core.errors import ConfigError, ListenError
 from core.secret import Secret
@@ -184,6 +185,8 @@ def run_worker(args: argparse.Namespace) -> int:
     from remediation.world import CoreWorld
 
     env = _env(args)
+    # before any thread starts: a thread keeps the malloc arena it was first given (core/arenas.py)
+    cap_arenas(env)
     cfg = _config(args)
     token = webhook_token(cfg, env)
     if token is None and not args.insecure_no_auth:

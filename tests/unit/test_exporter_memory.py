@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from core.arenas import ENV, Trimmer, cap_arenas
 from core.errors import TransientError
-from exporter.arenas import ENV, Trimmer, cap_arenas
 from exporter.fanout import Fanout, Result
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ def test_a_map_still_runs_its_items_side_by_side() -> None:
 # each allocated: without a cap glibc gives each new thread its own arena, up to 8 per CPU.
 ARENA_PROBE = textwrap.dedent("""
     import ctypes, os, re, sys, tempfile, threading
-    from exporter.arenas import cap_arenas
+    from core.arenas import cap_arenas
     print(cap_arenas({}) if sys.argv[1] == "cap" else False)
     libc = ctypes.CDLL(None)
     libc.fopen.restype = ctypes.c_void_p
@@ -126,7 +126,7 @@ def test_the_trimmer_trims_at_most_once_per_interval() -> None:
 TRIM_PROBE = textwrap.dedent("""
     import re
     from pathlib import Path
-    from exporter.arenas import Trimmer
+    from core.arenas import Trimmer
     def rss():
         return int(re.search(r"VmRSS:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
     blocks = [bytes(1500) + bytes([i % 256]) for i in range(40000)]

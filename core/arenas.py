@@ -1,9 +1,11 @@
-"""glibc's malloc arenas in the exporter process: capped, so what one thread frees the next reuses.
+"""glibc's malloc arenas in patrol's long-running processes: capped, so what one thread frees the
+next reuses.
 
 Guarantees:
 
-- After :func:`cap_arenas` (called once by ``patrol exporter`` before any thread starts), every
-  thread of the process allocates from at most :data:`EXPORTER_ARENAS` glibc arenas.
+- After :func:`cap_arenas` (called once by ``patrol exporter`` and ``patrol worker`` before any
+  thread starts), every thread of the process allocates from at most :data:`EXPORTER_ARENAS` glibc
+  arenas.
 - An operator's ``MALLOC_ARENA_MAX`` wins: when it is set, glibc already applied it and nothing
   here changes it.
 - :class:`Trimmer` hands the free pages of those arenas back to the kernel (``malloc_trim``)
@@ -11,15 +13,18 @@ Guarantees:
   of parsed JSON, a thousand Key Vault answers) does not stay resident until the next one.
 - Where there is no glibc (musl, macOS) nothing happens and the exporter runs as before.
 
-Why: the exporter runs ~45 threads (one refresher thread per source, one Event watch per
-namespace, the fan-out pool). glibc gives each new thread its own arena until there are 8 per
-CPU, and memory freed in one arena is only reused by the threads bound to it. Each refresh
-parses thousands of JSON objects on whichever thread runs it, so every arena grows to the peak
-its threads ever saw and stays there: at the ``large`` benchmark scenario (1,000 tokens,
-100 pools, 10 clusters) that was ~15 MB of the exporter's runtime growth (tracemalloc saw only
-6 to 12 MB of live Python objects in a 30 MB RSS growth; with ``MALLOC_ARENA_MAX=2`` the growth
-fell to 18 MB and with 1 to 13 MB — docs/benchmarks.md). The refresher's work is I/O-bound
-and serialised by the GIL, so fewer arenas cost no measurable scrape latency.
+Why: the worker runs a thread per rotation in flight, the reconcile loop, the Lease and the
+journal keeper, and in a soak of planned rotations its RSS rose ~16 MB over the first 30
+rotations before levelling off — arenas filling one by one. The exporter runs ~45 threads (one
+refresher thread per source, one Event watch per namespace, the fan-out pool). glibc gives each
+new thread its own arena until there are 8 per CPU, and memory freed in one arena is only
+reused by the threads bound to it. Each refresh parses thousands of JSON objects on whichever
+thread runs it, so every arena grows to the peak its threads ever saw and stays there: at the
+``large`` benchmark scenario (1,000 tokens, 100 pools, 10 clusters) that was ~15 MB of the
+exporter's runtime growth (tracemalloc saw only 6 to 12 MB of live Python objects in a 30 MB
+RSS growth; with ``MALLOC_ARENA_MAX=2`` the growth fell to 18 MB and with 1 to 13 MB —
+docs/benchmarks.md). The refresher's work is I/O-bound and serialised by the GIL, so fewer
+arenas cost no measurable scrape latency.
 """
 
 from __future__ import annotations
