@@ -190,6 +190,9 @@ class World:
 
 
 def _world(tmp_path: Path, **params: Any) -> Iterator[World]:
+    # Builds shorter than the default scenario's 12 s: still in flight across a rotation (the drain
+    # waits for them), without making every planned rotation here wait a whole build.
+    params.setdefault("build_duration", 4.0)
     with SandboxThread(str(tmp_path / "sandbox"), scenario("default", **params)) as sb:
         w = World(sb, tmp_path)
         try:
