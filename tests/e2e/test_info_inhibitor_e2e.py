@@ -140,7 +140,12 @@ def test_info_inhibitor_reaches_the_worker_and_never_starts_a_rotation(rig: Rig)
         return [a for a in rig.monitoring.firing_alerts() if a["labels"]["alertname"] == "InfoInhibitor"
                 and a["labels"].get("alertstate") == "firing"]
 
-    wait_until("InfoInhibitor (copying the firing PatRenewalDue) to fire in Prometheus", inhibitors)
+    try:
+        wait_until("InfoInhibitor (copying the firing PatRenewalDue) to fire in Prometheus", inhibitors)
+    except AssertionError as exc:
+        firing = sorted({(a["labels"]["alertname"], a["labels"].get("severity", ""), a["state"])
+                         for a in rig.monitoring.firing_alerts()})
+        raise AssertionError(f"{exc}; alerts in Prometheus: {firing}") from None
     [inhibitor] = inhibitors()
     assert inhibitor["labels"]["remediation"] == "rotate" and inhibitor["labels"]["token"] == "keda"
 
