@@ -362,6 +362,11 @@ class CredentialLedger:
             state.failures[cause] = state.failures.get(cause, 0) + 1
             state.reason = str(error)
 
+    def clear(self) -> None:
+        """Forget every organization (a process that starts over: tests running many worlds)."""
+        with self._lock:
+            self._states.clear()
+
     def snapshot(self) -> dict[str, CredentialState]:
         """A copy, safe to read while providers keep recording."""
         with self._lock:

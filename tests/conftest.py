@@ -17,3 +17,15 @@ def _fresh_keyvault_challenges() -> Iterator[None]:
 
     http_challenge_cache.clear()
     yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_credential_ledger() -> Iterator[None]:
+    """core.entra.CREDENTIALS is the process's record of the bot credential, shared by the
+    exporter's and the worker's metrics (one of each per process in production). Tests run many
+    worlds in one process: a tenant refusal simulated by one test must not leave
+    patrol_credential_ok at 0 — and PatrolCredentialBroken firing — in the next."""
+    from core.entra import CREDENTIALS
+
+    CREDENTIALS.clear()
+    yield
