@@ -13,18 +13,18 @@ Guarantees:
   of parsed JSON, a thousand Key Vault answers) does not stay resident until the next one.
 - Where there is no glibc (musl, macOS) nothing happens and the exporter runs as before.
 
-Why: the worker runs a thread per rotation in flight, the reconcile loop, the Lease and the
-journal keeper, and in a soak of planned rotations its RSS rose ~16 MB over the first 30
-rotations before levelling off — arenas filling one by one. The exporter runs ~45 threads (one
-refresher thread per source, one Event watch per namespace, the fan-out pool). glibc gives each
-new thread its own arena until there are 8 per CPU, and memory freed in one arena is only
-reused by the threads bound to it. Each refresh parses thousands of JSON objects on whichever
-thread runs it, so every arena grows to the peak its threads ever saw and stays there: at the
-``large`` benchmark scenario (1,000 tokens, 100 pools, 10 clusters) that was ~15 MB of the
-exporter's runtime growth (tracemalloc saw only 6 to 12 MB of live Python objects in a 30 MB
-RSS growth; with ``MALLOC_ARENA_MAX=2`` the growth fell to 18 MB and with 1 to 13 MB —
-docs/benchmarks.md). The refresher's work is I/O-bound and serialised by the GIL, so fewer
-arenas cost no measurable scrape latency.
+Why: the exporter runs ~45 threads (one refresher thread per source, one Event watch per
+namespace, the fan-out pool). glibc gives each new thread its own arena until there are 8 per
+CPU, and memory freed in one arena is only reused by the threads bound to it. Each refresh
+parses thousands of JSON objects on whichever thread runs it, so every arena grows to the peak
+its threads ever saw and stays there: at the ``large`` benchmark scenario (1,000 tokens, 100
+pools, 10 clusters) that was ~15 MB of the exporter's runtime growth (tracemalloc saw only 6 to
+12 MB of live Python objects in a 30 MB RSS growth; with ``MALLOC_ARENA_MAX=2`` the growth fell
+to 18 MB and with 1 to 13 MB — docs/benchmarks.md). The refresher's work is I/O-bound and
+serialised by the GIL, so fewer arenas cost no measurable scrape latency. The worker applies
+the same cap (a thread per rotation in flight, the reconcile loop, the Lease, the journal
+keeper); in the soak it did not change the worker's memory slope (docs/reliability.md), so
+there it is a precaution, not a fix.
 """
 
 from __future__ import annotations
