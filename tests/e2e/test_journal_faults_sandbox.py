@@ -9,38 +9,18 @@ returns, become ready again and finish the rotation by itself (no restart, no hu
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from remediation.service import WorkerThread
 from remediation.world import CoreWorld
 from tests.e2e.test_rotation_sandbox import CLUSTERS, World, _world, wait_for
-
-WRITES = ("INSERT", "UPDATE", "DELETE", "COMMIT")
-
-
-def full_disk() -> tuple[type[sqlite3.Connection], threading.Event]:
-    full = threading.Event()
-
-    class FullDisk(sqlite3.Connection):
-        def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
-            if full.is_set() and sql.lstrip().upper().startswith(WRITES):
-                raise sqlite3.OperationalError("database or disk is full")
-            return super().execute(sql, parameters)
-
-        def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
-            if full.is_set() and sql.lstrip().upper().startswith(WRITES):
-                raise sqlite3.OperationalError("database or disk is full")
-            return super().executemany(sql, parameters)
-
-    return FullDisk, full
+from tests.sqlite_faults import full_disk
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import sqlite3
-import threading
 import time
 import urllib.request
 from dataclasses import replace
@@ -28,26 +27,7 @@ from core.errors import ConfigError
 from patrol import cli as patrol_cli
 from remediation.journal import JOURNAL_FILE, DecisionBudget, Journal
 from remediation.service import WorkerService, WorkerThread
-
-WRITES = ("INSERT", "UPDATE", "DELETE", "COMMIT")
-
-
-def full_disk() -> tuple[type[sqlite3.Connection], threading.Event]:
-    """A connection class that fails every write like sqlite on a full volume while ``full`` is set."""
-    full = threading.Event()
-
-    class FullDisk(sqlite3.Connection):
-        def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
-            if full.is_set() and sql.lstrip().upper().startswith(WRITES):
-                raise sqlite3.OperationalError("database or disk is full")
-            return super().execute(sql, parameters)
-
-        def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
-            if full.is_set() and sql.lstrip().upper().startswith(WRITES):
-                raise sqlite3.OperationalError("database or disk is full")
-            return super().executemany(sql, parameters)
-
-    return FullDisk, full
+from tests.sqlite_faults import full_disk
 
 
 def service(tmp_path: Path, clock: Clock | None = None, **kwargs: Any) -> WorkerService:
