@@ -142,8 +142,8 @@ def soak(rotations: int, *, workdir: Path, out: TextIO, scenario: str = "soak",
     say = progress or (lambda _line: None)
     started = time.monotonic()
     limit = timeout if timeout is not None else 120.0 * rotations + 300
-    demo.start()
     try:
+        demo.start()  # inside the try: a start that times out must not leave processes behind
         exporter, worker = demo.named["exporter"], demo.named["worker"]
         seen = 0
         while True:
@@ -224,8 +224,8 @@ def mttr(incidents: int, *, workdir: Path, out: TextIO, cooldown: float = 35.0,
     demo = Demo(workdir=workdir, out=out, scenario="default", alert_for="1s", fast="rotate")
     report = MttrReport(workdir=str(workdir))
     say = progress or (lambda _line: None)
-    demo.start()
     try:
+        demo.start()  # inside the try: a start that times out must not leave processes behind
         assert demo.stack is not None, "mttr needs Prometheus and Alertmanager (make test installs them)"
         stack = demo.stack
         _wait("the rules to evaluate", lambda: bool(stack.query("patrol:pat_days_to_expiry")), timeout=60)
