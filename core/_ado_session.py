@@ -26,15 +26,26 @@ probes every PAT it watches; one client per PAT cost a TLS context and a pool pe
 is safe only because the pool never keeps cookies: ADO may set a session cookie for one
 identity, and a cookie jar would send it back beside another PAT's ``Authorization``. Every
 httpx client patrol creates comes from :func:`http_client`, whose jar refuses every cookie.
+
+Every such client verifies TLS with one context per process (:func:`tls_context`). httpx
+builds a new ``SSLContext`` for each client, and building one loads the whole CA bundle
+(~140 certificates, about 1 MB of OpenSSL allocations); the worker makes a client per saga step
+that talks to ADO with the new PAT, so the soak built ~95 contexts in 10 minutes and left the
+freed megabytes fragmenting malloc's heap: RSS rose for the first ~30 rotations, then held
+(heaptrack of a live worker, docs/reliability.md). httpx's docs show the shared context
+(``httpx.Client(verify=ctx)``, python-httpx.org/advanced/ssl); an ``SSLContext`` may be shared by
+threads as long as nobody changes it after it is built, and nobody does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import http.cookiejar
 import json
 import logging
+import ssl
 import threading
 import time
 import urllib.parse
@@ -106,9 +117,18 @@ def _refuse_cookies() -> http.cookiejar.CookieJar:
     return http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The process's one TLS context for ADO, exactly what httpx builds for ``verify=True``
+    (``SSL_CERT_FILE``/``SSL_CERT_DIR`` if set, else certifi's bundle); built on first use."""
+    return httpx.create_ssl_context()
+
+
 def http_client(*, transport: httpx.BaseTransport | None = None) -> httpx.Client:
-    """An httpx client for ADO that never stores (and so never sends) a cookie."""
-    return httpx.Client(timeout=DEFAULT_TIMEOUT, transport=transport, cookies=_refuse_cookies())
+    """An httpx client for ADO that never stores (and so never sends) a cookie, verifying TLS
+    with the shared :func:`tls_context`."""
+    return httpx.Client(timeout=DEFAULT_TIMEOUT, transport=transport, cookies=_refuse_cookies(),
+                        verify=tls_context())
 
 
 class AdoPool:
