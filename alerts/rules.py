@@ -39,7 +39,7 @@ RULES_FILE = ROOT / "alerts" / "patrol.rules.yml"
 PROMETHEUS_RULE_FILE = ROOT / "deploy" / "prometheusrule.yaml"
 
 # Where docs/runbook.md is published; each alert links to the section named after it.
-RUNBOOK_BASE_URL = "https://github.com/hmcts/patrol/blob/main/docs/runbook.md"
+RUNBOOK_BASE_URL = "https://patrol.example/docs/runbook.md"
 
 DAYS_TO_EXPIRY = "patrol:pat_days_to_expiry"
 # The Prometheus jobs of patrol's two processes: the Services of deploy/base (a ServiceMonitor's

@@ -47,7 +47,7 @@ from core.config import (
 JsonSchema = dict[str, Any]
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
-SCHEMA_URL = "https://raw.githubusercontent.com/hmcts/patrol/main/docs/patrol.schema.json"
+SCHEMA_URL = "https://raw.githubusercontent.com/contoso/patrol/main/docs/patrol.schema.json"
 
 # Each YAML mapping: the model class it becomes and the keys the parser reads in it.
 SECTIONS: dict[type[Any], tuple[str, ...]] = {

@@ -290,8 +290,8 @@ class Sandbox:
                     "kind": "username-password", "tenant_id": tenant_id, "client_id": seeded.bot_client_id,
                     "authority": urls["entra"],
                     "from_keyvault": {"vault_url": urls["keyvault"],
-                                      "username_secret": "rpe-azure-devops-email",
-                                      "password_secret": "rpe-azure-devops-password"}},
+                                      "username_secret": "bot-azure-devops-email",
+                                      "password_secret": "bot-azure-devops-password"}},
             }],
             "clusters": [{"name": n, "context": n, "kubeconfig": kubeconfig} for n in cluster_urls],
             "tokens": [

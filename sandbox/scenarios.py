@@ -64,12 +64,12 @@ class ScenarioParams:
 
     name: str = "default"
     org: str = "sandbox-org"
-    project: str = "PlatformOperations"
+    project: str = "Operations"
     definition: str = "daily-checks"
     bot_username: str = "azure-devops-bot@sandbox.onmicrosoft.com"
     bot_password: str = ""                       # "" = a random one per run
-    clusters: tuple[ClusterSpec, ...] = (ClusterSpec("cft-ptl", "hmcts-agents"),
-                                         ClusterSpec("sds-ptl", "sds-agents"))
+    clusters: tuple[ClusterSpec, ...] = (ClusterSpec("build-a", "agents-a"),
+                                         ClusterSpec("build-b", "agents-b"))
     keda_pat_name: str = "keda-seed"
     keda_pat_lifetime: float = 600.0             # the seeded KEDA PAT (short: rotation is due soon)
     # True: the seeded Secrets carry the seeded PAT's id and expiry and the Key Vault secret its
@@ -200,8 +200,8 @@ def seed(params: ScenarioParams, *, ado: AdoWorld, entra: Entra, kv: KeyVaultSto
     entra.add_confidential_client(patrol_client_id, patrol_secret)
 
     # The bot's sign-in, where the real seed keeps it.
-    kv.set_secret("rpe-azure-devops-email", params.bot_username)
-    kv.set_secret("rpe-azure-devops-password", password)
+    kv.set_secret("bot-azure-devops-email", params.bot_username)
+    kv.set_secret("bot-azure-devops-password", password)
 
     pools: dict[str, int] = {}
     for spec in params.clusters:

@@ -26,7 +26,7 @@ from sandbox.app import SandboxThread
 from sandbox.scenarios import KEDA_SCOPES, scenario
 
 NS, SECRET, KEY = "azure-devops", "azure-devops-token", "token"
-CLUSTERS = ("cft-ptl", "sds-ptl")
+CLUSTERS = ("build-a", "build-b")
 QUICK = Backoff(delays=(0.05,))
 
 
@@ -169,7 +169,7 @@ def test_two_fitting_pats_refuse_until_an_id_is_given(sb: SandboxThread,
     assert world_state(sb) == state
 
     assert adopt(sb, "keda", "--authorization-id", seeded.keda_pat_id) == 0
-    assert secret(sb, "cft-ptl")["metadata"]["annotations"]["patrol.io/authorization-id"] == seeded.keda_pat_id
+    assert secret(sb, "build-a")["metadata"]["annotations"]["patrol.io/authorization-id"] == seeded.keda_pat_id
     assert other != seeded.keda_pat_id
 
 
@@ -178,7 +178,7 @@ def test_sinks_holding_different_tokens_are_refused(sb: SandboxThread,
     seeded = sb.world.seeded
     _, value = sb.call(lambda: sb.world.ado.issue_pat(seeded.bot_oid, "other", list(KEDA_SCOPES),
                                                       time.time() + 3600))
-    sb.call(lambda: sb.world.clusters["sds-ptl"].put_secret(NS, SECRET, {KEY: value}))
+    sb.call(lambda: sb.world.clusters["build-b"].put_secret(NS, SECRET, {KEY: value}))
     state = world_state(sb)
     assert adopt(sb, "keda", "--yes") == 1
     err = capsys.readouterr().err
@@ -211,7 +211,7 @@ def test_the_core_writes_adoption_uses_touch_only_metadata(sb: SandboxThread) ->
     """KubeCluster.annotate_secret and KeyVault.update_properties over the real clients."""
     cfg = load_config(sb.ready["config"])
     with CoreWorld(cfg, env={}) as world:
-        cluster = world.cluster("cft-ptl")
+        cluster = world.cluster("build-a")
         before = cluster.read_secret(NS, SECRET)
         after = cluster.annotate_secret(NS, SECRET, annotations={"patrol.io/authorization-id": "x"},
                                         resource_version=before.resource_version)

@@ -158,11 +158,11 @@ def test_config_check_json_of_a_valid_file(capsys: pytest.CaptureFixture[str]) -
     assert (doc["file"], doc["valid"], doc["problems"]) == (str(DESIGN_EXAMPLE), True, [])
     summary = doc["summary"]
     assert isinstance(summary, dict)
-    assert summary["organizations"] == ["hmcts"] and summary["clusters"] == ["cft-ptl", "sds-ptl"]
+    assert summary["organizations"] == ["contoso"] and summary["clusters"] == ["build-a", "build-b"]
     keda = summary["tokens"][0]
     assert keda["name"] == "keda" and keda["scopes"] == ["vso.agentpools_manage"]
-    assert "kubernetes-secret/cft-ptl/azure-devops/azure-devops-token/token" in keda["sinks"]
-    assert keda["consumers"] == ["cft-ptl/azure-devops/azure-devops-agent", "sds-ptl/azure-devops/azure-devops-agent"]
+    assert "kubernetes-secret/build-a/azure-devops/azure-devops-token/token" in keda["sinks"]
+    assert keda["consumers"] == ["build-a/azure-devops/azure-devops-agent", "build-b/azure-devops/azure-devops-agent"]
 
 
 def test_config_check_json_lists_every_problem_with_its_line_path_and_fix(
@@ -170,7 +170,7 @@ def test_config_check_json_lists_every_problem_with_its_line_path_and_fix(
     path = tmp_path / "broken.yaml"
     path.write_text(DESIGN_EXAMPLE.read_text()
                     .replace("scopes: [vso.agentpools_manage]", "scopes: [app_token]")
-                    .replace("{name: sds-ptl, context: sds-ptl}", "{name: sds-ptl}"))
+                    .replace("{name: build-b, context: build-b}", "{name: build-b}"))
     code, doc = _check_json([str(path)], capsys)
     assert code == EXIT_USAGE and doc["valid"] is False and "summary" not in doc
     problems = doc["problems"]

@@ -24,15 +24,15 @@ def test_check_valid_file_prints_a_summary(capsys: pytest.CaptureFixture[str]) -
     out, err = capsys.readouterr()
     assert err == ""
     assert out.splitlines()[0] == (f"{DESIGN_EXAMPLE}: OK - 1 organization(s), 2 cluster(s), 2 token(s)")
-    assert "  hmcts: https://dev.azure.com/hmcts (credential: username-password, from Key Vault " \
-           "https://rpe-prod.vault.azure.net)" in out
-    assert "  cft-ptl: context cft-ptl" in out
-    assert "  keda (hmcts)\n    scopes: vso.agentpools_manage\n    lifetime: 30d, renew_before: 7d\n" in out
-    assert "    sink: kubernetes-secret/sds-ptl/azure-devops/azure-devops-token/token (flux: refuse)" in out
-    assert "    consumer: ScaledJob cft-ptl/azure-devops/azure-devops-agent (pool hmcts-agents)" in out
+    assert "  contoso: https://dev.azure.com/contoso (credential: username-password, from Key Vault " \
+           "https://contoso-bot.vault.azure.net)" in out
+    assert "  build-a: context build-a" in out
+    assert "  keda (contoso)\n    scopes: vso.agentpools_manage\n    lifetime: 30d, renew_before: 7d\n" in out
+    assert "    sink: kubernetes-secret/build-b/azure-devops/azure-devops-token/token (flux: refuse)" in out
+    assert "    consumer: ScaledJob build-a/azure-devops/azure-devops-agent (pool agents-a)" in out
     assert "    scopes: vso.agentpools vso.build vso.pipelineresources_use vso.release" in out
-    assert "    sink: keyvault/cftptl-intsvc.vault.azure.net/azure-devops-token" in out
-    assert "    pipeline: PlatformOperations/daily-checks, stale after 1d2h" in out
+    assert "    sink: keyvault/contoso-checks.vault.azure.net/azure-devops-token" in out
+    assert "    pipeline: Operations/daily-checks, stale after 1d2h" in out
     assert len(out.splitlines()) <= 40                         # one screen
 
 
@@ -41,7 +41,7 @@ def test_check_invalid_file_lists_every_problem(tmp_path: Path, capsys: pytest.C
             .replace("scopes: [vso.agentpools_manage]", "scopes: [app_token]")
             .replace("lifetime: 30d\n    renew_before: 7d\n    sinks:\n      - {kind: keyvault",
                      "lifetime: 10\n    renew_before: 7d\n    sinks:\n      - {kind: keyvault")
-            .replace("{name: sds-ptl, context: sds-ptl}", "{name: sds-ptl}"))
+            .replace("{name: build-b, context: build-b}", "{name: build-b}"))
     path = tmp_path / "broken.yaml"
     path.write_text(text)
     assert check(str(path)) == 2
