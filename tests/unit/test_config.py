@@ -486,8 +486,8 @@ def test_token_name_must_be_a_short_name(tmp_path: Path) -> None:
 
 
 def test_token_organization_must_exist(tmp_path: Path) -> None:
-    problem = only(tmp_path, lambda d: d["tokens"][0].update(organization="hmct"), "tokens[0].organization")
-    assert problem.problem == "unknown organization 'hmct'"
+    problem = only(tmp_path, lambda d: d["tokens"][0].update(organization="contso"), "tokens[0].organization")
+    assert problem.problem == "unknown organization 'contso'"
     assert problem.fix.startswith("did you mean 'contoso'?")
 
 
