@@ -49,7 +49,7 @@ from core.sinkmeta import SinkMetadata, from_secret, from_vault, secret_annotati
 
 log = logging.getLogger("patrol.adopt")
 
-# Global (allOrgs) PATs stopped authenticating on this day (API-CONTRACTS §0.3, §12).
+# Global (allOrgs) PATs stopped authenticating on this day (docs/external-apis.md, "PAT Lifecycle API").
 GLOBAL_PAT_RETIREMENT = datetime(2026, 12, 1, tzinfo=UTC)
 # A validTo within this of an expiry a sink already records is the same PAT (Key Vault keeps
 # whole seconds; an operator typing an expiry by hand rounds to the day).
@@ -303,7 +303,7 @@ class Adopter:
                 return result, "not asked"
             try:
                 return result, client.connection_data()
-            except PermanentError as exc:      # e.g. VS30063 for an agent-pools-only PAT (§2.4)
+            except PermanentError as exc:      # e.g. VS30063 for an agent-pools-only PAT
                 return result, str(exc)
         finally:
             client.close()

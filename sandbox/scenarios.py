@@ -1,6 +1,6 @@
 """Named starting worlds for the sandbox, with their knobs as data.
 
-``default`` is the platform team's world in miniature (DESIGN §1): one ADO org, a bot user that
+``default`` is the platform team's world in miniature (README.md): one ADO org, a bot user that
 owns the PATs, two AKS clusters whose KEDA ScaledJobs poll their agent pools with a short-lived
 PAT kept in a Secret, a daily-checks pipeline whose PAT lives in Key Vault, and the bot's
 username/password in Key Vault as the real seed keeps them. The seed is *adopted*: the Secrets
@@ -111,7 +111,7 @@ class ScenarioParams:
     extra_pats: int = 0                          # bot-owned PATs besides the two seeded ones
     extra_pools: int = 0                         # pools besides the clusters' pools
     agents_per_extra_pool: int = 0
-    # What the generated patrol.yaml says (DESIGN §3 durations).
+    # What the generated patrol.yaml says (durations as in docs/configuration.md).
     config_lifetime: str = "10m"
     config_renew_before: str = "3m"
     config_pipeline_max_age: str = "2m"

@@ -1,4 +1,4 @@
-"""PATs as real ADO treats them, over real HTTP (API-CONTRACTS §12):
+"""PATs as real ADO treats them, over real HTTP (docs/external-apis.md, "PAT Lifecycle API"):
 
 * a PAT is matched exactly as sent: ADO strips no whitespace (only KEDA trims one trailing
   newline, on its side), so ``pat + "\\n"`` is an unknown credential;

@@ -1,5 +1,5 @@
 """The simulated KEDA against the sandbox ADO over real HTTP: KEDA's request shapes and its
-scaler-cache refresh semantics (API-CONTRACTS §0.4, §2.2, §4.2), plus agents, jobs and the
+scaler-cache refresh semantics (docs/external-apis.md, KEDA sections), plus agents, jobs and the
 daily-checks pipeline."""
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Lifecycle API, Entra, Key Vault, two Kubernetes API servers and KEDA actors that
 PAT from their Secret and behave as KEDA does (re-read the Secret only on a failed poll or a
 generation change). Faults come from the sandbox's control plane (FaultTable, PAT policy).
 
-Invariants checked after failures and crashes (DESIGN §6): no outage (KEDA never fails to
+Invariants checked after failures and crashes (docs/rotation.md, "Guarantees"): no outage (KEDA never fails to
 authenticate), no orphan patrol PAT, sinks converge, the old PAT is revoked only after the new
 one was verified; and no token value in anything patrol produced.
 """
@@ -582,7 +582,7 @@ def test_scope_mismatch_revokes_the_new_pat_and_delivers_nothing(world: World) -
     assert status == 200
     assert 'patrol_rotations_total{result="failed",token="keda"} 1.0' in metrics
     assert 'patrol_rotations_total{result="succeeded",token="keda"} 0.0' in metrics
-    # The PAT ADO returned was revoked at once: no orphan left active (DESIGN §6).
+    # The PAT ADO returned was revoked at once: no orphan left active (docs/rotation.md).
     pats = world.pats()
     new_id = str(record.new_authorization_id)
     assert pats[new_id]["scope"] == "vso.agentpools" and pats[new_id]["status"] == "revoked"

@@ -1,4 +1,4 @@
-"""load_config: the DESIGN §3 example loads; every rule rejects with file, key path and fix."""
+"""load_config: the two-cluster example loads; every rule rejects with file, key path and fix."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from core.config import (
 from core.errors import ConfigError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "config"
-DESIGN_EXAMPLE = FIXTURES / "design-example.yaml"
+TWO_CLUSTERS = FIXTURES / "two-clusters.yaml"
 
 Data = dict[str, Any]
 
@@ -97,9 +97,9 @@ def only(tmp_path: Path, change: Callable[[Data], None] | str, key_path: str) ->
 # --------------------------------------------------------------------------- what loads
 
 
-def test_design_example_loads() -> None:
-    config = load_config(str(DESIGN_EXAMPLE))
-    assert config.source == str(DESIGN_EXAMPLE)
+def test_two_cluster_example_loads() -> None:
+    config = load_config(str(TWO_CLUSTERS))
+    assert config.source == str(TWO_CLUSTERS)
     org = config.organization("contoso")
     assert org.url == "https://dev.azure.com/contoso"
     assert org.vssps_url == "https://vssps.dev.azure.com/contoso"
@@ -262,7 +262,7 @@ def test_yaml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
 
 
 def test_duplicate_yaml_keys_are_reported(tmp_path: Path) -> None:
-    text = (DESIGN_EXAMPLE.read_text()
+    text = (TWO_CLUSTERS.read_text()
             .replace("    lifetime: 30d\n", "    lifetime: 30d\n    lifetime: 60d\n", 1))
     problem = only(tmp_path, text, "tokens[0].lifetime")
     assert "written twice" in problem.problem
@@ -271,7 +271,7 @@ def test_duplicate_yaml_keys_are_reported(tmp_path: Path) -> None:
 
 
 def test_problems_carry_the_line(tmp_path: Path) -> None:
-    text = DESIGN_EXAMPLE.read_text().replace("cluster: build-b, namespace: azure-devops, secret",
+    text = TWO_CLUSTERS.read_text().replace("cluster: build-b, namespace: azure-devops, secret",
                                               "cluster: bui1d-b, namespace: azure-devops, secret")
     path, found = errors(tmp_path, text)
     problem = found["tokens[0].sinks[1].cluster"]
