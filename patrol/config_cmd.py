@@ -27,14 +27,16 @@ from core.config import (
     load_config,
 )
 from core.errors import ConfigError
-from core.schema import SCHEMA_URL, config_schema
+from core.schema import SCHEMA_FILE_NAME, config_schema
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
-SCHEMA_LINE = f"# yaml-language-server: $schema={SCHEMA_URL}\n"
+# A path relative to the YAML file: the schema is written beside it (`patrol config schema`).
+SCHEMA_LINE = f"# yaml-language-server: $schema={SCHEMA_FILE_NAME}\n"
 
 EXAMPLE_CONFIG = SCHEMA_LINE + """\
 # patrol configuration. Check it with: patrol config check patrol.yaml
+# Editor completion: patrol config schema > patrol.schema.json (the file the line above names)
 # Durations are whole numbers with a unit: 90s, 15m, 26h, 30d, or combined like 1h30m.
 # Relative paths are resolved against the directory of this file.
 
