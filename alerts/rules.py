@@ -39,14 +39,14 @@ RULES_FILE = ROOT / "alerts" / "patrol.rules.yml"
 PROMETHEUS_RULE_FILE = ROOT / "deploy" / "prometheusrule.yaml"
 
 # Where docs/runbook.md is published; each alert links to the section named after it.
-RUNBOOK_BASE_URL = "https://github.com/hmcts/patrol/blob/main/docs/runbook.md"
+RUNBOOK_BASE_URL = "https://patrol.example/docs/runbook.md"
 
 DAYS_TO_EXPIRY = "patrol:pat_days_to_expiry"
 # The Prometheus jobs of patrol's two processes: the Services of deploy/base (a ServiceMonitor's
 # job is the Service's name). `alerts.exporter_job` / `alerts.worker_job` in the config override them.
 EXPORTER_JOB = "patrol-exporter"
 WORKER_JOB = "patrol-worker"
-DAILY_CHECKS_MAX_AGE = timedelta(hours=26)    # DESIGN §3 `pipeline.max_age` default
+DAILY_CHECKS_MAX_AGE = timedelta(hours=26)    # `pipeline.max_age` default (docs/configuration.md)
 # KEDA polls every 30 s by default: 1m is two or three failed polls in a row, each already
 # retried by KEDA with a re-read Secret (cache/scalers_cache.go), so a single bad poll pages nobody.
 KEDA_AUTH_FAILING_FOR = "1m"

@@ -95,7 +95,7 @@ def main() -> int:
             for n in range(args.rounds):
                 done_before = {r.id for r in service.journal.recent("keda", limit=100)}
                 current = sb.call(lambda: sb.world.ado.pat_id_for_value(
-                    sb.world.clusters["cft-ptl"].secret_value("azure-devops", "azure-devops-token", "token")))
+                    sb.world.clusters["build-a"].secret_value("azure-devops", "azure-devops-token", "token")))
                 revoked = time.time()
                 response = httpx.post(f"{sb.ready['control_url']}/ado/pats/{current}/revoke", timeout=10)
                 assert response.status_code == 200, response.text

@@ -51,7 +51,7 @@ def payload(fp: str, starts: str = "2026-08-01T10:00:00Z", token: str = "keda") 
         "alerts": [{
             "status": "firing",
             "labels": {"alertname": "PatRenewalDue", "token": token, "remediation": "rotate",
-                       "severity": "warning", "organization": "hmcts"},
+                       "severity": "warning", "organization": "contoso"},
             "annotations": {"summary": "PAT keda is due for renewal",
                             "runbook_url": "https://example.invalid/runbook#patrenewaldue"},
             "startsAt": starts, "endsAt": "0001-01-01T00:00:00Z",

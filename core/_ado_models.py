@@ -7,8 +7,8 @@ was wrong. Those messages name fields, never values, because a PAT create respon
 new token and a parse error must not echo it.
 
 ADO writes timestamps as ISO-8601 UTC with anywhere from 0 to 7 fractional digits
-(``.32Z``, ``.1033333Z``), and uses ``0001-01-01T00:00:00`` for "never" (API-CONTRACTS §1.3,
-§2.2); :func:`parse_ado_time` handles both.
+(``.32Z``, ``.1033333Z``), and uses ``0001-01-01T00:00:00`` for "never" (docs/external-apis.md,
+"PAT Lifecycle API"); :func:`parse_ado_time` handles both.
 """
 
 from __future__ import annotations

@@ -5,10 +5,11 @@ things ADO gets wrong in surprising ways are handled once:
 
 - ``X-TFS-FedAuthRedirect: Suppress`` on every request, and a 203 or any 2xx HTML body still
   read as "credential not accepted" (ADO answers a bad credential with a sign-in page unless
-  told not to; API-CONTRACTS §2.3).
+  told not to; docs/external-apis.md, "How Azure DevOps refuses a PAT").
 - 401/403 carry their reason in the URL-encoded ``X-TFS-ServiceError`` header or a JSON
   ``message`` (``TF400813``, ``VS30063``); both go into the error, the credential never does.
-- Rate limiting (§3.3): 429 is a :class:`~core.errors.ThrottledError` carrying ``Retry-After``;
+- Rate limiting (docs/external-apis.md, "Builds, releases and rate limits"): 429 is a
+  :class:`~core.errors.ThrottledError` carrying ``Retry-After``;
   a *successful* answer with ``Retry-After`` or ``X-RateLimit-Delay`` means "slow down", so the
   next request waits that long first (``throttle_until``).
 - Transport failures become :class:`~core.errors.UnavailableError`, and

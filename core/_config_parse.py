@@ -54,7 +54,7 @@ from core.config import (
 #   tokens-7.2 EntraOAuth: vso.pats, vso.pats_manage);
 # - the scope table of learn.microsoft.com/azure/devops/integrate/get-started/authentication/oauth
 #   (MicrosoftDocs/azure-devops-docs docs/integrate/get-started/authentication/oauth.md,
-#   ms.date 2025-07-14), which API-CONTRACTS §1.3 cites for vso.pipelineresources_use.
+#   ms.date 2025-07-14), the source for vso.pipelineresources_use.
 # Full-access scopes (app_token, user_impersonation) are deliberately absent: see _FULL_ACCESS.
 ADO_SCOPES: tuple[str, ...] = (
     "vso.advsec", "vso.advsec_write", "vso.advsec_manage",
@@ -95,7 +95,8 @@ ADO_SCOPES: tuple[str, ...] = (
 )
 _FULL_ACCESS = ("app_token", "user_impersonation")
 
-MAX_LIFETIME = timedelta(days=365)     # the longest PAT Azure DevOps issues (API-CONTRACTS §1.4)
+# The longest PAT Azure DevOps issues (docs/external-apis.md, "PAT Lifecycle API").
+MAX_LIFETIME = timedelta(days=365)
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")

@@ -3,8 +3,8 @@
 Two clients, because ADO has two kinds of caller, and a prober:
 
 - :class:`PatLifecycleClient` talks to the PAT Lifecycle API on ``vssps`` with a *user's* Entra
-  access token (a PAT cannot manage PATs, and service principals cannot either; API-CONTRACTS
-  §0.1). It lists, reads, creates, updates and revokes the bot account's PATs.
+  access token (a PAT cannot manage PATs, and service principals cannot either;
+  docs/external-apis.md, "PAT Lifecycle API"). It lists, reads, creates, updates and revokes the bot account's PATs.
 - :class:`AdoClient` reads the organization (agent pools, job queue, builds, releases) with a PAT
   (``Basic`` with an empty user name, exactly as KEDA sends it) or a bearer token, and probes
   whether a PAT still authenticates for each of its scopes.
@@ -157,7 +157,7 @@ class PatLifecycleClient(_Client):
     caller) or ``transport`` (for tests) replace the cookie-free client made here. A
     ``patTokenError`` other than ``none``
     raises :class:`~core.errors.PolicyViolationError` with that code, whether ADO sent it with
-    HTTP 200 or with a 4xx (which one it uses is UNVERIFIED; API-CONTRACTS §1.3).
+    HTTP 200 or with a 4xx (which one it uses is unsettled; docs/external-apis.md, "Not settled").
     """
 
     def __init__(

@@ -52,7 +52,7 @@ class KeyVaultSecretRef:
 
 @dataclass(frozen=True)
 class UserCredential:
-    """Who may create/revoke PATs: a *user* (service principals cannot; API-CONTRACTS §0.1)."""
+    """Who may create/revoke PATs: a *user* (service principals cannot; docs/external-apis.md)."""
 
     kind: CredentialKind
     tenant_id: str = "organizations"

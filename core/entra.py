@@ -8,14 +8,14 @@ MSAL's own cache); every outcome of the bot's sign-in is recorded in a :class:`C
 for ``patrol_credential_*``; no message holds a token, refresh token or password.
 
 Why this module exists: the PAT Lifecycle API takes only a *user-delegated* Entra token
-(API-CONTRACTS §0.1), so patrol signs in as the bot account; and patrol reaches Key Vault with
+(docs/external-apis.md, "PAT Lifecycle API"), so patrol signs in as the bot account; and patrol reaches Key Vault with
 its own (workload/managed/service-principal) identity. Both go through the real
 ``azure-identity`` credential classes; this is the only module that builds them, and every
 exception they raise leaves here as a :mod:`core.errors` type whose message holds no token,
 refresh token or password.
 
 A local authority (the sandbox, an air-gapped cloud) needs three things the public cloud does
-not (API-CONTRACTS §11): ``disable_instance_discovery=True``, the CA bundle as
+not (docs/external-apis.md, "Entra sign-in as the bot"): ``disable_instance_discovery=True``, the CA bundle as
 ``connection_verify``, and — for username/password only — a fix for MSAL's user-realm probe,
 which drops the port. See :func:`_userrealm_port_hook`.
 """
@@ -267,7 +267,8 @@ def _userrealm_port_hook(authority: str) -> Callable[[PipelineRequest[Any]], Non
 
     MSAL builds ``https://{host}/common/userrealm/{user}`` from the authority's *host name*
     (``msal.authority.Authority.user_realm_discovery``), so on a non-443 port the probe goes to
-    port 443 and fails. Of the three ways out (API-CONTRACTS §11) we use azure-core's public
+    port 443 and fails. Of the three ways out (the authority on port 443, MSAL's
+    per-process set of hosts without user realm pre-filled, or re-targeting the call) we use azure-core's public
     ``raw_request_hook``: it is a documented per-pipeline hook, it touches only this
     credential's own requests, and it is installed only when the authority names a port other
     than 443 — so production (login.microsoftonline.com) never sees it. Pre-filling MSAL's
@@ -586,7 +587,7 @@ def _username_password_credential(client_id: str, username: str, password: Secre
                                   tenant_id: str | None, authority: str, ca_bundle: str | None,
                                   retry_total: int | None) -> UsernamePasswordCredential:
     kwargs = _authority_kwargs(authority, ca_bundle, retry_total, userrealm=True)
-    # ROPC is deprecated upstream (no MFA); the bot account uses it on purpose (API-CONTRACTS §11).
+    # ROPC is deprecated upstream (no MFA); the bot account uses it on purpose (docs/external-apis.md).
     # The warning names our caller's module, so it is silenced here, at the one construction site.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -636,7 +637,7 @@ def _record_path(cred: config.UserCredential, home: str | None) -> str:
 
 def _cache_options(cred: config.UserCredential) -> TokenCachePersistenceOptions:
     # Without libsecret the cache is a plaintext file $HOME/.IdentityService/<name>.nocae: it
-    # holds the bot's refresh token, so it must live on a private volume (API-CONTRACTS §11).
+    # holds the bot's refresh token, so it must live on a private volume (docs/external-apis.md).
     return TokenCachePersistenceOptions(name=cred.cache_name, allow_unencrypted_storage=True)
 
 

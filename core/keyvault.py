@@ -7,7 +7,7 @@ wait on). A secret version is returned as a frozen :class:`SecretVersion`; a val
 :class:`~core.secret.Secret`.
 
 Against a local vault (the sandbox) the SDK needs ``verify_challenge_resource=False`` and the
-CA bundle (API-CONTRACTS §0.7, §6.2); both are constructor arguments with production defaults.
+CA bundle (docs/external-apis.md, "Key Vault"); both are constructor arguments with production defaults.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ builds each request with the client's own ``ApiClient.param_serialize`` (host, T
 kubeconfig's bearer token and its refresh hook) and sends it with ``ApiClient.call_api``,
 naming the path, the query and the ``Content-Type`` itself.
 
-Wire details that matter (API-CONTRACTS §7): a patch of a Secret is sent as
+Wire details that matter (docs/external-apis.md, "Kubernetes API through the Python client"):
+a patch of a Secret is sent as
 ``application/strategic-merge-patch+json`` and of a custom object as
 ``application/merge-patch+json`` — named explicitly, since 37's generated default is the first
 JSON type the operation lists (``json-patch+json``), which its REST layer only rewrites to a
@@ -263,7 +264,7 @@ def parse_event(obj: Mapping[str, Any]) -> KubeEvent:
 
     Events recorded through events.k8s.io (newer KEDA) may leave ``firstTimestamp``,
     ``lastTimestamp`` and ``count`` empty in the core/v1 view and fill ``eventTime`` and
-    ``series`` instead (API-CONTRACTS §10), so those are the fallbacks.
+    ``series`` instead (docs/external-apis.md, "KEDA's Events and conditions"), so those are the fallbacks.
     """
     meta = _meta(obj)
     involved = obj.get("involvedObject") if isinstance(obj.get("involvedObject"), Mapping) else {}
@@ -676,8 +677,9 @@ class KubeCluster:
         """Make KEDA rebuild the scaler (and so re-read the PAT) by changing the spec.
 
         KEDA does not watch Secrets; it rebuilds a scaler when ``metadata.generation`` changes
-        (API-CONTRACTS §0.4). For a ScaledJob we set a pod-template annotation, which is spec,
-        so the generation moves and the next jobs carry the annotation — nothing else changes.
+        (docs/external-apis.md, "KEDA's azure-pipelines scaler"). For a ScaledJob we set a
+        pod-template annotation, which is spec, so the generation moves and the next jobs carry
+        the annotation — nothing else changes.
 
         A ScaledObject has no pod template, and ``spec.advanced`` is a typed struct (HPA
         config, scaling modifiers) with no free-form field; the only maps are the triggers'

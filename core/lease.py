@@ -1,6 +1,6 @@
 """A Kubernetes Lease lock, so two worker replicas never rotate the same token at once.
 
-The ``kubernetes`` Python client ships only a ConfigMap lock (API-CONTRACTS §7), so this is the
+The ``kubernetes`` Python client ships only a ConfigMap lock (docs/external-apis.md), so this is the
 coordination.k8s.io/v1 Lease protocol client-go uses, reduced to what patrol needs: read; create
 if absent; if another identity holds it and it has not expired, give up; otherwise replace it
 with the read ``resourceVersion`` as a precondition, so of two contenders exactly one wins (the

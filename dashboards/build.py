@@ -45,7 +45,7 @@ DASHBOARD_FILE = ROOT / "dashboards" / "patrol.json"
 
 UID = "patrol-pat-health"
 TITLE = "patrol / PAT health"
-RUNBOOK_URL = "https://github.com/hmcts/patrol/blob/main/docs/runbook.md"
+RUNBOOK_URL = "https://patrol.example/docs/runbook.md"
 DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 
 TOKEN = 'token=~"$token"'

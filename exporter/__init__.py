@@ -1,4 +1,4 @@
-"""patrol's Prometheus exporter (DESIGN §4): what the platform team looks at every day.
+"""patrol's Prometheus exporter (docs/metrics.md): what the platform team looks at every day.
 
 One small collector per data source (``exporter/sinks.py``, ``pats.py``, ``validity.py``,
 ``keda.py``, ``pools.py``, ``pipelines.py``), each with a ``refresh()`` that does the I/O and a

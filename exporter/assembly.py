@@ -1,6 +1,7 @@
 """Putting the exporter together from a configuration: which sources exist, with which clients.
 
-Sources, one per unit that can fail on its own (DESIGN §4; names are the ``source`` label):
+Sources, one per unit that can fail on its own (docs/metrics.md, "The exporter's sources";
+names are the ``source`` label):
 
 ==============================  ======================================  ==========================
 source                          reads                                   interval

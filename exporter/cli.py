@@ -1,4 +1,4 @@
-"""``patrol exporter``: serve the metrics of DESIGN §4 for a configuration.
+"""``patrol exporter``: serve the metrics of docs/metrics.md for a configuration.
 
     patrol exporter --config patrol.yaml --listen 0.0.0.0:9877
     patrol exporter --config patrol.yaml --once        # refresh once, print the exposition

@@ -1,7 +1,7 @@
 """The ``/metrics`` body, rendered once per change and served from memory.
 
 Why a cache: a scrape must cost the same at any scrape rate and with any number of tokens
-(DESIGN §4). The sources change only when the refresher finishes a refresh, so the text
+(docs/benchmarks.md measures it). The sources change only when the refresher finishes a refresh, so the text
 exposition is rendered then — once — and every scrape in between returns the same bytes (and
 the same gzip bytes, compressed at most once per rendering).
 

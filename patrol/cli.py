@@ -196,7 +196,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     login = _sub(sub, "login", "sign in once as the bot account (device code) for silent refresh later",
                  "For bot accounts protected by MFA: run once interactively; the worker then refreshes\n"
                  "silently from the persistent token cache.\n\nexamples:\n"
-                 "  patrol login --config patrol.yaml --organization hmcts", _run_login)
+                 "  patrol login --config patrol.yaml --organization contoso", _run_login)
     login.add_argument("--organization", default=None, help="organization whose credential to sign in")
     _common(login, env)
     return parser

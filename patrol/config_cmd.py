@@ -27,31 +27,33 @@ from core.config import (
     load_config,
 )
 from core.errors import ConfigError
-from core.schema import SCHEMA_URL, config_schema
+from core.schema import SCHEMA_FILE_NAME, config_schema
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
-SCHEMA_LINE = f"# yaml-language-server: $schema={SCHEMA_URL}\n"
+# A path relative to the YAML file: the schema is written beside it (`patrol config schema`).
+SCHEMA_LINE = f"# yaml-language-server: $schema={SCHEMA_FILE_NAME}\n"
 
 EXAMPLE_CONFIG = SCHEMA_LINE + """\
 # patrol configuration. Check it with: patrol config check patrol.yaml
+# Editor completion: patrol config schema > patrol.schema.json (the file the line above names)
 # Durations are whole numbers with a unit: 90s, 15m, 26h, 30d, or combined like 1h30m.
 # Relative paths are resolved against the directory of this file.
 
 organizations:                       # the Azure DevOps organizations whose PATs patrol manages
-  - name: hmcts                      # referenced by tokens[].organization
-    url: https://dev.azure.com/hmcts # vssps/vsrm URLs are derived from this form
-    # vssps_url: https://vssps.dev.azure.com/hmcts   # only needed for other URL forms
-    # vsrm_url: https://vsrm.dev.azure.com/hmcts
+  - name: contoso                    # referenced by tokens[].organization
+    url: https://dev.azure.com/contoso  # vssps/vsrm URLs are derived from this form
+    # vssps_url: https://vssps.dev.azure.com/contoso  # only needed for other URL forms
+    # vsrm_url: https://vsrm.dev.azure.com/contoso
     credential:                      # the *user* (bot account) that creates and revokes PATs
       kind: username-password        # or device-code, azure-cli, environment
       tenant_id: organizations       # your Entra tenant id, or "organizations"
       # client_id: 04b07795-8ddb-461a-bbee-02f9e1bf7b46  # public client used to sign in
       # authority: https://login.microsoftonline.com
       from_keyvault:                 # where the bot's username and password are kept
-        vault_url: https://rpe-prod.vault.azure.net
-        username_secret: rpe-azure-devops-email
-        password_secret: rpe-azure-devops-password
+        vault_url: https://contoso-bot.vault.azure.net
+        username_secret: bot-azure-devops-email
+        password_secret: bot-azure-devops-password
       # or, instead of from_keyvault, environment variables holding them:
       # username_env: PATROL_BOT_USERNAME
       # password_env: PATROL_BOT_PASSWORD
@@ -60,48 +62,48 @@ organizations:                       # the Azure DevOps organizations whose PATs
       # record_file: bot-auth-record.json  # written by `patrol login`
 
 clusters:                            # Kubernetes clusters holding sinks, consumers or the lease
-  - name: cft-ptl
-    context: cft-ptl                 # a kubeconfig context ...
+  - name: build-a
+    context: build-a                 # a kubeconfig context ...
     # kubeconfig: ~/.kube/config     # ... from this file (default: $KUBECONFIG or ~/.kube/config)
-  - name: sds-ptl
-    context: sds-ptl
+  - name: build-b
+    context: build-b
   # - name: here
   #   in_cluster: true               # ... or the service account of the pod patrol runs in
 
 tokens:                              # one entry per PAT patrol keeps alive
   - name: keda                       # lowercase letters, digits and '-'
-    organization: hmcts
+    organization: contoso
     scopes: [vso.agentpools_manage]  # exactly what the PAT is created with; least privilege
     lifetime: 30d                    # validTo = creation + lifetime (at most 365d)
     renew_before: 7d                 # rotate when expiry is this close (like cert-manager)
     sinks:                           # where the PAT is delivered; each has exactly one writer
       - kind: kubernetes-secret
-        cluster: cft-ptl
+        cluster: build-a
         namespace: azure-devops
         secret: azure-devops-token
         key: token                   # default: token
         flux: refuse                 # refuse (default) to write a Flux-managed Secret, or ignore-drift-risk
-      - {kind: kubernetes-secret, cluster: sds-ptl, namespace: azure-devops, secret: azure-devops-token}
+      - {kind: kubernetes-secret, cluster: build-b, namespace: azure-devops, secret: azure-devops-token}
     consumers:                       # what uses the PAT: switched and verified after delivery
       - kind: keda-scaledjob         # or keda-scaledobject
-        cluster: cft-ptl
+        cluster: build-a
         namespace: azure-devops
         name: azure-devops-agent
-        pool: hmcts-agents           # the agent pool it scales
-      - {kind: keda-scaledjob, cluster: sds-ptl, namespace: azure-devops,
-         name: azure-devops-agent, pool: sds-agents}
+        pool: agents-a               # the agent pool it scales
+      - {kind: keda-scaledjob, cluster: build-b, namespace: azure-devops,
+         name: azure-devops-agent, pool: agents-b}
 
   - name: daily-checks
-    organization: hmcts
+    organization: contoso
     scopes: [vso.agentpools, vso.build, vso.pipelineresources_use, vso.release]
     lifetime: 30d
     renew_before: 7d
     sinks:
       - kind: keyvault
-        vault_url: https://cftptl-intsvc.vault.azure.net
+        vault_url: https://contoso-checks.vault.azure.net
         secret: azure-devops-token
     pipeline:                        # the pipeline that uses this PAT, watched for staleness
-      project: PlatformOperations
+      project: Operations
       definition: daily-checks       # name or numeric id
       max_age: 26h                   # default: 26h
 
@@ -132,7 +134,7 @@ worker:                              # patrol worker (webhook receiver and rotat
   verify_deadline: 5m                # how long a new PAT has to prove itself
   reconcile_interval: 5m             # the worker's own schedule check
   # lease:                           # when running more than one replica
-  #   cluster: cft-ptl
+  #   cluster: build-a
   #   namespace: patrol
   #   name: patrol-worker
   #   duration: 15s

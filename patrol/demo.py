@@ -111,7 +111,7 @@ class Demo:
     def start(self) -> None:
         ready_file = self.workdir / "sandbox-ready.json"
         self.say(f"patrol demo: working directory {self.workdir} (logs: *.log there)")
-        self.say("starting the sandbox: Azure DevOps, Entra, Key Vault, clusters cft-ptl and sds-ptl, KEDA ...")
+        self.say("starting the sandbox: Azure DevOps, Entra, Key Vault, clusters build-a and build-b, KEDA ...")
         sandbox = self._spawn("sandbox", "sandbox", "--ready-file", str(ready_file),
                               "--dir", str(self.workdir / "sandbox"), "--scenario", self.scenario)
         deadline = time.monotonic() + 60
@@ -184,7 +184,7 @@ class Demo:
         """Revoke the KEDA PAT out of band; returns when (unix seconds)."""
         at = time.time()
         _post_json(f"{self.ready['control_url']}/ado/sinks/revoke",
-                   {"kind": "kubernetes-secret", "cluster": "cft-ptl", "namespace": "azure-devops",
+                   {"kind": "kubernetes-secret", "cluster": "build-a", "namespace": "azure-devops",
                     "secret": "azure-devops-token", "key": "token"})
         if self.stack is None:
             code = _post_json(f"{self.worker_url}/webhook/alertmanager", synthetic_webhook("keda"),
@@ -219,7 +219,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-INCIDENT = ("incident: the KEDA PAT held by cft-ptl and sds-ptl is revoked out of band "
+INCIDENT = ("incident: the KEDA PAT held by build-a and build-b is revoked out of band "
             "(as Azure DevOps does to a leaked PAT)")
 
 

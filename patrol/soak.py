@@ -230,7 +230,7 @@ def mttr(incidents: int, *, workdir: Path, out: TextIO, cooldown: float = 35.0,
         stack = demo.stack
         _wait("the rules to evaluate", lambda: bool(stack.query("patrol:pat_days_to_expiry")), timeout=60)
         for i in range(incidents):
-            sink = {"kind": "kubernetes-secret", "cluster": "cft-ptl", "namespace": "azure-devops",
+            sink = {"kind": "kubernetes-secret", "cluster": "build-a", "namespace": "azure-devops",
                     "secret": "azure-devops-token", "key": "token"}
             recovery = Recovery(revoked_at=time.time())
             _post_json(f"{demo.ready['control_url']}/ado/sinks/revoke", sink)

@@ -113,7 +113,7 @@ def parse_validity(text: str) -> dict[str, dict[str, float]]:
 
 
 def short_sink(sink: str) -> str:
-    """``kubernetes-secret/cft-ptl/ns/name/key`` → ``cft-ptl``; ``keyvault/host/name`` → ``keyvault``."""
+    """``kubernetes-secret/build-a/ns/name/key`` → ``build-a``; ``keyvault/host/name`` → ``keyvault``."""
     kind, _, rest = sink.partition("/")
     if kind == "kubernetes-secret":
         return rest.split("/", 1)[0]

@@ -33,10 +33,10 @@ from __future__ import annotations
 import builtins
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from core import config
 from core.ado import ConnectionData, PatInfo, ProbeResult
@@ -49,7 +49,7 @@ from core.sinkmeta import SinkMetadata, from_secret, from_vault, secret_annotati
 
 log = logging.getLogger("patrol.adopt")
 
-# Global (allOrgs) PATs stopped authenticating on this day (API-CONTRACTS §0.3, §12).
+# Global (allOrgs) PATs stopped authenticating on this day (docs/external-apis.md, "PAT Lifecycle API").
 GLOBAL_PAT_RETIREMENT = datetime(2026, 12, 1, tzinfo=UTC)
 # A validTo within this of an expiry a sink already records is the same PAT (Key Vault keeps
 # whole seconds; an operator typing an expiry by hand rounds to the day).
@@ -163,6 +163,36 @@ class AdoptionPlan:
 def adoption_rotation_id(now: datetime) -> str:
     """What ``patrol.io/rotation`` says on an adopted sink: when, and that no rotation wrote it."""
     return ADOPT_ROTATION_PREFIX + now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _when(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def plan_json(plan: AdoptionPlan) -> dict[str, Any]:
+    """A plan as data (``patrol adopt --json``): identifiers, names, dates and reasons only.
+
+    A sink says whether it holds a token, never the token nor a fingerprint of it."""
+    chosen = plan.chosen
+    return {
+        "token": plan.token.name,
+        "organization": plan.token.organization,
+        "scopes": list(plan.token.scopes),
+        "sinks": [{"id": h.sink_id, "holds_token": h.value is not None,
+                   "recorded_authorization_id": h.meta.authorization_id,
+                   "recorded_expiry": _when(h.meta.expires_at)} for h in plan.holdings],
+        "probe": None if plan.probe is None else {"ok": plan.probe.ok, "detail": plan.probe.detail},
+        "candidates": [{"authorization_id": c.pat.authorization_id, "display_name": c.pat.display_name,
+                        "scopes": list(c.pat.scopes), "valid_to": _when(c.pat.valid_to),
+                        "global": c.pat.is_global, "fits": c.fits, "objections": list(c.objections)}
+                       for c in plan.candidates],
+        "chosen": None if chosen is None else {"authorization_id": chosen.authorization_id,
+                                               "display_name": chosen.display_name,
+                                               "valid_to": _when(chosen.valid_to)},
+        "already_adopted": plan.already_adopted,
+        "refusal": plan.refusal,
+        "notes": list(plan.notes),
+    }
 
 
 # -- the adopter ----------------------------------------------------------------------------------
@@ -303,7 +333,7 @@ class Adopter:
                 return result, "not asked"
             try:
                 return result, client.connection_data()
-            except PermanentError as exc:      # e.g. VS30063 for an agent-pools-only PAT (§2.4)
+            except PermanentError as exc:      # e.g. VS30063 for an agent-pools-only PAT
                 return result, str(exc)
         finally:
             client.close()
@@ -379,26 +409,30 @@ class Adopter:
 
         Raises :class:`PermanentError` if a sink's token changed since the plan was made (then
         nothing more is written; run ``patrol adopt`` again)."""
+        return [line for _, line in self.apply_each(plan)]
+
+    def apply_each(self, plan: AdoptionPlan) -> Iterator[tuple[str, str]]:
+        """:meth:`apply` one sink at a time: yields (sink id, what changed) once that sink is
+        written, so a caller knows which sinks were written when a later one fails."""
         if plan.refusal is not None or plan.chosen is None:
             raise PermanentError(f"adopt {plan.token.name}: {plan.refusal or 'no PAT chosen'}")
         if plan.already_adopted:
-            return []
+            return
         pat = plan.chosen
         rotation_id = adoption_rotation_id(self._now())
-        lines = []
         for spec, holding in zip(plan.token.sinks, plan.holdings, strict=True):
             if isinstance(spec, config.KubernetesSecretSink):
                 self._annotate(spec, holding, pat, rotation_id)
-                lines.append(f"{spec.id}: annotated {pat.authorization_id}, expiry "
-                             f"{pat.valid_to:%Y-%m-%dT%H:%M:%SZ} (value untouched)")
+                line = (f"{spec.id}: annotated {pat.authorization_id}, expiry "
+                        f"{pat.valid_to:%Y-%m-%dT%H:%M:%SZ} (value untouched)")
             else:
                 self._tag(spec, holding, pat, rotation_id)
-                lines.append(f"{spec.id}: tagged version {holding.version} with {pat.authorization_id}, "
-                             f"exp {pat.valid_to:%Y-%m-%dT%H:%M:%SZ} (no new version)")
+                line = (f"{spec.id}: tagged version {holding.version} with {pat.authorization_id}, "
+                        f"exp {pat.valid_to:%Y-%m-%dT%H:%M:%SZ} (no new version)")
             log.info("adopt %s: %s now records %s", plan.token.name, spec.id, pat.authorization_id,
                      extra={"token": plan.token.name, "sink": spec.id,
                             "authorization_id": pat.authorization_id})
-        return lines
+            yield spec.id, line
 
     def _annotate(self, spec: config.KubernetesSecretSink, holding: Holding, pat: PatInfo,
                   rotation_id: str) -> None:

@@ -1,7 +1,7 @@
 """Alertmanager webhook payloads (version 4), parsed apart from any I/O.
 
 Alertmanager adds keys over time (``notification_reason`` in 0.32, ``routeLabels`` in 0.34;
-API-CONTRACTS §5.1), so decoding is lenient: unknown keys are ignored, and only the fields the
+docs/external-apis.md), so decoding is lenient: unknown keys are ignored, and only the fields the
 planner relies on are checked. Anything malformed raises :class:`PayloadError` with a short
 reason that the receiver returns as a 400, before any side effect.
 """

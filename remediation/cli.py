@@ -596,7 +596,8 @@ def add_adopt_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], e
                     "Key Vault tags and exp) into every sink, without changing the token value.",
         epilog="examples:\n  patrol adopt keda --config patrol.yaml --dry-run\n"
                "  patrol adopt keda --config patrol.yaml --yes\n"
-               "  patrol adopt keda --config patrol.yaml --authorization-id 3f2c...\n\n"
+               "  patrol adopt keda --config patrol.yaml --authorization-id 3f2c...\n"
+               "  patrol adopt keda --config patrol.yaml --json --yes | jq -r .outcome\n\n"
                "exit codes: 0 adopted (or already adopted, or a dry run that would adopt),\n"
                "1 refused or failed (nothing written), 2 usage or configuration error")
     adopt.add_argument("token", metavar="TOKEN", help="a token name from the configuration")
@@ -605,6 +606,9 @@ def add_adopt_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], e
     adopt.add_argument("--dry-run", action="store_true", help="show the plan and write nothing")
     adopt.add_argument("--yes", action="store_true",
                        help="do not ask: adopt when exactly one PAT fits")
+    adopt.add_argument("--json", action="store_true",
+                       help="print the result as one JSON object (never asks: use --yes, "
+                            "--authorization-id or --dry-run)")
     adopt.set_defaults(handler=run_adopt)
     if common is not None:
         common(adopt)
@@ -652,39 +656,94 @@ def _ask(question: str) -> bool:
         return False
 
 
+def _adopt_json(plan: AdoptionPlan | None, token: str, outcome: str, message: str,
+                written: list[str]) -> str:
+    """``adopt --json``: the outcome, a sentence, the sinks written, and the plan if one was made."""
+    from remediation.adopt import plan_json
+
+    doc: dict[str, Any] = {"token": token, "outcome": outcome, "message": message, "written": written}
+    if plan is not None:
+        details = plan_json(plan)
+        chosen = details["chosen"]
+        doc["authorization_id"] = chosen["authorization_id"] if chosen else None
+        doc.update({k: v for k, v in details.items() if k != "token"})
+    return json.dumps(doc, indent=2)
+
+
 def run_adopt(args: argparse.Namespace, out: TextIO | None = None,
               confirm: Callable[[str], bool] = _ask) -> int:
+    """``patrol adopt``; with ``--json`` the same decisions and exit codes, reported as one object
+    on stdout (outcomes: adopted, already-adopted, would-adopt, refused, not-confirmed, failed)."""
+    from core.errors import PatrolError
+    from core.logs import redact
     from remediation.adopt import Adopter
     from remediation.world import CoreWorld
 
     out = out or sys.stdout
+    as_json = bool(getattr(args, "json", False))
     cfg = _config(args)
     if args.token not in {t.name for t in cfg.tokens}:
         known = ", ".join(t.name for t in cfg.tokens) or "none"
         print(f"patrol: no token named {args.token!r} in {cfg.source} (configured: {known})", file=sys.stderr)
         return EXIT_USAGE
+    plan: AdoptionPlan | None = None
+    written: list[str] = []
+
+    def report(outcome: str, message: str, code: int) -> int:
+        print(_adopt_json(plan, args.token, outcome, message, written), file=out)
+        return code
+
     with CoreWorld(cfg, env=_env(args)) as world:
         adopter = Adopter(cfg, world)
-        plan = adopter.plan(args.token, authorization_id=args.authorization_id)
-        print_adoption_plan(plan, out)
+        try:
+            plan = adopter.plan(args.token, authorization_id=args.authorization_id)
+        except PatrolError as exc:
+            if not as_json:
+                raise
+            return report("failed", redact(str(exc)), EXIT_FAILURE)
+        if not as_json:
+            print_adoption_plan(plan, out)
         if plan.refusal is not None:
+            if as_json:
+                return report("refused", f"adopt {args.token} refused, nothing written: {plan.refusal}",
+                              EXIT_FAILURE)
             print(f"patrol: adopt {args.token} refused, nothing written: {plan.refusal}", file=sys.stderr)
             return EXIT_FAILURE
         assert plan.chosen is not None
         if plan.already_adopted:
-            print(f"{args.token} is already adopted: every sink records {plan.chosen.authorization_id}; "
-                  "nothing changed", file=out)
+            message = (f"{args.token} is already adopted: every sink records {plan.chosen.authorization_id}; "
+                       "nothing changed")
+            if as_json:
+                return report("already-adopted", message, EXIT_OK)
+            print(message, file=out)
             return EXIT_OK
         if args.dry_run:
+            if as_json:
+                return report("would-adopt", f"dry run: would record {plan.chosen.authorization_id} in "
+                              f"{len(plan.holdings)} sink(s); nothing written", EXIT_OK)
             print("dry run: nothing written", file=out)
             return EXIT_OK
-        if not (args.yes or args.authorization_id or
-                confirm(f"record {plan.chosen.authorization_id} in {len(plan.holdings)} sink(s)?")):
-            print(f"patrol: adopt {args.token}: not confirmed, nothing written (pass --yes to adopt "
-                  "without asking)", file=sys.stderr)
+        confirmed = bool(args.yes or args.authorization_id) or (
+            not as_json and confirm(f"record {plan.chosen.authorization_id} in {len(plan.holdings)} sink(s)?"))
+        if not confirmed:
+            message = (f"adopt {args.token}: not confirmed, nothing written (pass --yes to adopt "
+                       "without asking)")
+            if as_json:
+                return report("not-confirmed", message, EXIT_FAILURE)
+            print(f"patrol: {message}", file=sys.stderr)
             return EXIT_FAILURE
-        for line in adopter.apply(plan):
-            print(f"  {line}", file=out)
-        print(f"{args.token} adopted as {plan.chosen.authorization_id}: the exporter reports its expiry "
-              "from the PAT Lifecycle API from its next refresh", file=out)
+        try:
+            for sink_id, line in adopter.apply_each(plan):
+                written.append(sink_id)
+                if not as_json:
+                    print(f"  {line}", file=out)
+        except PatrolError as exc:
+            if not as_json:
+                raise
+            return report("failed", redact(str(exc)), EXIT_FAILURE)
+        message = (f"{args.token} adopted as {plan.chosen.authorization_id}: the exporter reports its expiry "
+                   "from the PAT Lifecycle API from its next refresh")
+        if as_json:
+            return report("adopted", message, EXIT_OK)
+        print(message, file=out)
         return EXIT_OK

@@ -3,7 +3,7 @@
 SQLite in WAL mode under the state dir, one commit per step transition, so a crash loses at
 most the step that was running (and every step is idempotent, so recovery simply runs it
 again). The journal is *not* the only truth: recovery re-reads ADO, the sinks and the clusters
-and reconciles the journal with them (DESIGN §6). It stores identifiers (rotation id, token
+and reconciles the journal with them (docs/rotation.md, "Guarantees"). It stores identifiers (rotation id, token
 name, authorizationId) and never a token value; free text (errors, details) passes through the
 log redaction before it is written, as a second guard.
 

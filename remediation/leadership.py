@@ -1,7 +1,7 @@
 """Whether this worker may rotate now: it must hold the Kubernetes Lease (when one is set up).
 
 Several replicas can receive webhooks, but two must never rotate the same token at once
-(DESIGN §6). The holder of ``worker.lease`` is the only one that plans and runs steps; the
+(docs/rotation.md, "Several replicas"). The holder of ``worker.lease`` is the only one that plans and runs steps; the
 others answer 503 to work (so Alertmanager retries, reaching the holder through the Service) but
 stay Ready: readiness says a replica can serve, leadership is the ``patrol_worker_leader``
 gauge, so a healthy standby never trips ``KubeDeploymentReplicasMismatch``. Holding is judged

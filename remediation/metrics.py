@@ -1,4 +1,4 @@
-"""The worker's metrics (DESIGN §4: the names are a contract for alerts and dashboards).
+"""The worker's metrics (docs/metrics.md: the names are a contract for alerts and dashboards).
 
 They live on a registry the worker owns, not prometheus_client's global one, so tests and
 benchmarks can build several workers in one process and read exact values.

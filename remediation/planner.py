@@ -1,8 +1,9 @@
 """Which alerts start a rotation, and which are dropped (and why).
 
-Alertmanager delivers at least once and repeats firing groups (DESIGN §1 fact 6), and several
-alerts can point at one token at once (PatInvalid for each sink, KedaScalerAuthFailing for each
-consumer). The planner turns that stream into at most one rotation per token at a time:
+Alertmanager delivers at least once and repeats firing groups (docs/external-apis.md,
+"Alertmanager webhooks"), and several alerts can point at one token at once (PatInvalid for
+each sink, KedaScalerAuthFailing for each consumer). The planner turns that stream into at
+most one rotation per token at a time:
 
 - only ``firing`` alerts with ``remediation="rotate"``, an alertname on the allow-list
   (``worker.rotate_alertnames``, by default patrol's own rotation alerts) and a configured

@@ -1,4 +1,4 @@
-"""The rotation saga (DESIGN §6): plan → create → deliver → switch → verify → drain → revoke →
+"""The rotation saga (docs/rotation.md): plan → create → deliver → switch → verify → drain → revoke →
 confirm → record.
 
 A PAT cannot be regenerated in place, so a rotation is a sequence of side effects in several
@@ -726,7 +726,7 @@ class RotationSaga:
         """The PATs the revoke would revoke that still authenticate (active, not expired).
 
         Read from the list of *active* PATs: a GET by id also answers for a revoked PAT, and
-        PatInfo carries no status (API-CONTRACTS §1.2)."""
+        PatInfo carries no status (docs/external-apis.md, "PAT Lifecycle API")."""
         assert run.new is not None
         pats = self.world.pats(run.token.organization)
         active = self._retry(lambda: pats.list("active"), f"list active PATs of {run.token.name}")

@@ -7,7 +7,8 @@ as 499). Hostile bytes (undecodable header values, lone surrogates, times at the
 edge) are bad requests, never a 503. An accepted delivery gets 202 at once and the
 rotation continues in the background (:mod:`remediation.dispatch`). 503 is reserved for "cannot
 accept work now" (not the Lease holder, shutting down), the only answer that makes
-Alertmanager retry (API-CONTRACTS §5.2); a standby's 503 names the replica holding the Lease.
+Alertmanager retry (docs/external-apis.md, "Alertmanager webhooks"); a standby's 503 names the
+replica holding the Lease.
 
 ``POST /rotations`` is "rotate now" for an operator (``patrol rotate`` when a worker holds the
 Lease): the same bearer, the same checks, the same planner (one rotation per token, the

@@ -8,7 +8,7 @@ a sink that already holds the new token and reads it back from there.
 Writes are idempotent (a sink already holding the PAT is left alone) and guarded: a Kubernetes
 Secret is patched with its ``resourceVersion`` as a precondition, re-read and retried on 409;
 and a Secret that Flux manages is refused before anything is created, because Flux would revert
-it at its next reconcile (API-CONTRACTS §8), unless the operator has opted in.
+it at its next reconcile (docs/external-apis.md, "Flux"), unless the operator has opted in.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ plus KEDA and the agents is started here, in ONE asyncio loop, each server on 12
 Entra and Key Vault are served over TLS with a throw-away CA, because their real clients refuse
 anything else. Once every endpoint answers a real HTTP request, the sandbox writes what an
 outsider needs to drive it with unpatched clients: a kubeconfig, a normal patrol configuration
-(DESIGN §3 shape) pointing at the sandbox, the secrets patrol reads from files, and the ready
-JSON (DESIGN §7).
+(docs/configuration.md) pointing at the sandbox, the secrets patrol reads from files, and the ready
+JSON (docs/sandbox.md).
 
 :func:`run` is the command line's entry (``python -m sandbox`` / ``patrol sandbox``);
 :class:`SandboxThread` runs the same loop in a daemon thread for tests.
@@ -290,8 +290,8 @@ class Sandbox:
                     "kind": "username-password", "tenant_id": tenant_id, "client_id": seeded.bot_client_id,
                     "authority": urls["entra"],
                     "from_keyvault": {"vault_url": urls["keyvault"],
-                                      "username_secret": "rpe-azure-devops-email",
-                                      "password_secret": "rpe-azure-devops-password"}},
+                                      "username_secret": "bot-azure-devops-email",
+                                      "password_secret": "bot-azure-devops-password"}},
             }],
             "clusters": [{"name": n, "context": n, "kubeconfig": kubeconfig} for n in cluster_urls],
             "tokens": [

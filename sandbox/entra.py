@@ -1,12 +1,12 @@
 """A Microsoft Entra (identity platform v2.0) authority, faithful enough for unpatched MSAL.
 
-patrol can only rotate PATs with a *user-delegated* Entra token (API-CONTRACTS §0.1), obtained by
+patrol can only rotate PATs with a *user-delegated* Entra token (docs/external-apis.md), obtained by
 azure-identity/MSAL through the password grant, the device-code flow, or silently through a
 cached refresh token; and it reads Key Vault as its own app (client credentials). This module
 simulates the authority those real clients talk to: per-tenant OpenID discovery, user-realm
 discovery, the v2.0 token and device-code endpoints, with the response fields and error shapes
-(``AADSTS…`` codes) MSAL relies on (API-CONTRACTS §11). Access tokens are unsigned JWT-shaped
-strings with a random tail; only this module's table makes them valid, and other sandbox services
+(``AADSTS…`` codes) MSAL relies on (docs/external-apis.md, "Entra sign-in as the bot"). Access tokens are
+unsigned JWT-shaped strings with a random tail; only this module's table makes them valid, and other sandbox services
 (ADO, Key Vault) ask :meth:`Entra.principal_for` who holds one.
 
 State is plain data mutated on the sandbox's single event loop; time comes from the injected clock.

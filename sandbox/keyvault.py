@@ -1,7 +1,8 @@
 """Azure Key Vault secrets (data plane), faithful enough for the unpatched azure-keyvault-secrets SDK.
 
 patrol keeps the rotated PAT (and its authorization id, as a tag) in Key Vault, and KEDA may read it
-from there. The real SDK only talks to a vault that behaves like the service (API-CONTRACTS §6): HTTPS,
+from there. The real SDK only talks to a vault that behaves like the service
+(docs/external-apis.md, "Key Vault"): HTTPS,
 a 401 ``WWW-Authenticate: Bearer authorization=…, resource=…`` challenge answered *before* the body
 is looked at (the SDK's first request is deliberately bodiless), versioned secrets with 32-hex
 version ids and unix-time attributes, ``/secrets/{name}/`` for "latest", absolute ``nextLink`` paging

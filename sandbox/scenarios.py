@@ -1,6 +1,6 @@
 """Named starting worlds for the sandbox, with their knobs as data.
 
-``default`` is the platform team's world in miniature (DESIGN §1): one ADO org, a bot user that
+``default`` is the platform team's world in miniature (README.md): one ADO org, a bot user that
 owns the PATs, two AKS clusters whose KEDA ScaledJobs poll their agent pools with a short-lived
 PAT kept in a Secret, a daily-checks pipeline whose PAT lives in Key Vault, and the bot's
 username/password in Key Vault as the real seed keeps them. The seed is *adopted*: the Secrets
@@ -64,12 +64,12 @@ class ScenarioParams:
 
     name: str = "default"
     org: str = "sandbox-org"
-    project: str = "PlatformOperations"
+    project: str = "Operations"
     definition: str = "daily-checks"
     bot_username: str = "azure-devops-bot@sandbox.onmicrosoft.com"
     bot_password: str = ""                       # "" = a random one per run
-    clusters: tuple[ClusterSpec, ...] = (ClusterSpec("cft-ptl", "hmcts-agents"),
-                                         ClusterSpec("sds-ptl", "sds-agents"))
+    clusters: tuple[ClusterSpec, ...] = (ClusterSpec("build-a", "agents-a"),
+                                         ClusterSpec("build-b", "agents-b"))
     keda_pat_name: str = "keda-seed"
     keda_pat_lifetime: float = 600.0             # the seeded KEDA PAT (short: rotation is due soon)
     # True: the seeded Secrets carry the seeded PAT's id and expiry and the Key Vault secret its
@@ -111,7 +111,7 @@ class ScenarioParams:
     extra_pats: int = 0                          # bot-owned PATs besides the two seeded ones
     extra_pools: int = 0                         # pools besides the clusters' pools
     agents_per_extra_pool: int = 0
-    # What the generated patrol.yaml says (DESIGN §3 durations).
+    # What the generated patrol.yaml says (durations as in docs/configuration.md).
     config_lifetime: str = "10m"
     config_renew_before: str = "3m"
     config_pipeline_max_age: str = "2m"
@@ -200,8 +200,8 @@ def seed(params: ScenarioParams, *, ado: AdoWorld, entra: Entra, kv: KeyVaultSto
     entra.add_confidential_client(patrol_client_id, patrol_secret)
 
     # The bot's sign-in, where the real seed keeps it.
-    kv.set_secret("rpe-azure-devops-email", params.bot_username)
-    kv.set_secret("rpe-azure-devops-password", password)
+    kv.set_secret("bot-azure-devops-email", params.bot_username)
+    kv.set_secret("bot-azure-devops-password", password)
 
     pools: dict[str, int] = {}
     for spec in params.clusters:

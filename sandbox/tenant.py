@@ -7,7 +7,7 @@ Guarantees: each condition answers exactly as Entra's token endpoint does for it
 so the way out a real operator has (device-code sign-in for MFA, an interactive consent) works
 here too. Nothing here holds a credential.
 
-Sources for the shapes (API-CONTRACTS §11, §12):
+Sources for the shapes (docs/external-apis.md, "Entra sign-in as the bot"):
 
 * Microsoft Learn "Microsoft Entra authentication and authorization error codes"
   (reference-error-codes): 50076 UserStrongAuthClientAuthNRequired, 50079

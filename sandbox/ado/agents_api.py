@@ -1,7 +1,7 @@
 """Agent pools, agents and job requests (``/{org}/_apis/distributedtask/…``), as KEDA, agents
 and patrol's exporter read them.
 
-Guarantees: shapes follow the swagger and API-CONTRACTS §2, including the undocumented
+Guarantees: shapes follow the swagger and docs/external-apis.md, including the undocumented
 ``jobrequests`` list KEDA polls (newest first; ``matchedAgents`` left out when ``$top`` is
 given, kedacore/keda #4387); every route needs an agent-pools scope (or ``app_token``).
 """
@@ -162,7 +162,7 @@ class AgentsApi:
         return body
 
     async def job_requests(self, request: web.Request, m: re.Match[str]) -> web.Response:
-        """The undocumented list KEDA polls (API-CONTRACTS §2.2); newest first."""
+        """The undocumented list KEDA polls (docs/external-apis.md, KEDA's queue poll); newest first."""
         self.auth.require_pat(request, POOLS_SCOPES)
         pool = self._pool(m)
         top = int_param(request, "$top")

@@ -1,7 +1,8 @@
 """Builds, build definitions (``/{org}/{project}/_apis/build/…``) and releases and deployments
 (``/vsrm/{org}/{project}/_apis/release/…``), as the daily-checks pipeline metrics read them.
 
-Guarantees: shapes follow the Build and Release swagger (API-CONTRACTS §3): .NET-tick dates,
+Guarantees: shapes follow the Build and Release swagger (docs/external-apis.md, "Builds,
+releases and rate limits"): .NET-tick dates,
 ``x-ms-continuationtoken`` paging, ADO's 400 wording for bad query values.
 """
 

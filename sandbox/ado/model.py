@@ -55,7 +55,7 @@ TF400813 = "TF400813: The user '{user}' is not authorized to access this resourc
 
 # Microsoft devblog "Retirement of global personal access tokens in Azure DevOps" (Dec 2025):
 # creating or regenerating global PATs is blocked from 2026-03-15, and "all existing global PATs
-# will be fully decommissioned" on 2026-12-01: they stop authenticating (API-CONTRACTS §12).
+# will be fully decommissioned" on 2026-12-01: they stop authenticating (docs/external-apis.md).
 GLOBAL_PAT_CUTOFF = 1796083200.0          # 2026-12-01T00:00:00Z
 
 SCOPE_RX = re.compile(r"^(app_token|vso\.[a-z0-9_]+(\.[a-z0-9_]+)*)$")
@@ -101,13 +101,13 @@ class AdoWorld:
         self.org_id = str(uuid.uuid4())
         self.deployment_id = str(uuid.uuid4())
         self.policy = PatPolicy()
-        # Body of a 401 for a revoked/unknown/expired PAT: real reports show both (API-CONTRACTS §2.3).
+        # Body of a 401 for a revoked/unknown/expired PAT: real reports show both (docs/external-apis.md).
         self.auth_failure_body: Literal["empty", "json"] = "empty"
         # What a bad Basic PAT gets when X-TFS-FedAuthRedirect is not sent (KEDA never sends it).
         # KEDA's own reports show real ADO answering 401 here (kedacore/keda #3159: "status: 401
         # response: "); the 203 sign-in page is reported for bearer tokens and malformed auth
         # (azure-devops-auth-samples #52, vsts-rest-api-specs #574). Which one ADO picks for a
-        # PAT is UNVERIFIED (API-CONTRACTS §10), so both are switchable; 401 is the default.
+        # PAT is unsettled (docs/external-apis.md, "Not settled"), so both are switchable; 401 is the default.
         self.basic_pat_failure: Literal["401", "sign-in-page"] = "401"
         self.users: dict[str, User] = {}
         self._pats: dict[str, Pat] = {}
@@ -213,7 +213,7 @@ class AdoWorld:
 
     def user_enabled_changed(self, oid: str, enabled: bool) -> None:
         """Entra disabled (or re-enabled) a user. Disabling revokes every PAT the user owns after
-        ``disabled_user_revoke_delay`` (API-CONTRACTS §12; Microsoft Learn "Use personal access
+        ``disabled_user_revoke_delay`` (docs/external-apis.md; Microsoft Learn "Use personal access
         tokens", FAQ: a PAT is invalidated within an hour once its user is removed or disabled).
         Re-enabling before then cancels what has not happened yet; a revocation that happened
         stays."""

@@ -1,6 +1,6 @@
 """The PAT Lifecycle Management API (``/vssps/{org}/_apis/tokens/pats``), as ADO serves it.
 
-Guarantees (API-CONTRACTS §1, §12): only a user-delegated Entra token may call it; errors come as
+Guarantees (docs/external-apis.md, "PAT Lifecycle API"): only a user-delegated Entra token may call it; errors come as
 ``{"patToken": null, "patTokenError": "<code>"}``; org policies clamp or refuse a lifetime, a
 full-scope or a global PAT; a token value appears only in the create answer.
 """
@@ -127,7 +127,7 @@ class PatsApi:
         """Validation + org policies shared by create and update; returns (error, validTo).
 
         The maximum lifespan counts from ``valid_from``: now for a create, the PAT's own validFrom
-        for an update (API-CONTRACTS §12: ``PatTokenUpdateRequest.validTo`` is capped at validFrom
+        for an update (the 7.2 swagger: ``PatTokenUpdateRequest.validTo`` is capped at validFrom
         + the maximum), so extending a PAT never buys it more than one policy lifetime."""
         now = self.w.clock()
         start = now if valid_from is None else valid_from

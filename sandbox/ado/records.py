@@ -53,7 +53,8 @@ class PatAuth:
 
 @dataclass
 class PatPolicy:
-    """Org/tenant PAT policies (API-CONTRACTS §1.4), switchable at runtime by the control API."""
+    """Org/tenant PAT policies (docs/external-apis.md, "PAT Lifecycle API"), switchable at runtime
+    by the control API."""
 
     max_lifespan: float | None = None                   # seconds; None = policy off
     lifespan_mode: Literal["clamp", "reject"] = "clamp"   # clamp validTo, or patLifespanPolicyViolation

@@ -1,7 +1,7 @@
 """ADO's wire format shared by every route: error bodies, lists, paging tokens, identity refs.
 
 Guarantees: every error body has ADO's ``{"$id", "message", "typeName", "typeKey", ...}`` shape
-(API-CONTRACTS §1 to §3); a handler answers early by raising :class:`Answer`, never by returning
+(docs/external-apis.md); a handler answers early by raising :class:`Answer`, never by returning
 half-built responses.
 """
 

@@ -65,7 +65,7 @@ class IdentityWorld:
 
     def credential_kwargs(self) -> dict[str, Any]:
         """The settings every azure-identity credential needs against this local authority
-        (API-CONTRACTS §11), without azure-core's retries so failures show at once."""
+        (docs/external-apis.md), without azure-core's retries so failures show at once."""
         return {
             "authority": self.authority,
             "disable_instance_discovery": True,

@@ -203,7 +203,7 @@ def test_keda_pat_reads_pools_agents_and_job_requests(pats: PatLifecycleClient, 
     pool = ado.find_pool("h4-contract-pool")
     assert pool.id == pool_id
     assert ado.find_pool("H4-CONTRACT-POOL") == pool                   # the service ignores case
-    assert ado.find_pool("hmcts-agents").id == sandbox.world.seeded.pools["hmcts-agents"]
+    assert ado.find_pool("agents-a").id == sandbox.world.seeded.pools["agents-a"]
     [agent] = ado.list_agents(pool_id)
     assert (agent.id, agent.name, agent.assigned_request_id) == (agent_id, "h4-agent", running)
     jobs = {j.request_id: j for j in ado.list_job_requests(pool_id)}
@@ -261,7 +261,7 @@ def test_expired_and_revoked_pats_are_unauthorized(pats: PatLifecycleClient, mak
     pats.revoke(revoked.info.authorization_id)
 
     with pytest.raises(UnauthorizedError, match="has expired") as caught:
-        make_ado(expired.token).find_pool("hmcts-agents")
+        make_ado(expired.token).find_pool("agents-a")
     assert expired.token.reveal() not in str(caught.value) + repr(caught.value)
     with pytest.raises(UnauthorizedError) as caught:
         make_ado(revoked.token).list_agents(1)
@@ -272,7 +272,7 @@ def test_expired_and_revoked_pats_are_unauthorized(pats: PatLifecycleClient, mak
 
 def test_bearer_auth_for_the_bot(make_ado: Any, token_provider: Callable[[], Secret]) -> None:
     ado = make_ado(token_provider, auth="bearer")
-    assert ado.find_pool("sds-agents").name == "sds-agents"
+    assert ado.find_pool("agents-b").name == "agents-b"
 
 
 # -- rate limits and faults ----------------------------------------------------------------------
@@ -284,7 +284,7 @@ def test_throttled_then_retried(pats: PatLifecycleClient, make_ado: Any, faults:
     ado = make_ado(created.token)
     faults(Fault(kind="throttle", service="ado", path_regex="/distributedtask/pools/?$", retry_after=2,
                  remaining=1))
-    assert ado.find_pool("hmcts-agents").name == "hmcts-agents"
+    assert ado.find_pool("agents-a").name == "agents-a"
     assert sleeps == [2.0] and ado.requests_made == 2
     pats.revoke(created.info.authorization_id)
 
@@ -295,7 +295,7 @@ def test_delayed_200_slows_the_next_request(pats: PatLifecycleClient, make_ado: 
     ado = make_ado(created.token)
     faults(Fault(kind="latency", service="ado", path_regex="/distributedtask/pools/?$", delay=0.05,
                  retry_after=30, remaining=1))
-    pool = ado.find_pool("hmcts-agents")
+    pool = ado.find_pool("agents-a")
     assert sleeps == [] and ado.throttle_until > 0
     ado.list_agents(pool.id)
     assert len(sleeps) == 1 and 25 < sleeps[0] <= 30

@@ -81,8 +81,8 @@ def test_username_password_from_env(sandbox: SandboxThread, azure: config.AzureS
 def test_username_password_from_key_vault_with_patrols_client_secret(sandbox: SandboxThread,
                                                                      azure: config.AzureSettings) -> None:
     ready = sandbox.ready
-    ref = config.KeyVaultSecretRef(vault_url=ready["keyvault_url"], username_secret="rpe-azure-devops-email",
-                                   password_secret="rpe-azure-devops-password")
+    ref = config.KeyVaultSecretRef(vault_url=ready["keyvault_url"], username_secret="bot-azure-devops-email",
+                                   password_secret="bot-azure-devops-password")
     cred = user_credential(sandbox, "username-password", from_keyvault=ref)
     app_credential = entra.azure_credential(azure, {}, retry_total=0)
     try:
@@ -120,7 +120,7 @@ def test_wrong_client_secret_for_key_vault_is_unauthorized(sandbox: SandboxThrea
         with keyvault.KeyVault(sandbox.ready["keyvault_url"], credential, ca_bundle=azure.ca_bundle,
                                verify_challenge_resource=False, retry_total=0) as vault, \
                 pytest.raises(UnauthorizedError, match="AADSTS7000215") as info:
-            vault.get_secret("rpe-azure-devops-email")
+            vault.get_secret("bot-azure-devops-email")
         assert "definitely-not-the-secret" not in str(info.value)
     finally:
         entra.close_credential(credential)

@@ -156,7 +156,7 @@ def test_unreachable_org_cluster_and_vault_are_their_own_sources(
     dead = f"http://127.0.0.1:{unreachable_port()}"
     kubeconfig = yaml.safe_load(Path(sandbox.ready["kubeconfig"]).read_text())
     for entry in kubeconfig["clusters"]:
-        if entry["name"] == "cft-ptl":
+        if entry["name"] == "build-a":
             entry["cluster"]["server"] = dead
     broken_kubeconfig = tmp_path / "kubeconfig"
     broken_kubeconfig.write_text(yaml.safe_dump(kubeconfig))
@@ -173,12 +173,12 @@ def test_unreachable_org_cluster_and_vault_are_their_own_sources(
         for _ in range(3):
             made.refresher.refresh_once()
         vault = next(s.name for s in made.sources if s.name.startswith("keyvault/"))
-        down = {f"pat-lifecycle/{org}", "kubernetes/cft-ptl", "keda/cft-ptl", vault}
+        down = {f"pat-lifecycle/{org}", "kubernetes/build-a", "keda/build-a", vault}
         for source in made.sources:
             assert source.health.up == (source.name not in down), (source.name, source.health)
         assert value(made, "patrol_pat_valid", token="keda",
-                     sink="kubernetes-secret/sds-ptl/azure-devops/azure-devops-token/token") == 1.0
-        assert value(made, "patrol_keda_scaler_ready", cluster="sds-ptl", namespace="azure-devops",
+                     sink="kubernetes-secret/build-b/azure-devops/azure-devops-token/token") == 1.0
+        assert value(made, "patrol_keda_scaler_ready", cluster="build-b", namespace="azure-devops",
                      kind="ScaledJob", name="azure-devops-agent") is not None
         for name in down:
             logged = [r for r in caplog.records if r.getMessage().startswith(f"source {name} is down")]
@@ -229,8 +229,8 @@ def test_the_command_line_prints_one_refresh_and_rejects_bad_configs(sandbox: Sa
 
 def test_a_pat_revoked_out_of_band_shows_as_invalid_and_keda_auth_failures(
         sandbox: SandboxThread, exporter: Exporter) -> None:
-    labels = {"cluster": "cft-ptl", "namespace": "azure-devops", "kind": "ScaledJob", "name": "azure-devops-agent"}
-    sink = "kubernetes-secret/cft-ptl/azure-devops/azure-devops-token/token"
+    labels = {"cluster": "build-a", "namespace": "azure-devops", "kind": "ScaledJob", "name": "azure-devops-agent"}
+    sink = "kubernetes-secret/build-a/azure-devops/azure-devops-token/token"
     exporter.refresher.refresh_once()
     assert value(exporter, "patrol_pat_valid", token="keda", sink=sink) == 1.0
     before = value(exporter, "patrol_keda_scaler_auth_failures_total", **labels)

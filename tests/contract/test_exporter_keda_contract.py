@@ -20,7 +20,7 @@ from sandbox.app import SandboxThread
 pytestmark = pytest.mark.contract
 
 NS = "azure-devops"
-LABELS = {"cluster": "cft-ptl", "namespace": NS, "kind": "ScaledJob", "name": "azure-devops-agent"}
+LABELS = {"cluster": "build-a", "namespace": NS, "kind": "ScaledJob", "name": "azure-devops-agent"}
 KEDA_401 = ("the Azure DevOps REST API returned error. urlString: https://dev.azure.com/sandbox-org/_apis/"
             "distributedtask/pools/1/jobrequests status: 401 response: ")
 
@@ -35,10 +35,10 @@ def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 15.0) 
 @pytest.fixture
 def keda(sandbox: SandboxThread) -> Iterator[tuple[Keda, KubeCluster]]:
     cfg = load_config(sandbox.ready["config"])
-    cluster = next(c for c in cfg.clusters if c.name == "cft-ptl")
+    cluster = next(c for c in cfg.clusters if c.name == "build-a")
     fanout = Fanout(2)
     with KubeCluster(cluster) as kube:
-        source = Keda("cft-ptl", cfg.tokens, kube, fanout=fanout, interval=60.0, watch_timeout=1,
+        source = Keda("build-a", cfg.tokens, kube, fanout=fanout, interval=60.0, watch_timeout=1,
                       watch_retry_delay=0.1)
         try:
             yield source, kube
@@ -70,7 +70,7 @@ def test_the_watch_relists_by_itself_on_410_and_counts_nothing_twice(
 
     # etcd compacts; the sandbox world moves on (its job generator and KEDA write objects), so
     # the version the watch resumes from when its 1 s stream ends is now too old: 410 Gone.
-    sandbox.call(sandbox.world.clusters["cft-ptl"].compact)
+    sandbox.call(sandbox.world.clusters["build-a"].compact)
     wait_until("the watch to relist on 410", lambda: feed.lists > lists)
     assert feed.watching
     assert failures() == before + 1                   # the relist saw the same Event: +0

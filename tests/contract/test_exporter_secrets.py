@@ -31,7 +31,7 @@ QUICK = Backoff(delays=(0.05,))
 
 def _sink_values(sandbox: SandboxThread) -> set[str]:
     values = {sandbox.call(sandbox.world.clusters[name].secret_value, "azure-devops", "azure-devops-token", "token")
-              for name in ("cft-ptl", "sds-ptl")}
+              for name in ("build-a", "build-b")}
     values.add(sandbox.call(sandbox.world.kv.latest_value, "azure-devops-token"))
     return {v for v in values if v}
 

@@ -33,7 +33,7 @@ def vault(sandbox: SandboxThread) -> Iterator[KeyVault]:
     credential = entra.azure_credential(settings, {}, retry_total=0)
     with KeyVault(ready["keyvault_url"], credential, ca_bundle=ready["ca_bundle"],
                   verify_challenge_resource=False, retry_total=0) as kv:
-        kv.get_properties("rpe-azure-devops-email")       # challenge done once, before any fault
+        kv.get_properties("bot-azure-devops-email")       # challenge done once, before any fault
         yield kv
     entra.close_credential(credential)
 

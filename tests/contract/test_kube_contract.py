@@ -25,22 +25,22 @@ NEW_PAT = "newpatvalue234567abcdefghijklmnopqrstuvwxyz234567abcd"
 
 @pytest.fixture(scope="module")
 def kube(sandbox: SandboxThread) -> Iterator[KubeCluster]:
-    with KubeCluster(config.Cluster(name="cft-ptl", context="cft-ptl",
+    with KubeCluster(config.Cluster(name="build-a", context="build-a",
                                     kubeconfig=sandbox.ready["kubeconfig"])) as cluster:
         yield cluster
 
 
-def state(sandbox: SandboxThread, name: str = "cft-ptl"):  # type: ignore[no-untyped-def]
+def state(sandbox: SandboxThread, name: str = "build-a"):  # type: ignore[no-untyped-def]
     return sandbox.world.clusters[name]
 
 
 def test_each_cluster_is_its_own_client(sandbox: SandboxThread, kube: KubeCluster) -> None:
-    sandbox.call(state(sandbox, "sds-ptl").put_secret, NS, "only-in-sds", {"k": "v"})
-    with KubeCluster(config.Cluster(name="sds-ptl", context="sds-ptl",
-                                    kubeconfig=sandbox.ready["kubeconfig"])) as sds:
-        assert sds.read_secret(NS, "only-in-sds").name == "only-in-sds"
+    sandbox.call(state(sandbox, "build-b").put_secret, NS, "only-in-build-b", {"k": "v"})
+    with KubeCluster(config.Cluster(name="build-b", context="build-b",
+                                    kubeconfig=sandbox.ready["kubeconfig"])) as build_b:
+        assert build_b.read_secret(NS, "only-in-build-b").name == "only-in-build-b"
     with pytest.raises(NotFoundError):
-        kube.read_secret(NS, "only-in-sds")
+        kube.read_secret(NS, "only-in-build-b")
 
 
 def test_read_the_seeded_secret(sandbox: SandboxThread, kube: KubeCluster) -> None:
@@ -141,7 +141,7 @@ def test_scaled_object_bump_is_refused(kube: KubeCluster) -> None:
 
 
 def test_server_errors_from_the_api_server(sandbox: SandboxThread, kube: KubeCluster) -> None:
-    fault_id = sandbox.call(sandbox.world.faults.add, Fault(kind="status", service="kube:cft-ptl", status=503,
+    fault_id = sandbox.call(sandbox.world.faults.add, Fault(kind="status", service="kube:build-a", status=503,
                                                             path_regex="/secrets/azure-devops-token$"))
     try:
         with pytest.raises(ServerError) as info:
@@ -157,7 +157,7 @@ def test_a_wrong_bearer_token_is_unauthorized(sandbox: SandboxThread, tmp_path: 
         user["user"]["token"] = "not-a-valid-token"
     path = tmp_path / "kubeconfig"
     path.write_text(yaml.safe_dump(doc))
-    with KubeCluster(config.Cluster(name="cft-ptl", context="cft-ptl", kubeconfig=str(path))) as bad, \
+    with KubeCluster(config.Cluster(name="build-a", context="build-a", kubeconfig=str(path))) as bad, \
             pytest.raises(UnauthorizedError) as info:
         bad.read_secret(NS, "azure-devops-token")
     assert info.value.status == 401

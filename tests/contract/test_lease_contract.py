@@ -39,13 +39,13 @@ class Clock:
 
 @pytest.fixture(scope="module")
 def kube(sandbox: SandboxThread) -> Iterator[KubeCluster]:
-    with KubeCluster(config.Cluster(name="cft-ptl", context="cft-ptl",
+    with KubeCluster(config.Cluster(name="build-a", context="build-a",
                                     kubeconfig=sandbox.ready["kubeconfig"])) as cluster:
         yield cluster
 
 
 def stored_spec(sandbox: SandboxThread, name: str) -> dict[str, object]:
-    cluster = sandbox.world.clusters["cft-ptl"]
+    cluster = sandbox.world.clusters["build-a"]
     obj = sandbox.call(cluster.get_object, "coordination.k8s.io/v1", "leases", NS, name)
     assert obj is not None
     spec: dict[str, object] = obj["spec"]
@@ -146,7 +146,7 @@ def test_two_leaderships_with_skewed_clocks_fail_over_in_real_time(sandbox: Sand
     from remediation.leadership import Leadership
 
     def cluster() -> KubeCluster:
-        return KubeCluster(config.Cluster(name="cft-ptl", context="cft-ptl",
+        return KubeCluster(config.Cluster(name="build-a", context="build-a",
                                           kubeconfig=sandbox.ready["kubeconfig"]))
 
     with cluster() as kube_a, cluster() as kube_b:
@@ -198,7 +198,7 @@ def test_a_stale_resource_version_conflicts_and_the_lock_reports_lost(sandbox: S
         kube.replace_lease(NS, "patrol-d", resource_version=stale.resource_version, holder="worker-b",
                            duration_seconds=15, acquire_time=now, renew_time=now, transitions=1)
     # the 409 seen by the lock itself (another writer between its read and its write)
-    fault_id = sandbox.call(sandbox.world.faults.add, Fault(kind="status", service="kube:cft-ptl", status=409,
+    fault_id = sandbox.call(sandbox.world.faults.add, Fault(kind="status", service="kube:build-a", status=409,
                                                             method="PUT", path_regex="/leases/patrol-d$"))
     try:
         assert a.try_acquire_or_renew() is False
@@ -210,7 +210,7 @@ def test_a_stale_resource_version_conflicts_and_the_lock_reports_lost(sandbox: S
 def test_the_python_clients_own_datetime_serialization_is_rejected(sandbox: SandboxThread) -> None:
     """Why core.kube sends MicroTime as strings: a datetime with microsecond == 0 goes out as
     ``isoformat()`` (no fraction), which the API server's MicroTime parser refuses."""
-    api = k8s_config.new_client_from_config(config_file=sandbox.ready["kubeconfig"], context="cft-ptl",
+    api = k8s_config.new_client_from_config(config_file=sandbox.ready["kubeconfig"], context="build-a",
                                             persist_config=False)
     try:
         whole_second = datetime.now(UTC).replace(microsecond=0)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.contract
 
 
 def sink_value(sandbox: SandboxThread) -> str | None:
-    value: str | None = sandbox.call(sandbox.world.clusters["cft-ptl"].secret_value, "azure-devops",
+    value: str | None = sandbox.call(sandbox.world.clusters["build-a"].secret_value, "azure-devops",
                                      "azure-devops-token", "token")
     return value
 
@@ -39,7 +39,7 @@ def test_rotate_json_prints_the_plan_then_the_final_result(sandbox: SandboxThrea
     assert code == 0 and plan["dry_run"] is True and plan["problems"] == []
     held = {sink["authorization_id"] for sink in plan["sinks"]}
     assert len(held) == 1 and plan["would_revoke"] == list(held)
-    assert {(c["cluster"], c["ready"]) for c in plan["consumers"]} == {("cft-ptl", True), ("sds-ptl", True)}
+    assert {(c["cluster"], c["ready"]) for c in plan["consumers"]} == {("build-a", True), ("build-b", True)}
 
     code, result, err = rotate(sandbox, tmp_path, "--reason", "json test", capsys=capsys)
     assert code == 0, result

@@ -63,7 +63,7 @@ def new_pat(
 
 
 def keda_pat(sb: SandboxThread) -> str:
-    value = sb.call(sb.world.clusters["cft-ptl"].secret_value, "azure-devops", "azure-devops-token", "token")
+    value = sb.call(sb.world.clusters["build-a"].secret_value, "azure-devops", "azure-devops-token", "token")
     assert isinstance(value, str)
     return value
 
@@ -107,12 +107,12 @@ def test_keda_pool_lookup_and_queue_poll_exactly_as_keda_sends_them(
     sandbox: SandboxThread, urls: dict[str, str], http: httpx.Client
 ) -> None:
     pat = keda_pat(sandbox)
-    resp = http.get(f"{urls['org']}/_apis/distributedtask/pools?poolName=hmcts-agents", headers=basic(pat))
+    resp = http.get(f"{urls['org']}/_apis/distributedtask/pools?poolName=agents-a", headers=basic(pat))
     assert resp.status_code == 200
     body = resp.json()
     assert body["count"] == 1 and len(body["value"]) == 1
     pool = body["value"][0]
-    assert pool["name"] == "hmcts-agents"
+    assert pool["name"] == "agents-a"
     validate(pool, "taskAgent71.json", "TaskAgentPool")
 
     sandbox.call(sandbox.world.ado.queue_job, pool["id"])
@@ -167,7 +167,7 @@ def test_pool_lookup_by_id_and_by_ids(
     sandbox: SandboxThread, urls: dict[str, str], http: httpx.Client
 ) -> None:
     pat = keda_pat(sandbox)
-    pool_id = sandbox.call(sandbox.world.ado.pool_by_name, "sds-agents")
+    pool_id = sandbox.call(sandbox.world.ado.pool_by_name, "agents-b")
     resp = http.get(f"{urls['org']}/_apis/distributedtask/pools?poolID={pool_id}", headers=basic(pat))
     assert resp.status_code == 200 and resp.json()["id"] == pool_id
     missing = http.get(f"{urls['org']}/_apis/distributedtask/pools?poolID=99999", headers=basic(pat))
@@ -177,7 +177,7 @@ def test_pool_lookup_by_id_and_by_ids(
     )
     assert sorted(p["id"] for p in resp.json()["value"]) == [1, pool_id]
     resp = http.get(f"{urls['org']}/_apis/distributedtask/pools/{pool_id}", headers=basic(pat))
-    assert resp.json()["name"] == "sds-agents"
+    assert resp.json()["name"] == "agents-b"
     # a space in a pool name comes as '+' from Go's url.QueryEscape
     space_id = sandbox.call(sandbox.world.ado.add_pool, "linux agents")
     resp = http.get(f"{urls['org']}/_apis/distributedtask/pools?poolName=linux+agents", headers=basic(pat))
@@ -248,7 +248,7 @@ def test_expiry_by_the_clock_401_with_service_error_or_203_sign_in(
     sandbox: SandboxThread, urls: dict[str, str], http: httpx.Client
 ) -> None:
     _, pat = new_pat(sandbox, ["vso.agentpools_manage"], lifetime=0.6)
-    url = f"{urls['org']}/_apis/distributedtask/pools?poolName=hmcts-agents"
+    url = f"{urls['org']}/_apis/distributedtask/pools?poolName=agents-a"
     assert http.get(url, headers=basic(pat) | SUPPRESS).status_code == 200
     time.sleep(0.8)
     resp = http.get(url, headers=basic(pat) | SUPPRESS)
@@ -310,7 +310,7 @@ def test_auth_failure_body_can_be_tf400813_json(urls: dict[str, str], http: http
 def test_scopes_are_enforced_per_endpoint(
     sandbox: SandboxThread, urls: dict[str, str], http: httpx.Client
 ) -> None:
-    project = "PlatformOperations"
+    project = "Operations"
     endpoints = {
         "pools": f"{urls['org']}/_apis/distributedtask/pools",
         "builds": f"{urls['org']}/{project}/_apis/build/builds?api-version=7.1",
@@ -628,7 +628,7 @@ def test_daily_checks_latest_run_query_and_paging(
     sandbox: SandboxThread, urls: dict[str, str], http: httpx.Client
 ) -> None:
     pat = sandbox.call(sandbox.world.kv.latest_value, "azure-devops-token")
-    project = f"{urls['org']}/PlatformOperations/_apis/build"
+    project = f"{urls['org']}/Operations/_apis/build"
     defs = http.get(f"{project}/definitions?name=daily-checks&api-version=7.1", headers=basic(pat)).json()
     assert defs["count"] == 1
     def_id = defs["value"][0]["id"]
@@ -671,7 +671,7 @@ def test_releases_and_deployments_are_lists(
 ) -> None:
     pat = sandbox.call(sandbox.world.kv.latest_value, "azure-devops-token")
     releases = http.get(
-        f"{urls['vsrm']}/PlatformOperations/_apis/release/releases?api-version=7.1", headers=basic(pat)
+        f"{urls['vsrm']}/Operations/_apis/release/releases?api-version=7.1", headers=basic(pat)
     ).json()
     assert releases["count"] >= 1 and releases["value"][0]["status"] in (
         "active",
@@ -680,7 +680,7 @@ def test_releases_and_deployments_are_lists(
         "undefined",
     )
     deployments = http.get(
-        f"{urls['vsrm']}/PlatformOperations/_apis/release/deployments", headers=basic(pat)
+        f"{urls['vsrm']}/Operations/_apis/release/deployments", headers=basic(pat)
     ).json()
     assert deployments["count"] >= 1 and {"startedOn", "completedOn", "deploymentStatus"} <= set(
         deployments["value"][0]
@@ -694,7 +694,7 @@ def test_throttling_429_and_delayed_200(
     urls: dict[str, str], http: httpx.Client, sandbox: SandboxThread
 ) -> None:
     pat = keda_pat(sandbox)
-    url = f"{urls['org']}/_apis/distributedtask/pools?poolName=sds-agents&sandbox-test=throttle"
+    url = f"{urls['org']}/_apis/distributedtask/pools?poolName=agents-b&sandbox-test=throttle"
     fault = http.post(
         f"{urls['control']}/faults",
         json={

@@ -1,4 +1,4 @@
-"""PATs as real ADO treats them, over real HTTP (API-CONTRACTS §12):
+"""PATs as real ADO treats them, over real HTTP (docs/external-apis.md, "PAT Lifecycle API"):
 
 * a PAT is matched exactly as sent: ADO strips no whitespace (only KEDA trims one trailing
   newline, on its side), so ``pat + "\\n"`` is an unknown credential;
@@ -93,7 +93,7 @@ def test_disabling_the_bot_revokes_its_pats_and_enabling_does_not_restore_them(
     with SandboxThread(str(tmp_path), scenario("default", **QUIET)) as sb:
         control = sb.ready["control_url"]
         keda_id, daily_id = sb.world.seeded.keda_pat_id, sb.world.seeded.daily_pat_id
-        keda_token = sb.call(sb.world.clusters["cft-ptl"].secret_value, "azure-devops", "azure-devops-token",
+        keda_token = sb.call(sb.world.clusters["build-a"].secret_value, "azure-devops", "azure-devops-token",
                              "token")
         assert _status(http, sb, keda_token) == 200
 

@@ -53,7 +53,7 @@ def test_ready_file_has_every_key_and_every_endpoint_answers(
     ready = sandbox.ready
     assert set(READY_KEYS) <= set(ready)
     assert set(ready["bot"]) == {"username", "password", "tenant_id", "client_id"}
-    assert set(ready["clusters"]) == {"cft-ptl", "sds-ptl"}
+    assert set(ready["clusters"]) == {"build-a", "build-b"}
     assert ready["scenario"] == "default"
     for path in (ready["config"], ready["ca_bundle"], ready["kubeconfig"]):
         assert Path(path).is_file()
@@ -67,7 +67,7 @@ def test_ready_file_has_every_key_and_every_endpoint_answers(
         assert challenge.status_code == 401 and "Bearer" in challenge.headers["WWW-Authenticate"]
     assert http.get(f"{ready['organization_url']}/_apis/connectionData").status_code == 203
     assert http.get(f"{ready['vssps_url']}/_apis/tokens/pats").status_code == 203
-    assert http.get(f"{ready['vsrm_url']}/PlatformOperations/_apis/release/releases").status_code == 203
+    assert http.get(f"{ready['vsrm_url']}/Operations/_apis/release/releases").status_code == 203
     assert http.get(f"{ready['control_url']}/").status_code == 200
     kubeconfig = yaml.safe_load(Path(ready["kubeconfig"]).read_text())
     tokens = {u["name"]: u["user"]["token"] for u in kubeconfig["users"]}
@@ -97,23 +97,23 @@ def test_generated_patrol_yaml_points_at_the_sandbox(sandbox: SandboxThread) -> 
     assert cred["kind"] == "username-password" and cred["client_id"] == ready["bot"]["client_id"]
     assert cred["from_keyvault"] == {
         "vault_url": ready["keyvault_url"],
-        "username_secret": "rpe-azure-devops-email",
-        "password_secret": "rpe-azure-devops-password",
+        "username_secret": "bot-azure-devops-email",
+        "password_secret": "bot-azure-devops-password",
     }
     assert config["clusters"] == [
-        {"name": n, "context": n, "kubeconfig": ready["kubeconfig"]} for n in ("cft-ptl", "sds-ptl")
+        {"name": n, "context": n, "kubeconfig": ready["kubeconfig"]} for n in ("build-a", "build-b")
     ]
     keda, daily = config["tokens"]
     assert keda["name"] == "keda" and keda["scopes"] == ["vso.agentpools_manage"]
-    assert [s["cluster"] for s in keda["sinks"]] == ["cft-ptl", "sds-ptl"]
-    assert [c["pool"] for c in keda["consumers"]] == ["hmcts-agents", "sds-agents"]
+    assert [s["cluster"] for s in keda["sinks"]] == ["build-a", "build-b"]
+    assert [c["pool"] for c in keda["consumers"]] == ["agents-a", "agents-b"]
     assert daily["scopes"] == ["vso.agentpools", "vso.build", "vso.pipelineresources_use", "vso.release"]
     assert daily["sinks"] == [
         {"kind": "keyvault", "vault_url": ready["keyvault_url"], "secret": "azure-devops-token",
          "refresh_interval": "11s"}     # the Key Vault reader refreshes every 10 s: 10 s + a second
     ]
     assert daily["pipeline"] == {
-        "project": "PlatformOperations",
+        "project": "Operations",
         "definition": "daily-checks",
         "max_age": "2m",
     }
@@ -124,7 +124,7 @@ def test_generated_patrol_yaml_points_at_the_sandbox(sandbox: SandboxThread) -> 
 
 
 def test_kubeconfig_works_with_the_real_kubernetes_client(sandbox: SandboxThread) -> None:
-    for cluster in ("cft-ptl", "sds-ptl"):
+    for cluster in ("build-a", "build-b"):
         api_client = kube_config.new_client_from_config(
             config_file=sandbox.ready["kubeconfig"], context=cluster
         )
@@ -144,8 +144,8 @@ def test_kubeconfig_works_with_the_real_kubernetes_client(sandbox: SandboxThread
 def test_seeded_world_matches_the_real_seed(sandbox: SandboxThread, http: httpx.Client) -> None:
     world = sandbox.world
     bot = sandbox.ready["bot"]
-    assert sandbox.call(world.kv.latest_value, "rpe-azure-devops-email") == bot["username"]
-    assert sandbox.call(world.kv.latest_value, "rpe-azure-devops-password") == bot["password"]
+    assert sandbox.call(world.kv.latest_value, "bot-azure-devops-email") == bot["username"]
+    assert sandbox.call(world.kv.latest_value, "bot-azure-devops-password") == bot["password"]
     daily = sandbox.call(world.kv.latest, "azure-devops-token")
     pats = {p["authorizationId"]: p for p in sandbox.call(world.ado.pats)}
     daily_pat = pats[daily["tags"]["authorizationId"]]
@@ -190,15 +190,15 @@ def test_index_lists_routes(sandbox: SandboxThread, http: httpx.Client) -> None:
 
 def test_queue_jobs_on_a_pool(sandbox: SandboxThread, http: httpx.Client) -> None:
     control = sandbox.ready["control_url"]
-    resp = http.post(f"{control}/ado/pools/hmcts-agents/jobs", json={"count": 3, "definition": "nightly"})
+    resp = http.post(f"{control}/ado/pools/agents-a/jobs", json={"count": 3, "definition": "nightly"})
     assert resp.status_code == 201
     ids = resp.json()["requestIds"]
     assert len(ids) == 3 and ids == sorted(ids)
     jobs = sandbox.call(sandbox.world.ado.jobs, resp.json()["pool"])
     assert {j.request_id for j in jobs if j.definition == "nightly"} == set(ids)
     assert http.post(f"{control}/ado/pools/no-such-pool/jobs", json={"count": 1}).status_code == 404
-    assert http.post(f"{control}/ado/pools/hmcts-agents/jobs", json={"count": 0}).status_code == 400
-    assert http.post(f"{control}/ado/pools/hmcts-agents/jobs", content=b"[1]").status_code == 400
+    assert http.post(f"{control}/ado/pools/agents-a/jobs", json={"count": 0}).status_code == 400
+    assert http.post(f"{control}/ado/pools/agents-a/jobs", content=b"[1]").status_code == 400
 
 
 def test_policy_routes_validate(sandbox: SandboxThread, http: httpx.Client) -> None:
@@ -253,7 +253,7 @@ def test_keyvault_fault_answers_in_key_vault_shape(sandbox: SandboxThread, http:
 def test_requests_filter_by_service_prefix_and_since(sandbox: SandboxThread, http: httpx.Client) -> None:
     control = sandbox.ready["control_url"]
     kube = http.get(f"{control}/requests", params={"service": "kube"}).json()["requests"]
-    assert {r["service"] for r in kube} == {"kube:cft-ptl", "kube:sds-ptl"}  # the start-up probes
+    assert {r["service"] for r in kube} == {"kube:build-a", "kube:build-b"}  # the start-up probes
     authorized = [r["headers"]["Authorization"] for r in kube if "Authorization" in r["headers"]]
     assert authorized and all(a.startswith("Bearer <redacted ") for a in authorized)
     later = http.get(f"{control}/requests", params={"service": "kube", "since": time.time() + 60}).json()
@@ -294,14 +294,14 @@ def test_state_never_contains_secret_values(sandbox: SandboxThread, http: httpx.
     world = sandbox.world
     secrets = [
         sandbox.call(world.kv.latest_value, "azure-devops-token"),
-        sandbox.call(world.kv.latest_value, "rpe-azure-devops-password"),
-        sandbox.call(world.clusters["cft-ptl"].secret_value, "azure-devops", "azure-devops-token", "token"),
+        sandbox.call(world.kv.latest_value, "bot-azure-devops-password"),
+        sandbox.call(world.clusters["build-a"].secret_value, "azure-devops", "azure-devops-token", "token"),
     ]
     state = http.get(f"{sandbox.ready['control_url']}/state")
     body = state.json()
     assert {"pats", "pools", "builds", "actors", "keyvault", "kubernetes", "policy"} <= set(body)
     assert all(s and s not in state.text for s in secrets)
-    assert body["kubernetes"]["cft-ptl"]["secrets"][0]["keys"]["token"]
+    assert body["kubernetes"]["build-a"]["secrets"][0]["keys"]["token"]
     assert "value" not in body["keyvault"]["azure-devops-token"][0]
 
 
@@ -310,7 +310,7 @@ def test_revoke_by_sink_makes_keda_fail(sandbox: SandboxThread, http: httpx.Clie
     control = sandbox.ready["control_url"]
     sink = {
         "kind": "kubernetes-secret",
-        "cluster": "cft-ptl",
+        "cluster": "build-a",
         "namespace": "azure-devops",
         "secret": "azure-devops-token",
         "key": "token",
@@ -332,7 +332,7 @@ def test_revoke_by_sink_makes_keda_fail(sandbox: SandboxThread, http: httpx.Clie
     )
     assert expired.status_code == 200 and expired.json()["status"] == "expired"
     assert expired.json()["displayName"] == "daily-checks-seed"
-    events = http.get(f"{control}/state").json()["kubernetes"]["cft-ptl"]["events"]
+    events = http.get(f"{control}/state").json()["kubernetes"]["build-a"]["events"]
     assert any(e["reason"] == "KEDAScalerFailed" for e in events)
 
 

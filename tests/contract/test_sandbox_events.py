@@ -265,12 +265,12 @@ def test_keda_version_scenario_picks_the_recorder_end_to_end(tmp_path: Path, ver
     params = scenario("default", keda_version=version, job_interval=None, pipeline_interval=None)
     with SandboxThread(str(tmp_path), params) as sb, httpx.Client(timeout=10) as http:
         control = sb.ready["control_url"]
-        sink = {"kind": "kubernetes-secret", "cluster": "cft-ptl", "namespace": NS,
+        sink = {"kind": "kubernetes-secret", "cluster": "build-a", "namespace": NS,
                 "secret": "azure-devops-token", "key": "token"}
         assert http.post(f"{control}/ado/sinks/revoke", json=sink).status_code == 200
 
         def failed() -> list[dict[str, Any]]:
-            events = http.get(f"{control}/state").json()["kubernetes"]["cft-ptl"]["events"]
+            events = http.get(f"{control}/state").json()["kubernetes"]["build-a"]["events"]
             return [e for e in events if e["reason"] == "KEDAScalerFailed"]
 
         deadline = time.monotonic() + 20

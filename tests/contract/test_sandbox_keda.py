@@ -1,5 +1,5 @@
 """The simulated KEDA against the sandbox ADO over real HTTP: KEDA's request shapes and its
-scaler-cache refresh semantics (API-CONTRACTS §0.4, §2.2, §4.2), plus agents, jobs and the
+scaler-cache refresh semantics (docs/external-apis.md, KEDA sections), plus agents, jobs and the
 daily-checks pipeline."""
 
 from __future__ import annotations
@@ -482,7 +482,7 @@ def test_daily_checks_pipeline_records_builds() -> None:
     def _make() -> tuple[AdoWorld, str]:
         ado = AdoWorld(ORG, _NoEntra(), base_url_getter=lambda: urls["ado"])
         ado.add_pool(POOL)
-        ado.add_definition("PlatformOperations", "daily-checks")
+        ado.add_definition("Operations", "daily-checks")
         scopes = ["vso.agentpools", "vso.build", "vso.pipelineresources_use", "vso.release"]
         return ado, ado.issue_pat("bot-oid", "daily", scopes, valid_to=time.time() + 86400)[1]
 
@@ -490,7 +490,7 @@ def test_daily_checks_pipeline_records_builds() -> None:
     port = lt.serve(ado.app(middlewares("ado", log, FaultTable())))
     urls["ado"] = f"http://127.0.0.1:{port}"
     vault = _Vault({"azure-devops-token": token})
-    spec = PipelineSpec(project="PlatformOperations", definition="daily-checks", interval=3600)
+    spec = PipelineSpec(project="Operations", definition="daily-checks", interval=3600)
 
     async def _run() -> list[str]:
         actors = Actors(ado=ado, kv=vault, clusters={}, ado_base_url=f"{urls['ado']}/{ORG}",

@@ -103,7 +103,7 @@ def _run_with_rotation(sb: SandboxThread, *, revoke_old: bool, spec: PipelineSpe
     return result
 
 
-SPEC = PipelineSpec(project="PlatformOperations", definition="daily-checks", interval=3600, duration=1.0)
+SPEC = PipelineSpec(project="Operations", definition="daily-checks", interval=3600, duration=1.0)
 
 
 def test_a_run_keeps_the_value_it_read_and_fails_when_it_is_revoked_mid_run(

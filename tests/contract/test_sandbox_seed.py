@@ -33,7 +33,7 @@ def test_the_default_seed_is_annotated_as_an_adopted_deployment(sandbox: Sandbox
     seeded = sandbox.world.seeded
     pat = next(p for p in sandbox.call(sandbox.world.ado.pats) if p["authorizationId"] == seeded.keda_pat_id)
     expiry = datetime.fromtimestamp(int(pat["valid_to"]), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    for cluster in ("cft-ptl", "sds-ptl"):
+    for cluster in ("build-a", "build-b"):
         assert secret_annotations(sandbox, cluster) == {"patrol.io/authorization-id": seeded.keda_pat_id,
                                                  "patrol.io/expiry": expiry}
     daily = sandbox.call(sandbox.world.kv.latest, "azure-devops-token")
@@ -45,8 +45,8 @@ def test_the_unadopted_scenario_leaves_secrets_and_vault_bare(tmp_path: Path) ->
     params = scenario("unadopted", job_interval=None, pipeline_interval=None)
     assert params.annotate_seed is False
     with SandboxThread(str(tmp_path), params) as sb:
-        assert secret_annotations(sb, "cft-ptl") == {}
-        assert secret_annotations(sb, "sds-ptl") == {}
+        assert secret_annotations(sb, "build-a") == {}
+        assert secret_annotations(sb, "build-b") == {}
         daily = sb.call(sb.world.kv.latest, "azure-devops-token")
         assert not daily.get("tags")
         assert "exp" not in daily["attributes"]
@@ -57,7 +57,7 @@ def test_the_unadopted_scenario_is_bare_everywhere(tmp_path: Path) -> None:
     params = scenario("unadopted", job_interval=None, pipeline_interval=None, keyvault_reader_refresh=None)
     assert params.name == "unadopted" and not params.annotate_seed and not params.tag_keyvault_seed
     with SandboxThread(str(tmp_path), params) as sb:
-        for cluster in ("cft-ptl", "sds-ptl"):
+        for cluster in ("build-a", "build-b"):
             assert secret_annotations(sb, cluster) == {}
         daily = sb.call(sb.world.kv.latest, "azure-devops-token")
         assert not daily.get("tags") and "exp" not in daily["attributes"]

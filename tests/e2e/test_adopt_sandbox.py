@@ -8,6 +8,7 @@ Key Vault version, after which the exporter reports the real expiry from the PAT
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ from sandbox.app import SandboxThread
 from sandbox.scenarios import KEDA_SCOPES, scenario
 
 NS, SECRET, KEY = "azure-devops", "azure-devops-token", "token"
-CLUSTERS = ("cft-ptl", "sds-ptl")
+CLUSTERS = ("build-a", "build-b")
 QUICK = Backoff(delays=(0.05,))
 
 
@@ -169,7 +170,7 @@ def test_two_fitting_pats_refuse_until_an_id_is_given(sb: SandboxThread,
     assert world_state(sb) == state
 
     assert adopt(sb, "keda", "--authorization-id", seeded.keda_pat_id) == 0
-    assert secret(sb, "cft-ptl")["metadata"]["annotations"]["patrol.io/authorization-id"] == seeded.keda_pat_id
+    assert secret(sb, "build-a")["metadata"]["annotations"]["patrol.io/authorization-id"] == seeded.keda_pat_id
     assert other != seeded.keda_pat_id
 
 
@@ -178,7 +179,7 @@ def test_sinks_holding_different_tokens_are_refused(sb: SandboxThread,
     seeded = sb.world.seeded
     _, value = sb.call(lambda: sb.world.ado.issue_pat(seeded.bot_oid, "other", list(KEDA_SCOPES),
                                                       time.time() + 3600))
-    sb.call(lambda: sb.world.clusters["sds-ptl"].put_secret(NS, SECRET, {KEY: value}))
+    sb.call(lambda: sb.world.clusters["build-b"].put_secret(NS, SECRET, {KEY: value}))
     state = world_state(sb)
     assert adopt(sb, "keda", "--yes") == 1
     err = capsys.readouterr().err
@@ -211,7 +212,7 @@ def test_the_core_writes_adoption_uses_touch_only_metadata(sb: SandboxThread) ->
     """KubeCluster.annotate_secret and KeyVault.update_properties over the real clients."""
     cfg = load_config(sb.ready["config"])
     with CoreWorld(cfg, env={}) as world:
-        cluster = world.cluster("cft-ptl")
+        cluster = world.cluster("build-a")
         before = cluster.read_secret(NS, SECRET)
         after = cluster.annotate_secret(NS, SECRET, annotations={"patrol.io/authorization-id": "x"},
                                         resource_version=before.resource_version)
@@ -268,4 +269,71 @@ def test_a_token_of_another_account_is_refused_even_when_a_bot_pat_would_fit(
     err = capsys.readouterr().err
     assert f"belongs to Alice ({alice}), not to the bot" in err
     assert value not in err
+    assert world_state(sb) == state
+
+
+# --- adopt --json ---------------------------------------------------------------------------------
+
+def adopt_json(sb: SandboxThread, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
+    """Run ``patrol adopt --json``; its stdout must be exactly one JSON object and hold no token."""
+    code = adopt(sb, *args, "--json")
+    out = capsys.readouterr().out
+    doc: dict[str, Any] = json.loads(out)
+    values = {sb.call(lambda c=c: sb.world.clusters[c].secret_value(NS, SECRET, KEY)) for c in CLUSTERS}
+    assert not any(v and v in out for v in values), "a token value in the JSON"
+    return code, doc
+
+
+def test_json_dry_run_lists_the_candidates_and_the_chosen_pat(sb: SandboxThread,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    seeded = sb.world.seeded
+    state = world_state(sb)
+    code, doc = adopt_json(sb, capsys, "keda", "--dry-run")
+    assert code == 0
+    assert (doc["token"], doc["outcome"], doc["authorization_id"]) == ("keda", "would-adopt", seeded.keda_pat_id)
+    assert doc["written"] == [] and doc["refusal"] is None and doc["already_adopted"] is False
+    assert doc["chosen"]["display_name"] == "keda-seed"
+    assert [c["authorization_id"] for c in doc["candidates"] if c["fits"]] == [seeded.keda_pat_id]
+    assert doc["probe"]["ok"] is True
+    assert [s["id"] for s in doc["sinks"]] == [f"kubernetes-secret/{c}/{NS}/{SECRET}/{KEY}" for c in CLUSTERS]
+    assert all(s["holds_token"] and s["recorded_authorization_id"] is None for s in doc["sinks"])
+    assert world_state(sb) == state
+
+
+def test_json_never_asks_and_writes_nothing_without_yes(sb: SandboxThread,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    state = world_state(sb)
+    code, doc = adopt_json(sb, capsys, "keda")
+    assert (code, doc["outcome"], doc["written"]) == (1, "not-confirmed", [])
+    assert "--yes" in doc["message"]
+    assert world_state(sb) == state
+
+
+def test_json_yes_reports_every_sink_written_then_already_adopted(sb: SandboxThread,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    seeded = sb.world.seeded
+    code, doc = adopt_json(sb, capsys, "keda", "--yes")
+    assert (code, doc["outcome"], doc["authorization_id"]) == (0, "adopted", seeded.keda_pat_id)
+    assert doc["written"] == [s["id"] for s in doc["sinks"]] and len(doc["written"]) == len(CLUSTERS)
+    for cluster in CLUSTERS:
+        assert secret(sb, cluster)["metadata"]["annotations"]["patrol.io/authorization-id"] == seeded.keda_pat_id
+
+    state = world_state(sb)
+    code, doc = adopt_json(sb, capsys, "keda", "--yes")
+    assert (code, doc["outcome"], doc["written"], doc["already_adopted"]) == (0, "already-adopted", [], True)
+    assert all(s["recorded_authorization_id"] == seeded.keda_pat_id for s in doc["sinks"])
+    assert world_state(sb) == state
+
+
+def test_json_refusal_gives_the_reason_and_the_exit_code_of_today(sb: SandboxThread,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    seeded = sb.world.seeded
+    other, _ = sb.call(lambda: sb.world.ado.issue_pat(seeded.bot_oid, "hand-made-spare", list(KEDA_SCOPES),
+                                                      time.time() + 3600))
+    state = world_state(sb)
+    code, doc = adopt_json(sb, capsys, "keda", "--yes")
+    assert (code, doc["outcome"], doc["authorization_id"], doc["written"]) == (1, "refused", None, [])
+    assert "2 active PATs of the bot fit" in doc["refusal"] and "--authorization-id" in doc["refusal"]
+    assert doc["refusal"] in doc["message"]
+    assert {c["authorization_id"] for c in doc["candidates"] if c["fits"]} == {seeded.keda_pat_id, other}
     assert world_state(sb) == state

@@ -47,7 +47,7 @@ WEBHOOK_TOKEN = "e2e-webhook-token"
 def exposition() -> str:
     """keda passed its renewal time a minute ago; it expires in 30 days (nothing else fires)."""
     now = time.time()
-    labels = 'token="keda",organization="hmcts",source="lifecycle-api"'
+    labels = 'token="keda",organization="contoso",source="lifecycle-api"'
     return (
         "# TYPE patrol_pat_renewal_timestamp_seconds gauge\n"
         f"patrol_pat_renewal_timestamp_seconds{{{labels}}} {now - 60:.0f}\n"

@@ -61,8 +61,8 @@ QUICK = Backoff(delays=(0.2,))
 # The sandbox's KEDA polls every 2 s: a short settle still spans a few of its polls.
 SAGA = SagaSettings(verify_deadline=30, verify_interval=0.5, verify_settle=2.5,
                     api_backoff=Backoff(delays=(0.2, 0.5, 1.0)), deliver_backoff=Backoff(delays=(0.2, 0.5, 1.0)))
-KEDA_SINKS = {"kubernetes-secret/cft-ptl/azure-devops/azure-devops-token/token",
-              "kubernetes-secret/sds-ptl/azure-devops/azure-devops-token/token"}
+KEDA_SINKS = {"kubernetes-secret/build-a/azure-devops/azure-devops-token/token",
+              "kubernetes-secret/build-b/azure-devops/azure-devops-token/token"}
 KEDA_POLL = 2.0                      # the sandbox's ScaledJob pollingInterval (scenario default)
 SCRAPE = 1.0                         # MonitoringStack's scrape and evaluation interval
 # The exporter reads the ScaledJobs at least once per KEDA poll, so it sees KEDA's first good

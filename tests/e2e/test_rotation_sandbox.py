@@ -5,7 +5,7 @@ Lifecycle API, Entra, Key Vault, two Kubernetes API servers and KEDA actors that
 PAT from their Secret and behave as KEDA does (re-read the Secret only on a failed poll or a
 generation change). Faults come from the sandbox's control plane (FaultTable, PAT policy).
 
-Invariants checked after failures and crashes (DESIGN §6): no outage (KEDA never fails to
+Invariants checked after failures and crashes (docs/rotation.md, "Guarantees"): no outage (KEDA never fails to
 authenticate), no orphan patrol PAT, sinks converge, the old PAT is revoked only after the new
 one was verified; and no token value in anything patrol produced.
 """
@@ -54,7 +54,7 @@ HARM_KEYS = ("builds_interrupted", "agent_unregister_failures", "keda_failed_pol
              "pipeline_runs_failed")
 WEBHOOK_TOKEN = "e2e-webhook-bearer-token-0123456789"
 NS, SECRET, KEY, SCALEDJOB = "azure-devops", "azure-devops-token", "token", "azure-devops-agent"
-CLUSTERS = ("cft-ptl", "sds-ptl")
+CLUSTERS = ("build-a", "build-b")
 
 
 class Crash(BaseException):
@@ -215,9 +215,9 @@ def unadopted_world(tmp_path: Path) -> Iterator[World]:
 
 @pytest.fixture
 def mixed_rollout_world(tmp_path: Path) -> Iterator[World]:
-    """cft-ptl's ScaledJob without a rollout field (KEDA's ``default``), sds-ptl's ``gradual``."""
-    yield from _world(tmp_path, clusters=(ClusterSpec("cft-ptl", "hmcts-agents"),
-                                          ClusterSpec("sds-ptl", "sds-agents", rollout_strategy="gradual")))
+    """build-a's ScaledJob without a rollout field (KEDA's ``default``), build-b's ``gradual``."""
+    yield from _world(tmp_path, clusters=(ClusterSpec("build-a", "agents-a"),
+                                          ClusterSpec("build-b", "agents-b", rollout_strategy="gradual")))
 
 
 def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> None:
@@ -428,7 +428,7 @@ def test_second_rotation_revokes_the_first_patrol_pat_without_annotations(unadop
 
 def test_auto_switch_refreshes_a_default_rollout_and_bumps_a_gradual_one(mixed_rollout_world: World) -> None:
     """KEDA deletes a ScaledJob's running Jobs when its spec changes unless its rollout strategy
-    is ``gradual``: ``switch: auto`` leaves cft-ptl's spec alone (refresh) and bumps sds-ptl's
+    is ``gradual``: ``switch: auto`` leaves build-a's spec alone (refresh) and bumps build-b's
     (gradual); no running agent is deleted on either, and nothing needs a warning."""
     world = mixed_rollout_world
     world.annotate_seed()
@@ -437,8 +437,8 @@ def test_auto_switch_refreshes_a_default_rollout_and_bumps_a_gradual_one(mixed_r
     assert record.outcome == "succeeded", record.error
     assert "WARNING" not in record.step("plan").detail
     switch = {t.target: (t.status, t.detail.split(":")[0]) for t in record.targets if t.step == "switch"}
-    assert switch == {f"cft-ptl/{NS}/{SCALEDJOB}": ("skipped", "refresh"),
-                      f"sds-ptl/{NS}/{SCALEDJOB}": ("done", "bump")}
+    assert switch == {f"build-a/{NS}/{SCALEDJOB}": ("skipped", "refresh"),
+                      f"build-b/{NS}/{SCALEDJOB}": ("done", "bump")}
     after = world.keda()
     for key in after:
         assert after[key]["agents_killed"] == before[key]["agents_killed"], key
@@ -455,7 +455,7 @@ def test_explicit_bump_of_a_default_rollout_is_warned_about(mixed_rollout_world:
     record = world.rotate()
     assert record.outcome == "succeeded", record.error
     plan = record.step("plan").detail
-    assert (f"WARNING: ScaledJob cft-ptl/{NS}/{SCALEDJOB} uses rollout strategy 'default': the switch step "
+    assert (f"WARNING: ScaledJob build-a/{NS}/{SCALEDJOB} uses rollout strategy 'default': the switch step "
             "(switch: bump) makes KEDA delete its running agent Jobs (builds in flight are abandoned); set "
             "spec.rollout.strategy: gradual on it, or use switch: auto") in plan
     assert plan.count("WARNING") == 1
@@ -480,13 +480,13 @@ def test_timeout_on_create_is_retried_without_orphans(world: World) -> None:
 
 def test_5xx_from_kubernetes_is_retried_per_sink(world: World) -> None:
     world.annotate_seed()
-    world.fault(kind="status", service="kube:sds-ptl", path_regex=f"secrets/{SECRET}",
+    world.fault(kind="status", service="kube:build-b", path_regex=f"secrets/{SECRET}",
                 method="PATCH", status=503, remaining=2)
     record = world.rotate()
     assert record.outcome == "succeeded", record.error
     world.assert_converged()
-    assert world.statuses("kube:sds-ptl", "PATCH", SECRET) == [503, 503, 200]
-    assert world.statuses("kube:cft-ptl", "PATCH", SECRET) == [200]        # the other sink alone
+    assert world.statuses("kube:build-b", "PATCH", SECRET) == [503, 503, 200]
+    assert world.statuses("kube:build-a", "PATCH", SECRET) == [200]        # the other sink alone
 
 
 def test_429_with_retry_after_is_honoured(world: World) -> None:
@@ -516,18 +516,18 @@ def test_401_from_the_pat_api_fails_before_anything_changes(world: World) -> Non
 
 def test_409_on_the_secret_is_retried(world: World) -> None:
     world.annotate_seed()
-    world.fault(kind="status", service="kube:cft-ptl", path_regex=f"secrets/{SECRET}", method="PATCH",
+    world.fault(kind="status", service="kube:build-a", path_regex=f"secrets/{SECRET}", method="PATCH",
                 status=409, remaining=2)
     record = world.rotate()
     assert record.outcome == "succeeded", record.error
     world.assert_converged()
-    assert world.statuses("kube:cft-ptl", "PATCH", SECRET) == [409, 409, 200]
+    assert world.statuses("kube:build-a", "PATCH", SECRET) == [409, 409, 200]
 
 
 def test_a_sink_that_keeps_failing_ends_the_rotation_without_an_outage(world: World) -> None:
     seed = world.annotate_seed()
     failures = world.failed_polls()
-    world.fault(kind="status", service="kube:sds-ptl", path_regex=f"secrets/{SECRET}", method="PATCH",
+    world.fault(kind="status", service="kube:build-b", path_regex=f"secrets/{SECRET}", method="PATCH",
                 status=500)
     record = world.rotate()
     assert record.outcome == "failed" and record.step("deliver").status == "failed"
@@ -582,7 +582,7 @@ def test_scope_mismatch_revokes_the_new_pat_and_delivers_nothing(world: World) -
     assert status == 200
     assert 'patrol_rotations_total{result="failed",token="keda"} 1.0' in metrics
     assert 'patrol_rotations_total{result="succeeded",token="keda"} 0.0' in metrics
-    # The PAT ADO returned was revoked at once: no orphan left active (DESIGN §6).
+    # The PAT ADO returned was revoked at once: no orphan left active (docs/rotation.md).
     pats = world.pats()
     new_id = str(record.new_authorization_id)
     assert pats[new_id]["scope"] == "vso.agentpools" and pats[new_id]["status"] == "revoked"
@@ -594,7 +594,7 @@ def test_scope_mismatch_revokes_the_new_pat_and_delivers_nothing(world: World) -
     assert {c: world.sink_value(c) for c in CLUSTERS} == before
     assert len(world.call(world.sb.world.kv.versions, SECRET)) == kv_versions
     assert world.statuses("keyvault", "PUT", "/secrets/") == []
-    assert pats[seed]["status"] == "active" and world.pat_id(before["cft-ptl"]) == seed
+    assert pats[seed]["status"] == "active" and world.pat_id(before["build-a"]) == seed
     # KEDA never lost a working token: two more polls, no authentication failure.
     polls = {k: s["polls"] for k, s in world.keda().items()}
     wait_for(lambda: all(s["polls"] >= polls[k] + 2 for k, s in world.keda().items()), timeout=15)
@@ -613,23 +613,23 @@ def test_clamped_lifetime_is_read_back(world: World) -> None:
     new_id = world.assert_converged()
     valid_to = world.pats()[new_id]["valid_to"]
     assert record.new_valid_to == pytest.approx(valid_to, abs=1)
-    annotation = world.call(world.sb.world.clusters["cft-ptl"].get_object, "v1", "secrets", NS, SECRET)
+    annotation = world.call(world.sb.world.clusters["build-a"].get_object, "v1", "secrets", NS, SECRET)
     assert annotation["metadata"]["annotations"]["patrol.io/expiry"] == time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(valid_to)))
 
 
 def test_flux_managed_secret_is_refused_and_opt_in_works(world: World) -> None:
-    value = world.sink_value("sds-ptl")
+    value = world.sink_value("build-b")
     assert value is not None
-    world.call(world.sb.world.clusters["sds-ptl"].put_secret, NS, SECRET, {KEY: value},
+    world.call(world.sb.world.clusters["build-b"].put_secret, NS, SECRET, {KEY: value},
                field_manager="kustomize-controller")
     record = world.rotate()
     assert record.outcome == "failed" and record.step("plan").status == "failed"
     assert "managed by Flux" in record.error and "azureKeyVault" in record.error
     assert "kustomize.toolkit.fluxcd.io/ssa: IfNotPresent" in record.error
     assert not [p for p in world.pats().values() if p["displayName"].startswith("patrol-")]
-    assert world.sink_value("sds-ptl") == value and world.sink_value("cft-ptl") == value
-    world.call(world.sb.world.clusters["sds-ptl"].put_secret, NS, SECRET, {KEY: value},
+    assert world.sink_value("build-b") == value and world.sink_value("build-a") == value
+    world.call(world.sb.world.clusters["build-b"].put_secret, NS, SECRET, {KEY: value},
                field_manager="kustomize-controller",
                annotations={"kustomize.toolkit.fluxcd.io/ssa": "IfNotPresent"})
     assert world.rotate().outcome == "succeeded"
@@ -785,7 +785,7 @@ def test_webhook_drives_one_rotation_for_fifty_concurrent_duplicates(world: Worl
 
 
 def lease_config(cfg: Config) -> Config:
-    lease = LeaseSettings(cluster="cft-ptl", namespace=NS, name="patrol-worker",
+    lease = LeaseSettings(cluster="build-a", namespace=NS, name="patrol-worker",
                           duration=timedelta(seconds=2))
     return replace(cfg, worker=replace(cfg.worker, lease=lease))
 
@@ -797,7 +797,7 @@ def test_two_workers_one_lease(world: World, tmp_path: Path, capsys: pytest.Capt
     adapters = [CoreWorld(cfg, env={}), CoreWorld(cfg, env={})]
     try:
         for i, a in enumerate(adapters):
-            lock = LeaseLock(a.cluster("cft-ptl"), NS, "patrol-worker", f"worker-{i}", timedelta(seconds=2))
+            lock = LeaseLock(a.cluster("build-a"), NS, "patrol-worker", f"worker-{i}", timedelta(seconds=2))
             service = world.service(config=cfg, adapters=a, lease=lock, state_dir=tmp_path / f"state-{i}")
             workers.append(WorkerThread(service).start())
         wait_for(lambda: sum(w.service.leadership.is_leader() for w in workers) == 1, timeout=10)
@@ -819,7 +819,7 @@ def test_two_workers_one_lease(world: World, tmp_path: Path, capsys: pytest.Capt
         # `patrol rotate` while a worker holds the Lease: asked of the worker over POST /rotations.
         path = tmp_path / "patrol-lease.yaml"
         doc = yaml.safe_load(Path(world.sb.ready["config"]).read_text())
-        doc.setdefault("worker", {})["lease"] = {"cluster": "cft-ptl", "namespace": NS, "name": "patrol-worker",
+        doc.setdefault("worker", {})["lease"] = {"cluster": "build-a", "namespace": NS, "name": "patrol-worker",
                                                  "duration": "2s"}
         path.write_text(yaml.safe_dump(doc))
         env = {"PATROL_WEBHOOK_TOKEN": WEBHOOK_TOKEN, "POD_NAME": "operator-laptop"}

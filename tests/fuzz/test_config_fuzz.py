@@ -1,10 +1,10 @@
 """Fuzzing the config loader (issue 10, "Proof"): whatever the file holds, ``patrol config
 check`` gives a list of problems naming the file, or a config, never a traceback.
 
-Inputs are mutations of the DESIGN example (YAML-significant characters spliced in, lines
-duplicated, dropped or re-indented, values swapped for hostile scalars), structured documents
-dumped as YAML, and raw bytes. ``make test`` loads a few hundred files; ``make fuzz`` sets
-``PATROL_FUZZ_CONFIG_EXAMPLES=10000``.
+Inputs are mutations of the two-cluster example, tests/fixtures/config/two-clusters.yaml
+(YAML-significant characters spliced in, lines duplicated, dropped or re-indented, values
+swapped for hostile scalars), structured documents dumped as YAML, and raw bytes. ``make
+test`` loads a few hundred files; ``make fuzz`` sets ``PATROL_FUZZ_CONFIG_EXAMPLES=10000``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from core.config import Config, ConfigErrors, load_config
 
 EXAMPLES = int(os.environ.get("PATROL_FUZZ_CONFIG_EXAMPLES", "300"))
-EXAMPLE = (Path(__file__).resolve().parents[1] / "fixtures" / "config" / "design-example.yaml").read_text()
+EXAMPLE = (Path(__file__).resolve().parents[1] / "fixtures" / "config" / "two-clusters.yaml").read_text()
 LINES = EXAMPLE.splitlines(keepends=True)
 SPLICES = st.sampled_from(["[", "]", "{", "}", ":", "- ", "&a ", "*a", "!!python/object:os.system ", "<<: *a\n",
                            "'", '"', "#", "\t", "\n", "  ", "? ", "|", ">", "%YAML 1.1\n", "---\n", "\x00",

@@ -22,17 +22,17 @@ from core.kube import KedaScaler, KubeEvent, KubeSecret, ResourceExpiredError
 from core.secret import Secret
 
 NOW = 1_750_000_000.0
-ORG = "hmcts"
+ORG = "contoso"
 KEDA_SINKS = (
-    config.KubernetesSecretSink(cluster="cft-ptl", namespace="azure-devops", secret="azure-devops-token"),
-    config.KubernetesSecretSink(cluster="sds-ptl", namespace="azure-devops", secret="azure-devops-token"),
+    config.KubernetesSecretSink(cluster="build-a", namespace="azure-devops", secret="azure-devops-token"),
+    config.KubernetesSecretSink(cluster="build-b", namespace="azure-devops", secret="azure-devops-token"),
 )
-DAILY_SINK = config.KeyVaultSink(vault_url="https://cftptl-intsvc.vault.azure.net", secret="azure-devops-token")
+DAILY_SINK = config.KeyVaultSink(vault_url="https://contoso-checks.vault.azure.net", secret="azure-devops-token")
 CONSUMERS = (
-    config.KedaConsumer(kind="keda-scaledjob", cluster="cft-ptl", namespace="azure-devops",
-                        name="azure-devops-agent", pool="hmcts-agents"),
-    config.KedaConsumer(kind="keda-scaledjob", cluster="sds-ptl", namespace="azure-devops",
-                        name="azure-devops-agent", pool="sds-agents"),
+    config.KedaConsumer(kind="keda-scaledjob", cluster="build-a", namespace="azure-devops",
+                        name="azure-devops-agent", pool="agents-a"),
+    config.KedaConsumer(kind="keda-scaledjob", cluster="build-b", namespace="azure-devops",
+                        name="azure-devops-agent", pool="agents-b"),
 )
 
 
@@ -62,19 +62,19 @@ def daily_token(**changes: Any) -> config.Token:
         "name": "daily-checks", "organization": ORG,
         "scopes": ("vso.agentpools", "vso.build", "vso.pipelineresources_use", "vso.release"),
         "lifetime": timedelta(days=30), "renew_before": timedelta(days=7), "sinks": (DAILY_SINK,),
-        "pipeline": config.PipelineCheck(project="PlatformOperations", definition="daily-checks")}
+        "pipeline": config.PipelineCheck(project="Operations", definition="daily-checks")}
     fields.update(changes)
     return config.Token(**fields)
 
 
 def make_config(*tokens: config.Token, **exporter: Any) -> config.Config:
     org = config.Organization(
-        name=ORG, url="https://dev.azure.com/hmcts", vssps_url="https://vssps.dev.azure.com/hmcts",
-        vsrm_url="https://vsrm.dev.azure.com/hmcts",
+        name=ORG, url="https://dev.azure.com/contoso", vssps_url="https://vssps.dev.azure.com/contoso",
+        vsrm_url="https://vsrm.dev.azure.com/contoso",
         credential=config.UserCredential(kind="username-password"))
     settings = config.ExporterSettings(**exporter)
     return config.Config(source="test.yaml", organizations=(org,),
-                         clusters=(config.Cluster("cft-ptl"), config.Cluster("sds-ptl")),
+                         clusters=(config.Cluster("build-a"), config.Cluster("build-b")),
                          tokens=tokens or (keda_token(), daily_token()), exporter=settings)
 
 
@@ -129,7 +129,7 @@ class FakeVault(Failing):
 class FakeCluster(Failing):
     """Secrets, KEDA objects and Events of one cluster. ``stream`` feeds an open watch."""
 
-    def __init__(self, name: str = "cft-ptl") -> None:
+    def __init__(self, name: str = "build-a") -> None:
         super().__init__()
         self.name = name
         self.secrets: dict[tuple[str, str], KubeSecret] = {}

@@ -545,14 +545,14 @@ def test_passed_in_client_is_left_open(fake_time: FakeTime) -> None:
 
 
 def test_find_pool(make_ado: Any) -> None:
-    pools = {"count": 1, "value": [{"id": 44, "name": "hmcts agents", "isHosted": False,
+    pools = {"count": 1, "value": [{"id": 44, "name": "contoso agents", "isHosted": False,
                                     "poolType": "automation", "size": 3}]}
     ado, server = make_ado(reply(body=pools))
-    pool = ado.find_pool("hmcts agents")
-    assert (pool.id, pool.name) == (44, "hmcts agents")
+    pool = ado.find_pool("contoso agents")
+    assert (pool.id, pool.name) == (44, "contoso agents")
     request = server.requests[0]
     assert request.url.path == "/fabrikam/_apis/distributedtask/pools"
-    assert dict(request.url.params) == {"poolName": "hmcts agents", "api-version": "7.1"}
+    assert dict(request.url.params) == {"poolName": "contoso agents", "api-version": "7.1"}
 
 
 def test_find_pool_none_or_several(make_ado: Any) -> None:
@@ -619,14 +619,14 @@ def test_latest_builds(make_ado: Any) -> None:
         "queueTime": "2024-03-01T06:00:00.1233333Z", "startTime": "2024-03-01T06:00:10.5Z",
         "finishTime": "2024-03-01T06:12:00Z", "definition": {"id": 31, "name": "daily-checks"}}]}
     ado, server = make_ado(reply(body=builds))
-    [build] = ado.latest_builds("PlatformOperations", 31)
+    [build] = ado.latest_builds("Operations", 31)
     assert (build.id, build.result, build.definition_name) == (1201, "failed", "daily-checks")
     request = server.requests[0]
-    assert request.url.path == "/fabrikam/PlatformOperations/_apis/build/builds"
+    assert request.url.path == "/fabrikam/Operations/_apis/build/builds"
     assert dict(request.url.params) == {"definitions": "31", "$top": "1",
                                         "queryOrder": "finishTimeDescending",
                                         "statusFilter": "completed", "api-version": "7.1"}
-    ado.latest_builds("PlatformOperations", 31, top=5, result_filter="succeeded")
+    ado.latest_builds("Operations", 31, top=5, result_filter="succeeded")
     assert dict(server.requests[1].url.params)["resultFilter"] == "succeeded"
     assert dict(server.requests[1].url.params)["$top"] == "5"
 
@@ -637,11 +637,11 @@ def test_latest_release_deployments_go_to_vsrm(make_ado: Any) -> None:
                                           "releaseDefinition": {"id": 3, "name": "infra"},
                                           "completedOn": "2024-03-01T06:20:00Z"}]}
     ado, server = make_ado(reply(body=deployments))
-    [dep] = ado.latest_release_deployments("PlatformOperations", 3)
+    [dep] = ado.latest_release_deployments("Operations", 3)
     assert (dep.id, dep.status, dep.definition_name) == (77, "succeeded", "infra")
     request = server.requests[0]
     assert request.url.host == "vsrm.dev.azure.com"
-    assert request.url.path == "/fabrikam/PlatformOperations/_apis/release/deployments"
+    assert request.url.path == "/fabrikam/Operations/_apis/release/deployments"
     assert dict(request.url.params) == {"$top": "1", "queryOrder": "descending", "definitionId": "3",
                                         "api-version": "7.1"}
 
@@ -688,16 +688,16 @@ def test_probe_daily_checks_scopes_all_ok(make_ado: Any) -> None:
     ado, server = make_ado(routed({"/pools": reply(body={"value": [{"id": 1, "name": "p"}]}),
                                    "/build/builds": reply(body={"count": 0, "value": []}),
                                    "/release/releases": reply(body={"count": 0, "value": []})}))
-    result = ado.probe(DAILY, project="PlatformOperations")
+    result = ado.probe(DAILY, project="Operations")
     assert result.ok and result.scopes == dict.fromkeys(DAILY, True)
     assert result.unverified == ("vso.pipelineresources_use",)
     assert "vso.pipelineresources_use: UNVERIFIED" in result.detail
     calls = {(r.url.host, r.url.path): dict(r.url.params) for r in server.requests}
     assert calls == {
         ("dev.azure.com", "/fabrikam/_apis/distributedtask/pools"): {"$top": "1", "api-version": "7.1"},
-        ("dev.azure.com", "/fabrikam/PlatformOperations/_apis/build/builds"): {
+        ("dev.azure.com", "/fabrikam/Operations/_apis/build/builds"): {
             "$top": "1", "api-version": "7.1"},
-        ("vsrm.dev.azure.com", "/fabrikam/PlatformOperations/_apis/release/releases"): {
+        ("vsrm.dev.azure.com", "/fabrikam/Operations/_apis/release/releases"): {
             "$top": "1", "api-version": "7.1"},
     }
 

@@ -225,7 +225,7 @@ def test_build() -> None:
         "queueTime": "2024-03-01T06:00:00.1233333Z", "startTime": "2024-03-01T06:00:10.5Z",
         "finishTime": "2024-03-01T06:12:00Z",
         "definition": {"id": 31, "name": "daily-checks", "revision": 4, "type": "build",
-                       "project": {"id": "p", "name": "PlatformOperations"}}})
+                       "project": {"id": "p", "name": "Operations"}}})
     assert build.id == 1201 and build.result == "succeeded" and build.status == "completed"
     assert build.finish_time == utc(2024, 3, 1, 6, 12)
     assert (build.definition_id, build.definition_name) == (31, "daily-checks")

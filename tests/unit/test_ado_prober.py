@@ -130,9 +130,9 @@ def test_a_probe_gives_what_ado_client_probe_gives() -> None:
     handler = routes({basic(BAD)})
     for pat in (GOOD, BAD):
         with AdoClient(ORG, Secret(pat), transport=httpx.MockTransport(handler), backoff=BACKOFF) as ado:
-            expected = ado.probe(DAILY, project="PlatformOperations")
+            expected = ado.probe(DAILY, project="Operations")
         with Prober(ORG, transport=httpx.MockTransport(handler), backoff=BACKOFF) as prober:
-            got = prober.probe(Secret(pat), DAILY, project="PlatformOperations")
+            got = prober.probe(Secret(pat), DAILY, project="Operations")
         assert got == expected
     assert not got.ok and got.scopes["vso.build"] is False and got.scopes["vso.agentpools"] is True
 

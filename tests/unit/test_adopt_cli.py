@@ -14,7 +14,7 @@ def test_adopt_has_help_with_examples_and_is_listed(capsys: pytest.CaptureFixtur
         main(["adopt", "--help"], env={})
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--authorization-id", "--dry-run", "--yes", "--config", "examples:"):
+    for flag in ("--authorization-id", "--dry-run", "--yes", "--json", "--config", "examples:"):
         assert flag in out
     with pytest.raises(SystemExit):
         main(["--help"], env={})
@@ -32,12 +32,12 @@ def test_adopt_of_an_unknown_token_names_the_configured_ones(tmp_path: Path,
     config = tmp_path / "patrol.yaml"
     config.write_text(
         "organizations:\n"
-        "  - name: hmcts\n"
-        "    url: https://dev.azure.com/hmcts\n"
+        "  - name: contoso\n"
+        "    url: https://dev.azure.com/contoso\n"
         "    credential: {kind: username-password, username_env: U, password_env: P}\n"
         "tokens:\n"
         "  - name: daily-checks\n"
-        "    organization: hmcts\n"
+        "    organization: contoso\n"
         "    scopes: [vso.build]\n"
         "    lifetime: 30d\n"
         "    renew_before: 7d\n"
@@ -52,4 +52,26 @@ def test_adopt_logs_warnings_only_unless_asked() -> None:
     parser = build_parser({"PATROL_CONFIG": "/env.yaml"})
     args = parser.parse_args(["adopt", "keda"])
     assert args.log_level == "WARNING" and args.config == "/env.yaml"
-    assert not args.yes and not args.dry_run and args.authorization_id is None
+    assert not args.yes and not args.dry_run and args.authorization_id is None and not args.json
+    assert build_parser({}).parse_args(["adopt", "keda", "--json", "--yes"]).json
+
+
+def test_adopt_json_of_an_unknown_token_is_a_usage_error_as_without_json(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "patrol.yaml"
+    config.write_text(
+        "organizations:\n"
+        "  - name: contoso\n"
+        "    url: https://dev.azure.com/contoso\n"
+        "    credential: {kind: username-password, username_env: U, password_env: P}\n"
+        "tokens:\n"
+        "  - name: daily-checks\n"
+        "    organization: contoso\n"
+        "    scopes: [vso.build]\n"
+        "    lifetime: 30d\n"
+        "    renew_before: 7d\n"
+        "    sinks: [{kind: keyvault, vault_url: 'https://kv.vault.azure.net', secret: ado}]\n",
+        encoding="utf-8")
+    assert main(["adopt", "keda", "--json", "--config", str(config)], env={}) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.out == "" and "no token named 'keda'" in captured.err

@@ -28,9 +28,9 @@ RULE_TESTS = sorted((ROOT / "alerts" / "tests").glob("*.test.yml"))
 RUNBOOK = ROOT / "docs" / "runbook.md"
 METRICS_DOC = ROOT / "docs" / "metrics.md"
 
-# DESIGN §5: the alerts patrol's worker can fix by rotating the token.
+# docs/alerting.md: the alerts patrol's worker can fix by rotating the token.
 ROTATE_ALERTS = {"PatRenewalDue", "PatInvalid", "KedaScalerAuthFailing"}
-DESIGN_ALERTS = ROTATE_ALERTS | {
+DOCUMENTED_ALERTS = ROTATE_ALERTS | {
     "PatExpiringSoon", "PatExpired", "AgentPoolStarved", "DailyChecksStale", "DailyChecksFailing",
     "PatrolSourceDown", "PatrolRotationFailed", "PatrolRotationStuck",
     "PatUnmanaged", "PatGlobal",                   # issue 8: adopt a hand-pasted PAT, flag global PATs
@@ -156,8 +156,8 @@ def test_the_recording_rule_has_a_unit_test() -> None:
 # --- structure -------------------------------------------------------------------------------------
 
 
-def test_the_alerts_are_those_of_the_design() -> None:
-    assert {rule["alert"] for rule in _alert_rules()} == DESIGN_ALERTS
+def test_the_alerts_are_those_documented() -> None:
+    assert {rule["alert"] for rule in _alert_rules()} == DOCUMENTED_ALERTS
 
 
 @pytest.mark.parametrize("rule", _alert_rules(), ids=lambda rule: rule["alert"])
@@ -267,7 +267,7 @@ def test_each_alert_reaches_the_right_receivers(rule: dict[str, Any]) -> None:
 def test_info_inhibitors_copy_of_a_rotation_alert_does_not_reach_the_worker() -> None:
     """The labels promtool showed kube-prometheus-stack's InfoInhibitor fires with."""
     _routes_test({"alertname": "InfoInhibitor", "severity": "none", "remediation": "rotate",
-                  "token": "keda", "organization": "hmcts", "alertstate": "firing"}, "platform-team")
+                  "token": "keda", "organization": "contoso", "alertstate": "firing"}, "platform-team")
 
 
 # --- inhibition: one incident, one page -------------------------------------------------------------
@@ -328,20 +328,20 @@ def test_a_real_alertmanager_pages_once_per_incident(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_http(f"{base}/-/ready", proc=proc)
-        keda = {"token": "keda", "organization": "hmcts"}
+        keda = {"token": "keda", "organization": "contoso"}
         _post_alerts(base, [
             {"alertname": "PatExpired", "severity": "critical", **keda},
             {"alertname": "PatExpiringSoon", "severity": "critical", **keda},
             {"alertname": "PatInvalid", "severity": "critical", "remediation": "rotate", "token": "keda",
-             "sink": "k8s/cft-ptl/azure-devops/azure-devops-token"},
+             "sink": "k8s/build-a/azure-devops/azure-devops-token"},
             {"alertname": "KedaScalerAuthFailing", "severity": "critical", "remediation": "rotate",
-             "token": "keda", "pool": "hmcts-agents", "cluster": "cft-ptl", "namespace": "azure-devops",
+             "token": "keda", "pool": "agents-a", "cluster": "build-a", "namespace": "azure-devops",
              "kind": "ScaledJob", "name": "azure-devops-agent"},
-            {"alertname": "AgentPoolStarved", "severity": "critical", "organization": "hmcts",
-             "pool": "hmcts-agents"},
+            {"alertname": "AgentPoolStarved", "severity": "critical", "organization": "contoso",
+             "pool": "agents-a"},
             # another token's PatExpiringSoon is another incident
             {"alertname": "PatExpiringSoon", "severity": "critical", "token": "daily-checks",
-             "organization": "hmcts"},
+             "organization": "contoso"},
         ])
         deadline = time.monotonic() + 10
         while True:

@@ -16,7 +16,7 @@ import pytest
 from patrol.cli import EXIT_USAGE, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
-DESIGN_EXAMPLE = ROOT / "tests" / "fixtures" / "config" / "design-example.yaml"
+TWO_CLUSTERS = ROOT / "tests" / "fixtures" / "config" / "two-clusters.yaml"
 PATROL = Path(sys.executable).parent / "patrol"
 COMMANDS = [[], ["config"], ["config", "check"], ["config", "example"], ["sandbox"], ["demo"], ["exporter"],
             ["worker"], ["rotate"], ["history"], ["login"]]
@@ -153,24 +153,24 @@ def _check_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[in
 
 
 def test_config_check_json_of_a_valid_file(capsys: pytest.CaptureFixture[str]) -> None:
-    code, doc = _check_json([str(DESIGN_EXAMPLE)], capsys)
+    code, doc = _check_json([str(TWO_CLUSTERS)], capsys)
     assert code == 0
-    assert (doc["file"], doc["valid"], doc["problems"]) == (str(DESIGN_EXAMPLE), True, [])
+    assert (doc["file"], doc["valid"], doc["problems"]) == (str(TWO_CLUSTERS), True, [])
     summary = doc["summary"]
     assert isinstance(summary, dict)
-    assert summary["organizations"] == ["hmcts"] and summary["clusters"] == ["cft-ptl", "sds-ptl"]
+    assert summary["organizations"] == ["contoso"] and summary["clusters"] == ["build-a", "build-b"]
     keda = summary["tokens"][0]
     assert keda["name"] == "keda" and keda["scopes"] == ["vso.agentpools_manage"]
-    assert "kubernetes-secret/cft-ptl/azure-devops/azure-devops-token/token" in keda["sinks"]
-    assert keda["consumers"] == ["cft-ptl/azure-devops/azure-devops-agent", "sds-ptl/azure-devops/azure-devops-agent"]
+    assert "kubernetes-secret/build-a/azure-devops/azure-devops-token/token" in keda["sinks"]
+    assert keda["consumers"] == ["build-a/azure-devops/azure-devops-agent", "build-b/azure-devops/azure-devops-agent"]
 
 
 def test_config_check_json_lists_every_problem_with_its_line_path_and_fix(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "broken.yaml"
-    path.write_text(DESIGN_EXAMPLE.read_text()
+    path.write_text(TWO_CLUSTERS.read_text()
                     .replace("scopes: [vso.agentpools_manage]", "scopes: [app_token]")
-                    .replace("{name: sds-ptl, context: sds-ptl}", "{name: sds-ptl}"))
+                    .replace("{name: build-b, context: build-b}", "{name: build-b}"))
     code, doc = _check_json([str(path)], capsys)
     assert code == EXIT_USAGE and doc["valid"] is False and "summary" not in doc
     problems = doc["problems"]

@@ -1,4 +1,4 @@
-"""load_config: the DESIGN §3 example loads; every rule rejects with file, key path and fix."""
+"""load_config: the two-cluster example loads; every rule rejects with file, key path and fix."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from core.config import (
 from core.errors import ConfigError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "config"
-DESIGN_EXAMPLE = FIXTURES / "design-example.yaml"
+TWO_CLUSTERS = FIXTURES / "two-clusters.yaml"
 
 Data = dict[str, Any]
 
@@ -38,22 +38,22 @@ def base() -> Data:
     """A small valid config as Python data, to mutate per test."""
     return {
         "organizations": [{
-            "name": "hmcts", "url": "https://dev.azure.com/hmcts",
+            "name": "contoso", "url": "https://dev.azure.com/contoso",
             "credential": {"kind": "username-password", "username_env": "BOT_USER",
                            "password_env": "BOT_PASSWORD"},
         }],
-        "clusters": [{"name": "cft-ptl", "context": "cft-ptl"}, {"name": "sds-ptl", "context": "sds-ptl"}],
+        "clusters": [{"name": "build-a", "context": "build-a"}, {"name": "build-b", "context": "build-b"}],
         "tokens": [
-            {"name": "keda", "organization": "hmcts", "scopes": ["vso.agentpools_manage"],
+            {"name": "keda", "organization": "contoso", "scopes": ["vso.agentpools_manage"],
              "lifetime": "30d", "renew_before": "7d",
-             "sinks": [{"kind": "kubernetes-secret", "cluster": "cft-ptl", "namespace": "azure-devops",
+             "sinks": [{"kind": "kubernetes-secret", "cluster": "build-a", "namespace": "azure-devops",
                         "secret": "azure-devops-token"}],
-             "consumers": [{"kind": "keda-scaledjob", "cluster": "cft-ptl", "namespace": "azure-devops",
-                            "name": "azure-devops-agent", "pool": "hmcts-agents"}]},
-            {"name": "daily-checks", "organization": "hmcts",
+             "consumers": [{"kind": "keda-scaledjob", "cluster": "build-a", "namespace": "azure-devops",
+                            "name": "azure-devops-agent", "pool": "agents-a"}]},
+            {"name": "daily-checks", "organization": "contoso",
              "scopes": ["vso.agentpools", "vso.build", "vso.pipelineresources_use", "vso.release"],
              "lifetime": "30d", "renew_before": "7d",
-             "sinks": [{"kind": "keyvault", "vault_url": "https://cftptl-intsvc.vault.azure.net",
+             "sinks": [{"kind": "keyvault", "vault_url": "https://contoso-checks.vault.azure.net",
                         "secret": "azure-devops-token"}]},
         ],
     }
@@ -97,31 +97,31 @@ def only(tmp_path: Path, change: Callable[[Data], None] | str, key_path: str) ->
 # --------------------------------------------------------------------------- what loads
 
 
-def test_design_example_loads() -> None:
-    config = load_config(str(DESIGN_EXAMPLE))
-    assert config.source == str(DESIGN_EXAMPLE)
-    org = config.organization("hmcts")
-    assert org.url == "https://dev.azure.com/hmcts"
-    assert org.vssps_url == "https://vssps.dev.azure.com/hmcts"
-    assert org.vsrm_url == "https://vsrm.dev.azure.com/hmcts"
+def test_two_cluster_example_loads() -> None:
+    config = load_config(str(TWO_CLUSTERS))
+    assert config.source == str(TWO_CLUSTERS)
+    org = config.organization("contoso")
+    assert org.url == "https://dev.azure.com/contoso"
+    assert org.vssps_url == "https://vssps.dev.azure.com/contoso"
+    assert org.vsrm_url == "https://vsrm.dev.azure.com/contoso"
     assert org.credential.kind == "username-password"
     assert org.credential.from_keyvault is not None
-    assert org.credential.from_keyvault.password_secret == "rpe-azure-devops-password"
-    assert [c.name for c in config.clusters] == ["cft-ptl", "sds-ptl"]
-    assert config.cluster("sds-ptl").context == "sds-ptl"
+    assert org.credential.from_keyvault.password_secret == "bot-azure-devops-password"
+    assert [c.name for c in config.clusters] == ["build-a", "build-b"]
+    assert config.cluster("build-b").context == "build-b"
     keda = config.token("keda")
     assert keda.scopes == ("vso.agentpools_manage",)
     assert keda.lifetime == timedelta(days=30)
     assert keda.renew_before == timedelta(days=7)
     assert keda.sinks == (
-        KubernetesSecretSink(cluster="cft-ptl", namespace="azure-devops", secret="azure-devops-token"),
-        KubernetesSecretSink(cluster="sds-ptl", namespace="azure-devops", secret="azure-devops-token"),
+        KubernetesSecretSink(cluster="build-a", namespace="azure-devops", secret="azure-devops-token"),
+        KubernetesSecretSink(cluster="build-b", namespace="azure-devops", secret="azure-devops-token"),
     )
-    assert [c.pool for c in keda.consumers] == ["hmcts-agents", "sds-agents"]
+    assert [c.pool for c in keda.consumers] == ["agents-a", "agents-b"]
     assert keda.consumers[0].resource == "scaledjobs"
     daily = config.token("daily-checks")
     assert daily.scopes == ("vso.agentpools", "vso.build", "vso.pipelineresources_use", "vso.release")
-    assert daily.sinks == (KeyVaultSink(vault_url="https://cftptl-intsvc.vault.azure.net",
+    assert daily.sinks == (KeyVaultSink(vault_url="https://contoso-checks.vault.azure.net",
                                         secret="azure-devops-token"),)
     assert daily.pipeline is not None
     assert daily.pipeline.max_age == timedelta(hours=26)
@@ -147,7 +147,7 @@ def test_sections_and_lease_are_read(tmp_path: Path) -> None:
                      "client_secret_file": "/run/secret", "verify_challenge_resource": False}
     data["exporter"] = {"listen": "127.0.0.1:0", "keda_interval": "2s", "concurrency": 2}
     data["worker"] = {"listen": "[::]:9878", "cooldown": "0s", "verify_deadline": "1h30m",
-                      "lease": {"cluster": "sds-ptl", "namespace": "patrol", "duration": "20s"}}
+                      "lease": {"cluster": "build-b", "namespace": "patrol", "duration": "20s"}}
     config = load(tmp_path, data)
     assert config.azure.credential == "client-secret"
     assert config.azure.client_secret_file == "/run/secret"
@@ -158,7 +158,7 @@ def test_sections_and_lease_are_read(tmp_path: Path) -> None:
     assert config.worker.cooldown == timedelta(0)
     assert config.worker.verify_deadline == timedelta(hours=1, minutes=30)
     assert config.worker.lease is not None
-    assert (config.worker.lease.cluster, config.worker.lease.name) == ("sds-ptl", "patrol-worker")
+    assert (config.worker.lease.cluster, config.worker.lease.name) == ("build-b", "patrol-worker")
     assert config.worker.lease.duration == timedelta(seconds=20)
     assert config.worker.url is None
 
@@ -177,7 +177,7 @@ def test_sandbox_style_organization_with_explicit_urls(tmp_path: Path) -> None:
                                     vssps_url="http://127.0.0.1:4100/vssps/sandbox-org",
                                     vsrm_url="http://127.0.0.1:4100/vsrm/sandbox-org")
     data["organizations"][0]["credential"]["authority"] = "https://127.0.0.1:4101"
-    org = load(tmp_path, data).organization("hmcts")
+    org = load(tmp_path, data).organization("contoso")
     assert org.url == "http://127.0.0.1:4100/sandbox-org"
     assert org.vssps_url == "http://127.0.0.1:4100/vssps/sandbox-org"
     assert org.vsrm_url == "http://127.0.0.1:4100/vsrm/sandbox-org"
@@ -186,10 +186,10 @@ def test_sandbox_style_organization_with_explicit_urls(tmp_path: Path) -> None:
 
 def test_overrides_win_over_derived_urls(tmp_path: Path) -> None:
     data = base()
-    data["organizations"][0]["vsrm_url"] = "https://vsrm.example.test/hmcts"
-    org = load(tmp_path, data).organization("hmcts")
-    assert org.vssps_url == "https://vssps.dev.azure.com/hmcts"
-    assert org.vsrm_url == "https://vsrm.example.test/hmcts"
+    data["organizations"][0]["vsrm_url"] = "https://vsrm.example.test/contoso"
+    org = load(tmp_path, data).organization("contoso")
+    assert org.vssps_url == "https://vssps.dev.azure.com/contoso"
+    assert org.vsrm_url == "https://vsrm.example.test/contoso"
 
 
 def test_relative_paths_resolve_against_the_config_directory(tmp_path: Path) -> None:
@@ -204,9 +204,9 @@ def test_relative_paths_resolve_against_the_config_directory(tmp_path: Path) -> 
     data["worker"] = {"state_dir": "state", "webhook_token_file": "tokens/webhook"}
     config = load_config(write(conf_dir, data))
     assert os.getcwd() != str(conf_dir)
-    assert config.cluster("cft-ptl").kubeconfig == str(conf_dir / "kube" / "config")
-    assert config.cluster("sds-ptl").kubeconfig == "/abs/kubeconfig"
-    assert config.organization("hmcts").credential.record_file == str(tmp_path / "etc" / "record.json")
+    assert config.cluster("build-a").kubeconfig == str(conf_dir / "kube" / "config")
+    assert config.cluster("build-b").kubeconfig == "/abs/kubeconfig"
+    assert config.organization("contoso").credential.record_file == str(tmp_path / "etc" / "record.json")
     assert config.azure.client_secret_file == str(conf_dir / "secret.txt")
     assert config.azure.ca_bundle == str(conf_dir / "ca.pem")
     assert config.worker.state_dir == str(conf_dir / "state")
@@ -215,8 +215,8 @@ def test_relative_paths_resolve_against_the_config_directory(tmp_path: Path) -> 
 
 def test_in_cluster_cluster(tmp_path: Path) -> None:
     data = base()
-    data["clusters"][1] = {"name": "sds-ptl", "in_cluster": True}
-    cluster = load(tmp_path, data).cluster("sds-ptl")
+    data["clusters"][1] = {"name": "build-b", "in_cluster": True}
+    cluster = load(tmp_path, data).cluster("build-b")
     assert cluster.in_cluster is True
     assert cluster.context is None
 
@@ -262,7 +262,7 @@ def test_yaml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
 
 
 def test_duplicate_yaml_keys_are_reported(tmp_path: Path) -> None:
-    text = (DESIGN_EXAMPLE.read_text()
+    text = (TWO_CLUSTERS.read_text()
             .replace("    lifetime: 30d\n", "    lifetime: 30d\n    lifetime: 60d\n", 1))
     problem = only(tmp_path, text, "tokens[0].lifetime")
     assert "written twice" in problem.problem
@@ -271,12 +271,12 @@ def test_duplicate_yaml_keys_are_reported(tmp_path: Path) -> None:
 
 
 def test_problems_carry_the_line(tmp_path: Path) -> None:
-    text = DESIGN_EXAMPLE.read_text().replace("cluster: sds-ptl, namespace: azure-devops, secret",
-                                              "cluster: sds-ptI, namespace: azure-devops, secret")
+    text = TWO_CLUSTERS.read_text().replace("cluster: build-b, namespace: azure-devops, secret",
+                                              "cluster: bui1d-b, namespace: azure-devops, secret")
     path, found = errors(tmp_path, text)
     problem = found["tokens[0].sinks[1].cluster"]
     assert isinstance(problem, ConfigProblem)
-    expected_line = next(i for i, line in enumerate(text.splitlines(), 1) if "sds-ptI" in line)
+    expected_line = next(i for i, line in enumerate(text.splitlines(), 1) if "bui1d-b" in line)
     assert problem.line == expected_line
     assert str(problem).startswith(f"{path}:{expected_line}: tokens[0].sinks[1].cluster: ")
 
@@ -372,24 +372,24 @@ def test_organization_url_is_required(tmp_path: Path) -> None:
 
 def test_non_dev_azure_url_needs_explicit_vssps_and_vsrm(tmp_path: Path) -> None:
     def change(d: Data) -> None:
-        d["organizations"][0].update(url="https://ado.example.test/hmcts",
-                                     vssps_url="https://vssps.example.test/hmcts")
+        d["organizations"][0].update(url="https://ado.example.test/contoso",
+                                     vssps_url="https://vssps.example.test/contoso")
     problem = only(tmp_path, change, "organizations[0].url")
     assert "can only be derived" in problem.problem
     assert problem.fix.startswith("add vsrm_url ")
 
 
 def test_legacy_visualstudio_url_points_to_dev_azure(tmp_path: Path) -> None:
-    problem = only(tmp_path, lambda d: d["organizations"][0].update(url="https://hmcts.visualstudio.com"),
+    problem = only(tmp_path, lambda d: d["organizations"][0].update(url="https://contoso.visualstudio.com"),
                    "organizations[0].url")
-    assert "https://dev.azure.com/hmcts" in problem.fix
+    assert "https://dev.azure.com/contoso" in problem.fix
 
 
 def test_dev_azure_url_with_a_project_is_rejected(tmp_path: Path) -> None:
     problem = only(tmp_path,
-                   lambda d: d["organizations"][0].update(url="https://dev.azure.com/hmcts/PlatformOps"),
+                   lambda d: d["organizations"][0].update(url="https://dev.azure.com/contoso/PlatformOps"),
                    "organizations[0].url")
-    assert "'url: https://dev.azure.com/hmcts'" in problem.fix
+    assert "'url: https://dev.azure.com/contoso'" in problem.fix
 
 
 def test_duplicate_organization_name(tmp_path: Path) -> None:
@@ -448,7 +448,7 @@ def test_secrets_in_the_file_are_rejected_and_never_echoed(tmp_path: Path) -> No
 
 
 def test_duplicate_cluster_name(tmp_path: Path) -> None:
-    problem = only(tmp_path, lambda d: d["clusters"].append({"name": "cft-ptl", "context": "x"}),
+    problem = only(tmp_path, lambda d: d["clusters"].append({"name": "build-a", "context": "x"}),
                    "clusters[2].name")
     assert "already used by clusters[0]" in problem.problem
 
@@ -466,7 +466,7 @@ def test_cluster_not_both_context_and_in_cluster(tmp_path: Path) -> None:
 
 def test_in_cluster_with_kubeconfig(tmp_path: Path) -> None:
     problem = only(tmp_path, lambda d: d["clusters"].__setitem__(
-        0, {"name": "cft-ptl", "in_cluster": True, "kubeconfig": "k"}), "clusters[0].kubeconfig")
+        0, {"name": "build-a", "in_cluster": True, "kubeconfig": "k"}), "clusters[0].kubeconfig")
     assert "remove kubeconfig" in problem.fix
 
 
@@ -486,9 +486,9 @@ def test_token_name_must_be_a_short_name(tmp_path: Path) -> None:
 
 
 def test_token_organization_must_exist(tmp_path: Path) -> None:
-    problem = only(tmp_path, lambda d: d["tokens"][0].update(organization="hmct"), "tokens[0].organization")
-    assert problem.problem == "unknown organization 'hmct'"
-    assert problem.fix.startswith("did you mean 'hmcts'?")
+    problem = only(tmp_path, lambda d: d["tokens"][0].update(organization="contso"), "tokens[0].organization")
+    assert problem.problem == "unknown organization 'contso'"
+    assert problem.fix.startswith("did you mean 'contoso'?")
 
 
 def test_lifetime_at_most_a_year(tmp_path: Path) -> None:
@@ -532,10 +532,10 @@ def test_token_without_sinks(tmp_path: Path) -> None:
 
 
 def test_sink_cluster_must_exist(tmp_path: Path) -> None:
-    problem = only(tmp_path, lambda d: d["tokens"][0]["sinks"][0].update(cluster="cft-ptI"),
+    problem = only(tmp_path, lambda d: d["tokens"][0]["sinks"][0].update(cluster="bui1d-a"),
                    "tokens[0].sinks[0].cluster")
-    assert problem.problem == "unknown cluster 'cft-ptI'"
-    assert problem.fix.startswith("did you mean 'cft-ptl'?")
+    assert problem.problem == "unknown cluster 'bui1d-a'"
+    assert problem.fix.startswith("did you mean 'build-a'?")
 
 
 def test_sink_flux_policy(tmp_path: Path) -> None:
@@ -551,7 +551,7 @@ def test_sink_flux_policy(tmp_path: Path) -> None:
 
 def test_keyvault_sink_must_be_https(tmp_path: Path) -> None:
     problem = only(tmp_path,
-                   lambda d: d["tokens"][1]["sinks"][0].update(vault_url="http://cftptl.vault.azure.net"),
+                   lambda d: d["tokens"][1]["sinks"][0].update(vault_url="http://contoso-checks.vault.azure.net"),
                    "tokens[1].sinks[0].vault_url")
     assert problem.fix.startswith("use https://")
 
@@ -585,7 +585,7 @@ def test_two_tokens_writing_one_sink(tmp_path: Path) -> None:
 def test_consumer_cluster_must_exist(tmp_path: Path) -> None:
     problem = only(tmp_path, lambda d: d["tokens"][0]["consumers"][0].update(cluster="nowhere"),
                    "tokens[0].consumers[0].cluster")
-    assert problem.fix == "define it under 'clusters:' or use one of: cft-ptl, sds-ptl"
+    assert problem.fix == "define it under 'clusters:' or use one of: build-a, build-b"
 
 
 def test_duplicate_consumer(tmp_path: Path) -> None:
@@ -743,7 +743,7 @@ def test_rotation_safety_keys_are_read(tmp_path: Path) -> None:
     keda["sinks"][0]["refresh_interval"] = "90s"
     daily["sinks"][0]["refresh_interval"] = "1h"
     daily["pipeline"] = {"project": "P", "definition": "daily-checks", "timeout": "45m"}
-    keda["consumers"].append({"kind": "keda-scaledobject", "cluster": "sds-ptl", "namespace": "ado",
+    keda["consumers"].append({"kind": "keda-scaledobject", "cluster": "build-b", "namespace": "ado",
                               "name": "so", "pool": "p", "switch": "refresh"})
     cfg = load(tmp_path, data)
     token = cfg.token("keda")

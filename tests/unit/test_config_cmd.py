@@ -12,7 +12,7 @@ from core.config import ConfigErrors, load_config
 from patrol import config_cmd
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-DESIGN_EXAMPLE = ROOT / "tests" / "fixtures" / "config" / "design-example.yaml"
+TWO_CLUSTERS = ROOT / "tests" / "fixtures" / "config" / "two-clusters.yaml"
 
 
 def check(file: str | None, **extra: object) -> int:
@@ -20,28 +20,28 @@ def check(file: str | None, **extra: object) -> int:
 
 
 def test_check_valid_file_prints_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
-    assert check(str(DESIGN_EXAMPLE)) == 0
+    assert check(str(TWO_CLUSTERS)) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    assert out.splitlines()[0] == (f"{DESIGN_EXAMPLE}: OK - 1 organization(s), 2 cluster(s), 2 token(s)")
-    assert "  hmcts: https://dev.azure.com/hmcts (credential: username-password, from Key Vault " \
-           "https://rpe-prod.vault.azure.net)" in out
-    assert "  cft-ptl: context cft-ptl" in out
-    assert "  keda (hmcts)\n    scopes: vso.agentpools_manage\n    lifetime: 30d, renew_before: 7d\n" in out
-    assert "    sink: kubernetes-secret/sds-ptl/azure-devops/azure-devops-token/token (flux: refuse)" in out
-    assert "    consumer: ScaledJob cft-ptl/azure-devops/azure-devops-agent (pool hmcts-agents)" in out
+    assert out.splitlines()[0] == (f"{TWO_CLUSTERS}: OK - 1 organization(s), 2 cluster(s), 2 token(s)")
+    assert "  contoso: https://dev.azure.com/contoso (credential: username-password, from Key Vault " \
+           "https://contoso-bot.vault.azure.net)" in out
+    assert "  build-a: context build-a" in out
+    assert "  keda (contoso)\n    scopes: vso.agentpools_manage\n    lifetime: 30d, renew_before: 7d\n" in out
+    assert "    sink: kubernetes-secret/build-b/azure-devops/azure-devops-token/token (flux: refuse)" in out
+    assert "    consumer: ScaledJob build-a/azure-devops/azure-devops-agent (pool agents-a)" in out
     assert "    scopes: vso.agentpools vso.build vso.pipelineresources_use vso.release" in out
-    assert "    sink: keyvault/cftptl-intsvc.vault.azure.net/azure-devops-token" in out
-    assert "    pipeline: PlatformOperations/daily-checks, stale after 1d2h" in out
+    assert "    sink: keyvault/contoso-checks.vault.azure.net/azure-devops-token" in out
+    assert "    pipeline: Operations/daily-checks, stale after 1d2h" in out
     assert len(out.splitlines()) <= 40                         # one screen
 
 
 def test_check_invalid_file_lists_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    text = (DESIGN_EXAMPLE.read_text()
+    text = (TWO_CLUSTERS.read_text()
             .replace("scopes: [vso.agentpools_manage]", "scopes: [app_token]")
             .replace("lifetime: 30d\n    renew_before: 7d\n    sinks:\n      - {kind: keyvault",
                      "lifetime: 10\n    renew_before: 7d\n    sinks:\n      - {kind: keyvault")
-            .replace("{name: sds-ptl, context: sds-ptl}", "{name: sds-ptl}"))
+            .replace("{name: build-b, context: build-b}", "{name: build-b}"))
     path = tmp_path / "broken.yaml"
     path.write_text(text)
     assert check(str(path)) == 2
@@ -62,7 +62,7 @@ def test_check_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_check_falls_back_to_the_config_option(capsys: pytest.CaptureFixture[str]) -> None:
-    assert check(None, config=str(DESIGN_EXAMPLE)) == 0
+    assert check(None, config=str(TWO_CLUSTERS)) == 0
     assert "OK" in capsys.readouterr().out
 
 
@@ -102,7 +102,7 @@ def test_docs_error_messages_are_the_real_ones(tmp_path: Path) -> None:
 def test_add_parser_wires_both_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser(prog="patrol")
     config_cmd.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["config", "check", str(DESIGN_EXAMPLE)])
+    args = parser.parse_args(["config", "check", str(TWO_CLUSTERS)])
     assert args.func is config_cmd.run
     assert args.func(args) == 0
     args = parser.parse_args(["config", "example"])

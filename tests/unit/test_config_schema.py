@@ -21,7 +21,7 @@ import yaml
 
 from core import _config_parse
 from core.config import ConfigErrors, DurationError, parse_duration
-from core.schema import DURATION_PATTERN, SCHEMA_URL, config_schema
+from core.schema import DURATION_PATTERN, SCHEMA_FILE_NAME, SCHEMA_ID, config_schema
 from patrol import cli, config_cmd
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,16 +66,17 @@ def test_committed_schema_is_what_patrol_config_schema_prints(capsys: pytest.Cap
         "docs/patrol.schema.json is stale: run `patrol config schema > docs/patrol.schema.json`")
 
 
-def test_schema_is_valid_draft_2020_12_and_published_where_the_example_says() -> None:
+def test_schema_is_valid_draft_2020_12_and_names_itself_without_a_guessed_location() -> None:
     schema = json.loads(COMMITTED.read_text(encoding="utf-8"))
     jsonschema.Draft202012Validator.check_schema(schema)
-    assert schema["$id"] == SCHEMA_URL
-    assert SCHEMA_URL.endswith("/main/docs/patrol.schema.json")       # the committed path, on main
+    assert schema["$id"] == SCHEMA_ID == "urn:patrol:config:v1"      # a name: patrol has no web home
+    assert COMMITTED.name == SCHEMA_FILE_NAME
 
 
 def test_examples_name_the_schema_on_their_first_line() -> None:
     first = config_cmd.EXAMPLE_CONFIG.splitlines()[0]
-    assert first == f"# yaml-language-server: $schema={SCHEMA_URL}"
+    assert first == f"# yaml-language-server: $schema={SCHEMA_FILE_NAME}"        # beside patrol.yaml
+    assert f"patrol config schema > {SCHEMA_FILE_NAME}" in config_cmd.EXAMPLE_CONFIG.splitlines()[2]
     deploy_first = DEPLOY_CONFIG.read_text(encoding="utf-8").splitlines()[0]
     match = SCHEMA_LINE.match(deploy_first)
     assert match, deploy_first

@@ -9,14 +9,14 @@ from patrol.timeline import Event, Snapshot
 
 FAILING = Snapshot(
     at=130.0,
-    scaledjobs={"cft-ptl/azure-devops/agent": {"cluster": "cft-ptl", "ready": "False", "queue_length": 3,
+    scaledjobs={"build-a/azure-devops/agent": {"cluster": "build-a", "ready": "False", "queue_length": 3,
                                                 "agents_running": 0},
-                "sds-ptl/azure-devops/agent": {"cluster": "sds-ptl", "ready": "True", "queue_length": 1,
+                "build-b/azure-devops/agent": {"cluster": "build-b", "ready": "True", "queue_length": 1,
                                                 "agents_running": 2}},
     alerts={"PatInvalid{token=keda}": "firing", "PatrolRotationStuck": "pending"},
     rotations=[{"id": "r1", "token": "keda", "state": "verify", "outcome": None},
                {"id": "r0", "token": "keda", "state": "finished", "outcome": "succeeded"}],
-    valid={"keda": {"kubernetes-secret/cft-ptl/ns/s/k": 0.0, "kubernetes-secret/sds-ptl/ns/s/k": 1.0},
+    valid={"keda": {"kubernetes-secret/build-a/ns/s/k": 0.0, "kubernetes-secret/build-b/ns/s/k": 1.0},
            "daily-checks": {"keyvault/host/name": 1.0}},
 )
 
@@ -38,8 +38,8 @@ def test_colour_only_on_a_terminal_without_no_color() -> None:
 
 def test_the_status_line_says_how_things_stand() -> None:
     assert status_line(FAILING) == (
-        "keda INVALID at cft-ptl | alerts: PatInvalid{token=keda} (1 pending) | rotating keda: verify | "
-        "KEDA cft-ptl NOT READY q3 a0, sds-ptl Ready q1 a2")
+        "keda INVALID at build-a | alerts: PatInvalid{token=keda} (1 pending) | rotating keda: verify | "
+        "KEDA build-a NOT READY q3 a0, build-b Ready q1 a2")
     assert status_line(Snapshot(at=0.0)) == "exporter: no answer | no rotation running | KEDA ?"
     calm = Snapshot(at=0.0, valid={"keda": {"s": 1.0}, "other": {"k": 1.0}}, alerts={}, rotations=[])
     assert status_line(calm) == "tokens valid (2) | alerts: none firing | no rotation running | KEDA ?"
@@ -57,8 +57,8 @@ def test_piped_output_is_a_plain_timeline_with_the_status_only_when_it_changed()
     narrator.close()
     lines = out.getvalue().splitlines()
     assert lines == [
-        "[   +1.0s] keda INVALID at cft-ptl | alerts: PatInvalid{token=keda} (1 pending) | rotating keda: verify"
-        " | KEDA cft-ptl NOT READY q3 a0, sds-ptl Ready q1 a2",
+        "[   +1.0s] keda INVALID at build-a | alerts: PatInvalid{token=keda} (1 pending) | rotating keda: verify"
+        " | KEDA build-a NOT READY q3 a0, build-b Ready q1 a2",
         "[   +5.5s] alert PatInvalid{token=keda} firing",
         "[  +12.0s] exporter warming up | alerts: none firing | no rotation running | KEDA ?",
     ]

@@ -333,7 +333,7 @@ def _config_arg(docs: list[Doc], deployment: str) -> str:
 
 def test_the_configmap_config_passes_patrols_loader(config: Config) -> None:
     assert [t.name for t in config.tokens] == ["keda", "daily-checks"]
-    assert [c.name for c in config.clusters] == ["cft-ptl", "sds-ptl"]
+    assert [c.name for c in config.clusters] == ["build-a", "build-b"]
     assert [c.in_cluster for c in config.clusters] == [True, False]
 
 
@@ -494,7 +494,7 @@ def _needs(config: Config, cluster: str) -> Iterator[tuple[str, str, str, str, s
 
 def test_rbac_grants_what_the_config_needs_in_patrols_cluster(base: list[Doc], config: Config) -> None:
     here = [c.name for c in config.clusters if c.in_cluster]
-    assert here == ["cft-ptl"]
+    assert here == ["build-a"]
     needs = list(_needs(config, here[0]))
     assert needs
     for account, table in (("patrol-worker", _WORKER_NEEDS), ("patrol-exporter", _EXPORTER_NEEDS)):

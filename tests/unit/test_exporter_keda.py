@@ -20,10 +20,10 @@ from exporter.fanout import Fanout
 from exporter.keda import ConsumerInfo, EventTally, Keda
 from tests.unit.exporter_world import FakeCluster, daily_token, keda_token
 
-LABELS = {"cluster": "cft-ptl", "namespace": "azure-devops", "kind": "ScaledJob", "name": "azure-devops-agent"}
+LABELS = {"cluster": "build-a", "namespace": "azure-devops", "kind": "ScaledJob", "name": "azure-devops-agent"}
 OBJ = ("ScaledJob", "azure-devops-agent")
 KEDA_401 = ("error parsing azure Pipelines metadata: the Azure DevOps REST API returned error. urlString: "
-            "http://127.0.0.1:1/org/_apis/distributedtask/pools?poolName=hmcts-agents status: 401 response: ")
+            "http://127.0.0.1:1/org/_apis/distributedtask/pools?poolName=agents-a status: 401 response: ")
 KEDA_203 = ("the Azure DevOps REST API returned error. url: https://dev.azure.com/org/_apis/x status: 203 "
             "response: <html>")
 KEDA_HTML = "invalid character '<' looking for beginning of value"
@@ -186,7 +186,7 @@ class Cluster(FakeCluster):
     """The fake cluster, recording the version each watch starts from."""
 
     def __init__(self) -> None:
-        super().__init__("cft-ptl")
+        super().__init__("build-a")
         self.watched_from: list[str] = []
 
     def watch_events(self, ns: str, *, field_selector: str, resource_version: str,
@@ -203,7 +203,7 @@ class World:
         self.clock = Clock(T0.timestamp())
         self.changes = 0
         self.changed = threading.Event()
-        self.source = Keda("cft-ptl", [keda_token()], self.cluster, fanout=fanout, interval=30.0,
+        self.source = Keda("build-a", [keda_token()], self.cluster, fanout=fanout, interval=30.0,
                            watch_timeout=watch_timeout, watch_retry_delay=0.05, clock=self.clock)
         self.source.on_change = self._on_change
         self.registry = CollectorRegistry()
@@ -262,7 +262,7 @@ def test_lists_then_watches_and_the_counter_follows_the_watch(world: World) -> N
     assert w.cluster.lists == 1                            # the watch is healthy: no list
     # only one sample for the configured consumer in this cluster
     assert w.registry.get_sample_value("patrol_keda_scaler_auth_failures_total",
-                                       {**LABELS, "cluster": "sds-ptl"}) is None
+                                       {**LABELS, "cluster": "build-b"}) is None
 
 
 def test_a_stream_that_ends_is_watched_again_from_the_last_version(world: World) -> None:
@@ -390,6 +390,6 @@ def test_ready_gauge_follows_the_ready_condition(world: World, ready: bool | Non
 def test_consumer_info_maps_each_consumer_to_its_token() -> None:
     registry = CollectorRegistry()
     registry.register(ConsumerInfo([keda_token(), daily_token()]))
-    assert registry.get_sample_value("patrol_consumer_info", {**LABELS, "token": "keda", "pool": "hmcts-agents"}) == 1
-    assert registry.get_sample_value("patrol_consumer_info", {**LABELS, "cluster": "sds-ptl", "token": "keda",
-                                                               "pool": "sds-agents"}) == 1
+    assert registry.get_sample_value("patrol_consumer_info", {**LABELS, "token": "keda", "pool": "agents-a"}) == 1
+    assert registry.get_sample_value("patrol_consumer_info", {**LABELS, "cluster": "build-b", "token": "keda",
+                                                               "pool": "agents-b"}) == 1

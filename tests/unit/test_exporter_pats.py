@@ -43,18 +43,18 @@ class World:
     def __init__(self, fanout: Fanout, *pats_: object) -> None:
         self.clock = Clock()
         self.board = SinkBoard()
-        self.cft, self.sds, self.vault = FakeCluster("cft-ptl"), FakeCluster("sds-ptl"), FakeVault()
+        self.build_a, self.build_b, self.vault = FakeCluster("build-a"), FakeCluster("build-b"), FakeVault()
         self.pats = FakePats()
         kw = {"board": self.board, "fanout": fanout, "interval": 60.0, "clock": self.clock}
-        self.cft_sinks = KubernetesSinks("cft-ptl", [KEDA_SINKS[0]], self.cft, **kw)
-        self.sds_sinks = KubernetesSinks("sds-ptl", [KEDA_SINKS[1]], self.sds, **kw)
+        self.build_a_sinks = KubernetesSinks("build-a", [KEDA_SINKS[0]], self.build_a, **kw)
+        self.build_b_sinks = KubernetesSinks("build-b", [KEDA_SINKS[1]], self.build_b, **kw)
         self.vault_sinks = KeyVaultSinks(DAILY_SINK.vault_url, [DAILY_SINK], self.vault, **kw)
         self.source = PatExpiry(ORG, [keda_token(), daily_token()], self.pats, **kw)
         self.registry = CollectorRegistry()
         self.registry.register(self.source)
 
     def refresh(self) -> None:
-        for source in (self.cft_sinks, self.sds_sinks, self.vault_sinks, self.source):
+        for source in (self.build_a_sinks, self.build_b_sinks, self.vault_sinks, self.source):
             source.refresh()
 
     def expiry(self, token: str, source: str) -> float | None:
@@ -72,8 +72,8 @@ def test_matches_the_authorization_id_recorded_in_the_sinks(fanout: Fanout) -> N
     w.pats.pats = [pat("a-keda", "keda-by-hand", at(10 * 86400)), pat("a-daily", "whatever", at(20 * 86400)),
                    pat("a-other", "patrol-keda-000000000000", at(99 * 86400))]
     annotations = {"patrol.io/authorization-id": "a-keda"}
-    w.cft.put_secret("azure-devops", "azure-devops-token", {"token": "t1"}, annotations)
-    w.sds.put_secret("azure-devops", "azure-devops-token", {"token": "t1"}, annotations)
+    w.build_a.put_secret("azure-devops", "azure-devops-token", {"token": "t1"}, annotations)
+    w.build_b.put_secret("azure-devops", "azure-devops-token", {"token": "t1"}, annotations)
     w.vault.put("azure-devops-token", "t2", expires_on=at(5), tags={"authorizationId": "a-daily"})
     w.refresh()
 
@@ -89,8 +89,8 @@ def test_sinks_holding_different_pats_report_the_earliest(fanout: Fanout) -> Non
     w = World(fanout)
     w.pats.pats = [pat("old", "patrol-keda-aaaaaaaaaaaa", at(2 * 86400)),
                    pat("new", "patrol-keda-bbbbbbbbbbbb", at(30 * 86400))]
-    w.cft.put_secret("azure-devops", "azure-devops-token", {"token": "new"}, {"patrol.io/authorization-id": "new"})
-    w.sds.put_secret("azure-devops", "azure-devops-token", {"token": "old"}, {"patrol.io/authorization-id": "old"})
+    w.build_a.put_secret("azure-devops", "azure-devops-token", {"token": "new"}, {"patrol.io/authorization-id": "new"})
+    w.build_b.put_secret("azure-devops", "azure-devops-token", {"token": "old"}, {"patrol.io/authorization-id": "old"})
     w.refresh()
     assert w.expiry("keda", "lifecycle-api") == at(2 * 86400).timestamp()
 
@@ -100,7 +100,7 @@ def test_without_ids_the_newest_patrol_named_pat_wins(fanout: Fanout) -> None:
     w.pats.pats = [pat("1", "patrol-keda-aaaaaaaaaaaa", at(3 * 86400), valid_from=at(-20 * 86400)),
                    pat("2", "patrol-keda-bbbbbbbbbbbb", at(30 * 86400), valid_from=at(-1)),
                    pat("3", "patrol-kedax-cccccccccccc", at(90 * 86400), valid_from=at(0))]
-    w.cft.put_secret("azure-devops", "azure-devops-token", {"token": "x"})
+    w.build_a.put_secret("azure-devops", "azure-devops-token", {"token": "x"})
     w.refresh()
     assert w.expiry("keda", "lifecycle-api") == at(30 * 86400).timestamp()
 
@@ -108,9 +108,9 @@ def test_without_ids_the_newest_patrol_named_pat_wins(fanout: Fanout) -> None:
 def test_falls_back_to_the_expiry_written_in_the_sinks(fanout: Fanout) -> None:
     w = World(fanout)
     w.pats.pats = [pat("unrelated", "someone-else", at(86400))]
-    w.cft.put_secret("azure-devops", "azure-devops-token", {"token": "x"},
+    w.build_a.put_secret("azure-devops", "azure-devops-token", {"token": "x"},
                      {"patrol.io/authorization-id": "gone", "patrol.io/expiry": "2025-06-20T00:00:00Z"})
-    w.sds.put_secret("azure-devops", "azure-devops-token", {"token": "x"},
+    w.build_b.put_secret("azure-devops", "azure-devops-token", {"token": "x"},
                      {"patrol.io/expiry": "2025-06-25T00:00:00Z"})
     w.vault.put("azure-devops-token", "t2", expires_on=at(4 * 86400), tags={})
     w.refresh()
@@ -123,7 +123,7 @@ def test_falls_back_to_the_expiry_written_in_the_sinks(fanout: Fanout) -> None:
 
 def test_a_token_nobody_can_date_has_no_series(fanout: Fanout) -> None:
     w = World(fanout)
-    w.cft.put_secret("azure-devops", "azure-devops-token", {"token": "x"})
+    w.build_a.put_secret("azure-devops", "azure-devops-token", {"token": "x"})
     w.refresh()
     assert w.renewal("keda") is None
     assert w.up() == 1.0
@@ -165,16 +165,18 @@ def test_failing_listing_keeps_stale_values_and_logs_once_per_state(
 def test_an_unreachable_vault_is_its_own_source(fanout: Fanout) -> None:
     w = World(fanout)
     w.registry.register(w.vault_sinks)
-    w.registry.register(w.cft_sinks)
+    w.registry.register(w.build_a_sinks)
     w.vault.put("azure-devops-token", "t2", expires_on=at(86400), tags={})
-    w.cft.put_secret("azure-devops", "azure-devops-token", {"token": "x"}, {"patrol.io/expiry": "2025-06-20T00:00:00Z"})
+    w.build_a.put_secret("azure-devops", "azure-devops-token", {"token": "x"},
+                         {"patrol.io/expiry": "2025-06-20T00:00:00Z"})
     w.refresh()
     w.vault.fail = UnavailableError("Key Vault get azure-devops-token: cannot reach Key Vault", service="keyvault")
-    w.cft.put_secret("azure-devops", "azure-devops-token", {"token": "x"}, {"patrol.io/expiry": "2025-06-21T00:00:00Z"})
+    w.build_a.put_secret("azure-devops", "azure-devops-token", {"token": "x"},
+                         {"patrol.io/expiry": "2025-06-21T00:00:00Z"})
     w.refresh()
 
-    assert w.registry.get_sample_value("patrol_source_up", {"source": "keyvault/cftptl-intsvc.vault.azure.net"}) == 0
-    assert w.registry.get_sample_value("patrol_source_up", {"source": "kubernetes/cft-ptl"}) == 1
+    assert w.registry.get_sample_value("patrol_source_up", {"source": "keyvault/contoso-checks.vault.azure.net"}) == 0
+    assert w.registry.get_sample_value("patrol_source_up", {"source": "kubernetes/build-a"}) == 1
     assert w.expiry("daily-checks", "keyvault") == at(86400).timestamp()          # last reading kept
     assert w.expiry("keda", "annotation") == 1750377600.0 + 86400                 # fresh reading used
 
@@ -184,7 +186,7 @@ def test_an_empty_sink_is_read_successfully(fanout: Fanout) -> None:
     w.refresh()
     reading = w.board.get(KEDA_SINKS[0].id)
     assert reading is not None and reading.value is None
-    assert w.cft_sinks.health.up
+    assert w.build_a_sinks.health.up
 
 
 def test_renewal_uses_each_tokens_renew_before(fanout: Fanout) -> None:

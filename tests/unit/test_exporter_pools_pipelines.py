@@ -48,9 +48,9 @@ def test_pool_state_counts_queue_like_keda() -> None:
 class Pools:
     def __init__(self, fanout: Fanout) -> None:
         self.ado = FakeAdo()
-        self.ado.add_pool("hmcts-agents", 11)
-        self.ado.add_pool("sds-agents", 12)
-        self.source = AgentPools(ORG, ["hmcts-agents", "sds-agents", "hmcts-agents"], self.ado, fanout=fanout,
+        self.ado.add_pool("agents-a", 11)
+        self.ado.add_pool("agents-b", 12)
+        self.source = AgentPools(ORG, ["agents-a", "agents-b", "agents-a"], self.ado, fanout=fanout,
                                  interval=30.0, clock=Clock())
         self.registry = CollectorRegistry()
         self.registry.register(self.source)
@@ -66,12 +66,12 @@ def test_pool_metrics_and_id_lookups_once(fanout: Fanout) -> None:
     p.source.refresh()
     p.source.refresh()
 
-    assert p.value("patrol_agent_pool_agents", "hmcts-agents", status="online") == 1.0
-    assert p.value("patrol_agent_pool_agents", "hmcts-agents", status="offline") == 2.0
-    assert p.value("patrol_agent_pool_queued_jobs", "hmcts-agents") == 1.0
-    assert p.value("patrol_agent_pool_oldest_queued_job_age_seconds", "hmcts-agents") == 120.0
-    assert p.value("patrol_agent_pool_queued_jobs", "sds-agents") == 0.0
-    assert p.value("patrol_agent_pool_oldest_queued_job_age_seconds", "sds-agents") == 0.0
+    assert p.value("patrol_agent_pool_agents", "agents-a", status="online") == 1.0
+    assert p.value("patrol_agent_pool_agents", "agents-a", status="offline") == 2.0
+    assert p.value("patrol_agent_pool_queued_jobs", "agents-a") == 1.0
+    assert p.value("patrol_agent_pool_oldest_queued_job_age_seconds", "agents-a") == 120.0
+    assert p.value("patrol_agent_pool_queued_jobs", "agents-b") == 0.0
+    assert p.value("patrol_agent_pool_oldest_queued_job_age_seconds", "agents-b") == 0.0
     assert p.ado.find_calls == 2                            # pool ids looked up once each
 
 
@@ -79,17 +79,17 @@ def test_a_vanished_pool_is_looked_up_again_and_others_keep_working(fanout: Fano
     p = Pools(fanout)
     p.ado.jobs[12] = [job(1, -5)]
     p.source.refresh()
-    del p.ado.pools["hmcts-agents"], p.ado.agents[11], p.ado.jobs[11]
+    del p.ado.pools["agents-a"], p.ado.agents[11], p.ado.jobs[11]
     p.ado.jobs[12] = [job(1, -5), job(2, -1)]
     p.source.refresh()
     assert not p.source.health.up
-    assert p.value("patrol_agent_pool_queued_jobs", "sds-agents") == 2.0      # fresh
-    assert p.value("patrol_agent_pool_queued_jobs", "hmcts-agents") == 0.0    # stale, kept
-    p.ado.add_pool("hmcts-agents", 21)
+    assert p.value("patrol_agent_pool_queued_jobs", "agents-b") == 2.0      # fresh
+    assert p.value("patrol_agent_pool_queued_jobs", "agents-a") == 0.0    # stale, kept
+    p.ado.add_pool("agents-a", 21)
     p.ado.jobs[21] = [job(3, -7)]
     p.source.refresh()
     assert p.source.health.up
-    assert p.value("patrol_agent_pool_queued_jobs", "hmcts-agents") == 1.0
+    assert p.value("patrol_agent_pool_queued_jobs", "agents-a") == 1.0
 
 
 class Pipes:

@@ -88,16 +88,16 @@ def seeded_world() -> FakeClients:
     clients = FakeClients()
     clients.pats.pats = [pat("a-keda", "patrol-keda-aaaaaaaaaaaa", at(20 * 86400)),
                          pat("a-daily", "patrol-daily-checks-bbbbbbbbbbbb", at(25 * 86400))]
-    for name in ("cft-ptl", "sds-ptl"):
+    for name in ("build-a", "build-b"):
         cluster = clients.secrets(config.Cluster(name))
         cluster.put_secret("azure-devops", "azure-devops-token", {"token": "keda-pat"},
                            {"patrol.io/authorization-id": "a-keda"})
         cluster.put_scaler("azure-devops", "azure-devops-agent", True)
-    clients.vault("https://cftptl-intsvc.vault.azure.net").put(
+    clients.vault("https://contoso-checks.vault.azure.net").put(
         "azure-devops-token", "daily-pat", expires_on=at(25 * 86400), tags={"authorizationId": "a-daily"})
     clients.prober_.valid = {"keda-pat", "daily-pat"}
-    clients.ado.add_pool("hmcts-agents", 1)
-    clients.ado.add_pool("sds-agents", 2)
+    clients.ado.add_pool("agents-a", 1)
+    clients.ado.add_pool("agents-b", 2)
     clients.ado.agents[1] = [agent(1, "online")]
     clients.ado.jobs[2] = [job(1, -30)]
     clients.ado.builds = [a_build(1, "succeeded", -3600)]
@@ -118,11 +118,11 @@ def exporter() -> Iterator[Exporter]:
 
 def test_assembly_creates_one_source_per_failure_domain(exporter: Exporter) -> None:
     assert sorted(s.name for s in exporter.sources) == [
-        "agent-pools/hmcts", "keda/cft-ptl", "keda/sds-ptl", "keyvault/cftptl-intsvc.vault.azure.net",
-        "kubernetes/cft-ptl", "kubernetes/sds-ptl", "pat-lifecycle/hmcts",
-        "pipeline/PlatformOperations/daily-checks", "validity/hmcts"]
+        "agent-pools/contoso", "keda/build-a", "keda/build-b", "keyvault/contoso-checks.vault.azure.net",
+        "kubernetes/build-a", "kubernetes/build-b", "pat-lifecycle/contoso",
+        "pipeline/Operations/daily-checks", "validity/contoso"]
     first_stage = {s.name for s in exporter.refresher.stages[0]}
-    assert first_stage == {"keyvault/cftptl-intsvc.vault.azure.net", "kubernetes/cft-ptl", "kubernetes/sds-ptl"}
+    assert first_stage == {"keyvault/contoso-checks.vault.azure.net", "kubernetes/build-a", "kubernetes/build-b"}
 
 
 def test_one_refresh_fills_every_metric_of_the_contract(exporter: Exporter) -> None:
@@ -143,9 +143,9 @@ def test_one_refresh_fills_every_metric_of_the_contract(exporter: Exporter) -> N
     up = {s.labels["source"]: s.value for s in families["patrol_source_up"].samples}
     assert len(up) == 9 and set(up.values()) == {1.0}
     valid = {(s.labels["token"], s.labels["sink"]): s.value for s in families["patrol_pat_valid"].samples}
-    assert valid == {("keda", "kubernetes-secret/cft-ptl/azure-devops/azure-devops-token/token"): 1.0,
-                     ("keda", "kubernetes-secret/sds-ptl/azure-devops/azure-devops-token/token"): 1.0,
-                     ("daily-checks", "keyvault/cftptl-intsvc.vault.azure.net/azure-devops-token"): 1.0}
+    assert valid == {("keda", "kubernetes-secret/build-a/azure-devops/azure-devops-token/token"): 1.0,
+                     ("keda", "kubernetes-secret/build-b/azure-devops/azure-devops-token/token"): 1.0,
+                     ("daily-checks", "keyvault/contoso-checks.vault.azure.net/azure-devops-token"): 1.0}
     assert text.count("# HELP patrol_source_up ") == 1        # merged across sources
     assert "keda-pat" not in text and "daily-pat" not in text
 
@@ -287,7 +287,7 @@ def test_parse_listen_rejects_nonsense() -> None:
 
 def test_http_endpoints(exporter: Exporter) -> None:
     async def scenario() -> None:
-        pending = ["keda/cft-ptl"]
+        pending = ["keda/build-a"]
         runner, port = await start(make_app(exporter.exposition, lambda: list(pending)), "127.0.0.1", 0)
         base = f"http://127.0.0.1:{port}"
         try:
@@ -295,7 +295,7 @@ def test_http_endpoints(exporter: Exporter) -> None:
                 async with http.get(f"{base}/healthz") as r:
                     assert r.status == 200
                 async with http.get(f"{base}/readyz") as r:
-                    assert r.status == 503 and "keda/cft-ptl" in await r.text()
+                    assert r.status == 503 and "keda/build-a" in await r.text()
                 pending.clear()
                 async with http.get(f"{base}/readyz") as r:
                     assert r.status == 200
@@ -331,16 +331,16 @@ def test_registry_get_sample_value_sees_merged_families(exporter: Exporter) -> N
     exporter.refresher.refresh_once()
     registry: CollectorRegistry = exporter.exposition.registry
     assert registry.get_sample_value("patrol_agent_pool_queued_jobs",
-                                     {"organization": "hmcts", "pool": "sds-agents"}) == 1.0
-    assert registry.get_sample_value("patrol_source_up", {"source": "keda/sds-ptl"}) == 1.0
+                                     {"organization": "contoso", "pool": "agents-b"}) == 1.0
+    assert registry.get_sample_value("patrol_source_up", {"source": "keda/build-b"}) == 1.0
 
 
 def test_an_event_between_refreshes_is_served_without_waiting_for_the_next_refresh(exporter: Exporter) -> None:
     exporter.refresher.refresh_once()
     clients = exporter.clients
     assert isinstance(clients, FakeClients)
-    cluster = clients.clusters["cft-ptl"]
-    labels = {"cluster": "cft-ptl", "namespace": "azure-devops", "kind": "ScaledJob", "name": "azure-devops-agent"}
+    cluster = clients.clusters["build-a"]
+    labels = {"cluster": "build-a", "namespace": "azure-devops", "kind": "ScaledJob", "name": "azure-devops-agent"}
 
     def served() -> float | None:
         text = exporter.exposition.body().decode()
@@ -348,7 +348,7 @@ def test_an_event_between_refreshes_is_served_without_waiting_for_the_next_refre
                      if s.name == "patrol_keda_scaler_auth_failures_total" and s.labels == labels), None)
 
     assert served() == 0.0
-    keda = next(s for s in exporter.sources if s.name == "keda/cft-ptl")
+    keda = next(s for s in exporter.sources if s.name == "keda/build-a")
     assert isinstance(keda, Keda)
     deadline = time.monotonic() + 5
     while not keda.feed("azure-devops").watching:

@@ -31,8 +31,8 @@ def sample(w: World, name: str, token: str) -> float | None:
 def test_a_hand_pasted_token_is_unmanaged_with_no_guessed_expiry(fanout: Fanout) -> None:
     w = World(fanout)
     w.pats.pats = [pat("a-keda", "keda-by-hand", at(10 * 86400))]
-    w.cft.put_secret("azure-devops", "azure-devops-token", {"token": "t1"}, {})
-    w.sds.put_secret("azure-devops", "azure-devops-token", {"token": "t1"}, {})
+    w.build_a.put_secret("azure-devops", "azure-devops-token", {"token": "t1"}, {})
+    w.build_b.put_secret("azure-devops", "azure-devops-token", {"token": "t1"}, {})
     w.refresh()
 
     assert sample(w, MANAGED, "keda") == 0.0
@@ -46,8 +46,8 @@ def test_recorded_metadata_or_patrols_naming_makes_a_token_managed(fanout: Fanou
     w.pats.pats = [pat("a-keda", "keda-by-hand", at(10 * 86400)),
                    pat("a-daily", "patrol-daily-checks-abc", at(20 * 86400))]
     annotations = {"patrol.io/authorization-id": "a-keda"}
-    w.cft.put_secret("azure-devops", "azure-devops-token", {"token": "t1"}, annotations)
-    w.sds.put_secret("azure-devops", "azure-devops-token", {"token": "t1"}, annotations)
+    w.build_a.put_secret("azure-devops", "azure-devops-token", {"token": "t1"}, annotations)
+    w.build_b.put_secret("azure-devops", "azure-devops-token", {"token": "t1"}, annotations)
     w.vault.put("azure-devops-token", "t2")                    # no tags, but a patrol-named PAT exists
     w.refresh()
 
@@ -66,8 +66,8 @@ def test_a_global_pat_is_flagged(fanout: Fanout) -> None:
     w = World(fanout)
     w.pats.pats = [dataclasses.replace(pat("a-keda", "keda-by-hand", at(10 * 86400)), target_accounts=None)]
     annotations = {"patrol.io/authorization-id": "a-keda"}
-    w.cft.put_secret("azure-devops", "azure-devops-token", {"token": "t1"}, annotations)
-    w.sds.put_secret("azure-devops", "azure-devops-token", {"token": "t1"}, annotations)
+    w.build_a.put_secret("azure-devops", "azure-devops-token", {"token": "t1"}, annotations)
+    w.build_b.put_secret("azure-devops", "azure-devops-token", {"token": "t1"}, annotations)
     w.refresh()
 
     assert sample(w, GLOBAL, "keda") == 1.0
@@ -77,9 +77,9 @@ def test_a_global_pat_is_flagged(fanout: Fanout) -> None:
 def test_without_the_pat_list_the_recorded_id_still_says_managed(fanout: Fanout) -> None:
     w = World(fanout)
     w.pats.fail = UnavailableError("vssps unreachable", service="ado-pats")
-    w.cft.put_secret("azure-devops", "azure-devops-token", {"token": "t1"},
+    w.build_a.put_secret("azure-devops", "azure-devops-token", {"token": "t1"},
                      {"patrol.io/authorization-id": "a-keda"})
-    w.sds.put_secret("azure-devops", "azure-devops-token", {"token": "t1"},
+    w.build_b.put_secret("azure-devops", "azure-devops-token", {"token": "t1"},
                      {"patrol.io/authorization-id": "a-keda"})
     w.vault.put("azure-devops-token", "t2")
     w.refresh()

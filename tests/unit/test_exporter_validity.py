@@ -23,8 +23,8 @@ from tests.unit.exporter_world import (
     keda_token,
 )
 
-CFT = KEDA_SINKS[0].id
-SDS = KEDA_SINKS[1].id
+BUILD_A = KEDA_SINKS[0].id
+BUILD_B = KEDA_SINKS[1].id
 KV = DAILY_SINK.id
 
 
@@ -39,11 +39,11 @@ class World:
     def __init__(self, fanout: Fanout) -> None:
         self.monotonic = Clock(0.0)
         self.board = SinkBoard()
-        self.cft, self.sds, self.vault = FakeCluster("cft-ptl"), FakeCluster("sds-ptl"), FakeVault()
+        self.build_a, self.build_b, self.vault = FakeCluster("build-a"), FakeCluster("build-b"), FakeVault()
         self.prober = FakeProber()
         kw = {"board": self.board, "fanout": fanout, "interval": 60.0, "monotonic": self.monotonic}
-        self.sinks = [KubernetesSinks("cft-ptl", [KEDA_SINKS[0]], self.cft, **kw),
-                      KubernetesSinks("sds-ptl", [KEDA_SINKS[1]], self.sds, **kw),
+        self.sinks = [KubernetesSinks("build-a", [KEDA_SINKS[0]], self.build_a, **kw),
+                      KubernetesSinks("build-b", [KEDA_SINKS[1]], self.build_b, **kw),
                       KeyVaultSinks(DAILY_SINK.vault_url, [DAILY_SINK], self.vault, **kw)]
         self.source = Validity(ORG, [keda_token(), daily_token()], self.prober, **kw)
         self.registry = CollectorRegistry()
@@ -60,14 +60,14 @@ class World:
 
 def test_the_same_token_in_several_sinks_is_probed_once_per_cycle(fanout: Fanout) -> None:
     w = World(fanout)
-    w.cft.put_secret("azure-devops", "azure-devops-token", {"token": "keda-pat"})
-    w.sds.put_secret("azure-devops", "azure-devops-token", {"token": "keda-pat"})
+    w.build_a.put_secret("azure-devops", "azure-devops-token", {"token": "keda-pat"})
+    w.build_b.put_secret("azure-devops", "azure-devops-token", {"token": "keda-pat"})
     w.vault.put("azure-devops-token", "daily-pat")
     w.prober.valid = {"keda-pat"}
     w.refresh()
 
-    assert w.valid("keda", CFT) == 1.0
-    assert w.valid("keda", SDS) == 1.0
+    assert w.valid("keda", BUILD_A) == 1.0
+    assert w.valid("keda", BUILD_B) == 1.0
     assert w.valid("daily-checks", KV) == 0.0
     assert w.prober.calls == 2                      # one per distinct token, not per sink
 
@@ -77,48 +77,48 @@ def test_the_same_token_in_several_sinks_is_probed_once_per_cycle(fanout: Fanout
     w.prober.valid = set()
     w.refresh()
     assert w.prober.calls == 4
-    assert w.valid("keda", CFT) == 0.0
+    assert w.valid("keda", BUILD_A) == 0.0
 
 
 def test_sinks_holding_different_tokens_are_told_apart(fanout: Fanout) -> None:
     w = World(fanout)
-    w.cft.put_secret("azure-devops", "azure-devops-token", {"token": "new"})
-    w.sds.put_secret("azure-devops", "azure-devops-token", {"token": "revoked"})
+    w.build_a.put_secret("azure-devops", "azure-devops-token", {"token": "new"})
+    w.build_b.put_secret("azure-devops", "azure-devops-token", {"token": "revoked"})
     w.prober.valid = {"new"}
     w.refresh()
-    assert (w.valid("keda", CFT), w.valid("keda", SDS)) == (1.0, 0.0)
+    assert (w.valid("keda", BUILD_A), w.valid("keda", BUILD_B)) == (1.0, 0.0)
 
 
 def test_an_empty_sink_holds_nothing_that_authenticates(fanout: Fanout) -> None:
     w = World(fanout)
-    w.cft.put_secret("azure-devops", "azure-devops-token", {"other-key": "x"})
+    w.build_a.put_secret("azure-devops", "azure-devops-token", {"other-key": "x"})
     w.refresh()
-    assert w.valid("keda", CFT) == 0.0              # key missing
-    assert w.valid("keda", SDS) == 0.0              # Secret missing
+    assert w.valid("keda", BUILD_A) == 0.0              # key missing
+    assert w.valid("keda", BUILD_B) == 0.0              # Secret missing
     assert w.prober.calls == 0
 
 
 def test_an_outage_keeps_the_last_value_and_marks_the_source_down(fanout: Fanout) -> None:
     w = World(fanout)
-    w.cft.put_secret("azure-devops", "azure-devops-token", {"token": "keda-pat"})
+    w.build_a.put_secret("azure-devops", "azure-devops-token", {"token": "keda-pat"})
     w.prober.valid = {"keda-pat"}
     w.refresh()
     w.monotonic.now += 60
     w.prober.fail = ServerError("ado: HTTP 503", service="ado", status=503)
     w.refresh()
-    assert w.valid("keda", CFT) == 1.0              # never 0 because ADO is down
+    assert w.valid("keda", BUILD_A) == 1.0              # never 0 because ADO is down
     assert w.registry.get_sample_value("patrol_source_up", {"source": f"validity/{ORG}"}) == 0.0
 
 
 def test_an_unreadable_sink_keeps_its_last_value(fanout: Fanout) -> None:
     w = World(fanout)
-    w.cft.put_secret("azure-devops", "azure-devops-token", {"token": "keda-pat"})
+    w.build_a.put_secret("azure-devops", "azure-devops-token", {"token": "keda-pat"})
     w.prober.valid = {"keda-pat"}
     w.refresh()
-    w.cft.fail = ServerError("read Secret: HTTP 500", service="kubernetes/cft-ptl", status=500)
+    w.build_a.fail = ServerError("read Secret: HTTP 500", service="kubernetes/build-a", status=500)
     w.monotonic.now += 60
     w.refresh()
-    assert w.valid("keda", CFT) == 1.0
+    assert w.valid("keda", BUILD_A) == 1.0
     assert w.registry.get_sample_value("patrol_source_up", {"source": f"validity/{ORG}"}) == 1.0
     assert not w.sinks[0].health.up
 
@@ -128,6 +128,6 @@ def test_no_token_value_reaches_the_exposition(fanout: Fanout) -> None:
 
     w = World(fanout)
     secret = "abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrst"
-    w.cft.put_secret("azure-devops", "azure-devops-token", {"token": secret})
+    w.build_a.put_secret("azure-devops", "azure-devops-token", {"token": secret})
     w.refresh()
     assert secret.encode() not in generate_latest(w.registry)

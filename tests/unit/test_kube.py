@@ -70,7 +70,7 @@ SCALED_JOB_JSON: dict[str, Any] = {
                  "resourceVersion": "77"},
     "spec": {"jobTargetRef": {"template": {"metadata": {"annotations": {"patrol.io/rotated": "r0"}},
                                            "spec": {"containers": [{"name": "agent"}]}}},
-             "triggers": [{"type": "azure-pipelines", "metadata": {"poolName": "hmcts-agents"}}]},
+             "triggers": [{"type": "azure-pipelines", "metadata": {"poolName": "agents-a"}}]},
     "status": {"conditions": [
         {"type": "Ready", "status": "False", "reason": "ScaledJobCheckFailed", "message": "401 Unauthorized"},
         {"type": "Active", "status": "False"}]},
@@ -200,9 +200,9 @@ def _api_exception(status: int, *, message: str = "boom",
 ])
 def test_api_exception_table(status: int, expected: type[Exception]) -> None:
     exc = _api_exception(status) if status else ApiException(status=0, reason="SSLError\ncertificate verify")
-    err = kube.translate_api_error(exc, what="read Secret a/b", service="kubernetes/cft-ptl")
+    err = kube.translate_api_error(exc, what="read Secret a/b", service="kubernetes/build-a")
     assert type(err) is expected
-    assert err.service == "kubernetes/cft-ptl"  # type: ignore[attr-defined]
+    assert err.service == "kubernetes/build-a"  # type: ignore[attr-defined]
 
 
 def test_status_message_is_used_and_retry_after_kept() -> None:
@@ -283,7 +283,7 @@ def _kubeconfig(tmp_path: Path, server: str) -> str:
     doc = {"apiVersion": "v1", "kind": "Config", "current-context": "other",
            "clusters": [{"name": "c", "cluster": {"server": server}}],
            "users": [{"name": "u", "user": {"token": "kube-token-value"}}],
-           "contexts": [{"name": "cft-ptl", "context": {"cluster": "c", "user": "u"}},
+           "contexts": [{"name": "build-a", "context": {"cluster": "c", "user": "u"}},
                         {"name": "other", "context": {"cluster": "c", "user": "u"}}]}
     path = tmp_path / "kubeconfig"
     path.write_text(yaml.safe_dump(doc))
@@ -292,7 +292,7 @@ def _kubeconfig(tmp_path: Path, server: str) -> str:
 
 @pytest.fixture
 def cluster(tmp_path: Path, apiserver: Recorder) -> Iterator[kube.KubeCluster]:
-    with kube.KubeCluster(config.Cluster(name="cft-ptl", context="cft-ptl",
+    with kube.KubeCluster(config.Cluster(name="build-a", context="build-a",
                                          kubeconfig=_kubeconfig(tmp_path, apiserver.url))) as c:
         yield c
 
@@ -368,7 +368,7 @@ def test_unknown_context_is_a_config_error(tmp_path: Path) -> None:
 
 def test_unreachable_api_server_is_unavailable(tmp_path: Path) -> None:
     path = _kubeconfig(tmp_path, "http://127.0.0.1:9")
-    with kube.KubeCluster(config.Cluster(name="x", context="cft-ptl", kubeconfig=path),
+    with kube.KubeCluster(config.Cluster(name="x", context="build-a", kubeconfig=path),
                           request_timeout=2) as c, pytest.raises(UnavailableError):
         c.read_secret("ns", "s")
 

@@ -20,11 +20,11 @@ from dashboards import build
 from patrol.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-DESIGN_EXAMPLE = ROOT / "tests" / "fixtures" / "config" / "design-example.yaml"
+TWO_CLUSTERS = ROOT / "tests" / "fixtures" / "config" / "two-clusters.yaml"
 
 
 def _config(tmp_path: Path, **alerts: Any) -> Path:
-    data = yaml.safe_load(DESIGN_EXAMPLE.read_text(encoding="utf-8"))
+    data = yaml.safe_load(TWO_CLUSTERS.read_text(encoding="utf-8"))
     if alerts:
         data["alerts"] = alerts
     path = tmp_path / "patrol.yaml"

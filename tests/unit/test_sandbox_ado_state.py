@@ -179,12 +179,12 @@ def test_fault_table_matches_by_service_method_path_and_counts_down() -> None:
     kube = table.add(
         Fault(kind="status", service="kube", path_regex=r"/secrets/", method="PATCH", remaining=2)
     )
-    assert table.match("kube:cft-ptl", "GET", "/api/v1/namespaces/a/secrets/b") is None
+    assert table.match("kube:build-a", "GET", "/api/v1/namespaces/a/secrets/b") is None
     assert table.match("ado", "PATCH", "/api/v1/namespaces/a/secrets/b") is None
-    assert table.match("kube:cft-ptl", "PATCH", "/api/v1/namespaces/a/secrets/b") is not None
-    hit = table.match("kube:sds-ptl", "patch", "/api/v1/namespaces/a/secrets/b")
+    assert table.match("kube:build-a", "PATCH", "/api/v1/namespaces/a/secrets/b") is not None
+    hit = table.match("kube:build-b", "patch", "/api/v1/namespaces/a/secrets/b")
     assert hit is not None and hit.id == kube and hit.hits == 2
-    assert table.match("kube:sds-ptl", "PATCH", "/api/v1/namespaces/a/secrets/b") is None  # used up
+    assert table.match("kube:build-b", "PATCH", "/api/v1/namespaces/a/secrets/b") is None  # used up
     anywhere = table.add(Fault(kind="latency", service="*", path_regex=r"poolName=x$"))
     assert table.match(
         "ado", "GET", "/org/_apis/distributedtask/pools", "/org/_apis/distributedtask/pools?poolName=x"
