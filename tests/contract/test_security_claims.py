@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from core.config import load_config
 from core.retry import Backoff
@@ -30,10 +31,46 @@ from tests.e2e.test_rotation_sandbox import CLUSTERS, KEY, NS, SECRET, WEBHOOK_T
 pytestmark = pytest.mark.contract
 
 QUICK = Backoff(delays=(0.05,))
+ROOT = Path(__file__).resolve().parents[2]
+RBAC, REMOTE_RBAC = ROOT / "deploy" / "base" / "rbac.yaml", ROOT / "deploy" / "remote-cluster" / "rbac.yaml"
 READS = {"GET", "HEAD"}
 
 
-def test_the_exporter_sends_only_reads_to_key_vault_and_kubernetes(sandbox: SandboxThread) -> None:
+def kube_request(record: Any) -> tuple[str, str, str, str, str | None]:
+    """(verb, namespace, API group, resource, name) of a request to a Kubernetes API server."""
+    parts = record.path.split("?")[0].strip("/").split("/")
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    assert rest[0] == "namespaces" and len(rest) in (3, 4), f"not a namespaced request: {record.path}"
+    namespace, resource, name = rest[1], rest[2], rest[3] if len(rest) == 4 else None
+    watch = "watch=true" in record.query.lower() or "watch=1" in record.query
+    verb = {"GET": "watch" if watch else ("get" if name else "list"), "POST": "create", "PATCH": "patch",
+            "PUT": "update", "DELETE": "delete" if name else "deletecollection"}[record.method]
+    return verb, namespace, group, resource, name
+
+
+def role_rules(path: Path, role: str, namespace: str) -> list[dict[str, Any]]:
+    return [rule for doc in yaml.safe_load_all(path.read_text()) if doc and doc["kind"] == "Role"
+            and (doc["metadata"]["name"], doc["metadata"]["namespace"]) == (role, namespace)
+            for rule in doc["rules"]]
+
+
+def granted(rules: list[dict[str, Any]], verb: str, group: str, resource: str, name: str | None) -> bool:
+    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
+               and (not r.get("resourceNames") or name in r["resourceNames"]) for r in rules)
+
+
+def ungranted(records: list[Any], roles: list[tuple[Path, str]]) -> list[tuple[str, ...]]:
+    """The Kubernetes requests among ``records`` that one of ``roles`` (file, Role name) refuses."""
+    refused = []
+    for record in records:
+        verb, namespace, group, resource, name = kube_request(record)
+        for path, role in roles:
+            if not granted(role_rules(path, role, namespace), verb, group, resource, name):
+                refused.append((f"{path.parent.name}/{role}", verb, f"{group}/{resource}", namespace, name or ""))
+    return refused
+
+
+def test_the_exporter_only_reads_and_its_role_grants_every_read(sandbox: SandboxThread) -> None:
     cfg = load_config(sandbox.ready["config"])
     since = time.time()
     exporter = build(cfg, CoreClients(cfg, {}, backoff=QUICK, probe_backoff=QUICK), watch_timeout=1)
@@ -48,8 +85,8 @@ def test_the_exporter_sends_only_reads_to_key_vault_and_kubernetes(sandbox: Sand
     assert vault and kube, "the exporter read no sink: the test would prove nothing"
     # Nothing else in the sandbox talks to Key Vault or the Kubernetes API servers over HTTP (its
     # KEDA and agents are in-process actors), so every request here is the exporter's.
-    writes = [(r.service, r.method, r.path) for r in vault + kube if r.method not in READS]
-    assert writes == []
+    assert [(r.service, r.method, r.path) for r in vault + kube if r.method not in READS] == []
+    assert ungranted(kube, [(RBAC, "patrol-exporter")]) == []
 
 
 @pytest.fixture
@@ -126,3 +163,22 @@ def test_a_stolen_webhook_token_cannot_choose_scopes_organization_lifetime_or_si
     blob = "\n".join(answers)
     for value in world.values | {new_value}:
         assert value not in blob
+
+
+def test_every_kubernetes_and_key_vault_request_of_a_rotation_is_one_the_worker_roles_grant(world: World) -> None:
+    """Both rotations of the sandbox (Kubernetes Secrets + ScaledJobs, and Key Vault), checked
+    request by request against the worker's Role (deploy/base) and the remote cluster's."""
+    world.annotate_seed()
+    since = time.time()
+    assert world.rotate("keda").outcome == "succeeded"
+    assert world.rotate("daily-checks").outcome == "succeeded"
+    records = world.call(world.sb.world.log.records, None, since)
+    kube = [r for r in records if r.service.startswith("kube")]
+    assert {kube_request(r)[0] for r in kube} >= {"get", "list", "patch", "create"}
+    assert ungranted(kube, [(RBAC, "patrol-worker"), (REMOTE_RBAC, "patrol-remote")]) == []
+    # Key Vault: reads, a new version (PUT) and its properties (PATCH); never a delete or purge,
+    # which neither Key Vault Secrets Officer's use here nor patrol needs.
+    vault = {(r.method, r.path.split("?")[0].rstrip("/").split("/")[2]) for r in records if r.service == "keyvault"}
+    sinks = {s.secret for t in world.config.tokens for s in t.sinks if hasattr(s, "vault_url")}
+    assert {method for method, _ in vault} <= {"GET", "PUT", "PATCH"} and ("PUT", "azure-devops-token") in vault
+    assert {name for method, name in vault if method != "GET"} <= sinks
