@@ -124,6 +124,8 @@ _SUBDOMAIN_RULE = "lowercase letters, digits, '-' and '.', starting and ending w
 class _Map(dict[Any, Any]):
     """A YAML mapping that remembers its line, each key's line and keys written twice."""
 
+    __slots__ = ("duplicates", "key_lines", "line")
+
     def __init__(self, line: int) -> None:
         super().__init__()
         self.line = line
@@ -133,6 +135,8 @@ class _Map(dict[Any, Any]):
 
 class _Seq(list[Any]):
     """A YAML sequence that remembers its line and each item's line."""
+
+    __slots__ = ("item_lines", "line")
 
     def __init__(self, line: int) -> None:
         super().__init__()
@@ -149,7 +153,7 @@ _FAST_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoad
 MAX_DEPTH = 64
 _TAG = "tag:yaml.org,2002:"
 _SCALAR_TAGS = frozenset(_TAG + name for name in ("null", "bool", "int", "float", "str", "timestamp", "binary"))
-_MERGE, _VALUE, _STR = _TAG + "merge", _TAG + "value", _TAG + "str"
+_MERGE, _VALUE = _TAG + "merge", _TAG + "value"
 
 
 class _Events(Protocol):
