@@ -346,6 +346,8 @@ def _load_yaml(text: str, loader_class: type[yaml.SafeLoader] = _FAST_LOADER) ->
     libyaml words its errors differently ("did not find expected key"), and the messages are
     the product (docs/configuration.md quotes them): a file libyaml refuses is read again by
     the pure-Python parser, which gives the error (or, where the two disagree, the document).
+    The reverse disagreement is kept: libyaml reads a tab used as a separator, or a '?' inside a
+    flow scalar, where the pure parser refuses them (26 of 3,000 fuzzed files); such a file loads.
     """
     try:
         return _read(loader_class, text)
