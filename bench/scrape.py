@@ -23,6 +23,15 @@ growth over the imports < 15 MB.
 
     .venv/bin/python bench/scrape.py [--scrapes 1000] [--no-write]
     .venv/bin/python bench/scrape.py --profile [N]     # where the runtime growth goes
+    .venv/bin/python bench/scrape.py --config-memory [N] [--tree LABEL=DIR ...]
+
+``--config-memory`` measures loading the large configuration alone (issue 10: the parser's
+share of the growth), N rounds of fresh processes per tree (default 5), medians: RSS after the
+exporter's imports and after ``core.config.load_config``, the load's wall time, and its peak of
+traced memory (tracemalloc, in a separate process so tracing does not inflate the RSS). Each
+``--tree`` is a copy of patrol whose ``core`` the child processes import (e.g.
+``mkdir /tmp/before && git archive HEAD~1 | tar -x -C /tmp/before``), so a before/after pair is
+measured in one run, with this venv.
 
 ``--profile`` runs the exporter (large configuration, the arena cap as ``patrol exporter`` sets
 it) in a child under ``tracemalloc``: RSS and traced memory after the imports, after the first
@@ -36,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -368,9 +378,10 @@ def report(sizes: dict[str, dict[str, int]], cycles: dict[str, tuple[Tally[str],
         "`patrol exporter` now caps them at 2 (`exporter/arenas.py`; an operator's `MALLOC_ARENA_MAX` "
         "wins). Blocks freed in the middle of a heap stayed resident: after refreshes the exporter "
         "calls `malloc_trim` (at most every 10 s). A fan-out over 1,000 sinks queued 1,000 futures at "
-        "once; it now queues at most `concurrency` tasks. The configuration's share is the YAML "
-        "parser's peak (pure-Python PyYAML nodes for the whole file, ~21 MB traced) kept by "
-        "fragmentation: `core/_config_parse.py`, not the exporter.",
+        "once; it now queues at most `concurrency` tasks. The configuration's share is what "
+        "loading it leaves resident: since the reader builds the data from parser events instead "
+        "of a node tree (`core/_config_parse.py`), its peak is the data itself (see \"Config load\" "
+        "below, `bench/scrape.py --config-memory`).",
         "",
         f"On its own, a fresh interpreter that imports only the `kubernetes` client is "
         f"{kubernetes_alone:.1f} MB ({kubernetes_alone - imports[0][1]:.1f} MB over the bare interpreter): "
@@ -437,6 +448,95 @@ def profile_child(config: Path, refreshes: int, top: int = 15) -> None:
         exporter.close()
 
 
+CONFIG_BEGIN = "<!-- bench/scrape.py --config-memory: begin -->"
+CONFIG_END = "<!-- bench/scrape.py --config-memory: end -->"
+# One fresh process: the exporter's imports, then the configuration loaded. Prints JSON.
+CONFIG_CHILD = """
+import gc, json, pathlib, re, sys, time, tracemalloc
+def rss():
+    return int(re.search(r'VmRSS:\\s+(\\d+)', pathlib.Path('/proc/self/status').read_text()).group(1)) / 1024
+import exporter.cli, exporter.assembly
+gc.collect()
+imports = rss()
+import core._config_parse
+from core.config import load_config
+gc.collect()
+before = rss()
+traced = sys.argv[2] == 'traced'
+if traced:
+    tracemalloc.start()
+started = time.perf_counter()
+config = load_config(sys.argv[1])
+took = time.perf_counter() - started
+gc.collect()
+print(json.dumps({'imports': imports, 'parser': before, 'loaded': rss(), 'seconds': took, 'tokens': len(config.tokens),
+                  'peak': tracemalloc.get_traced_memory()[1] / 1e6 if traced else None}))
+"""
+
+
+def config_load(tree: Path, config: Path, traced: bool) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", CONFIG_CHILD, str(config), "traced" if traced else "plain"],
+                         capture_output=True, text=True, cwd=tree, timeout=300, check=True)
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def config_memory(rounds: int, trees: list[tuple[str, Path, str]], write: bool) -> None:
+    """Loading the large configuration, in fresh processes, for each tree; medians over rounds."""
+    with tempfile.TemporaryDirectory(prefix="patrol-bench-") as tmp, SandboxThread(tmp, "large", timeout=120) as sb:
+        large = Path(tmp) / "large.yaml"
+        sizes = extend_config(sb, Path(sb.ready["config"]), large)
+        kib = large.stat().st_size / 1024
+        print(f"sizes: {sizes}, {kib:.0f} KiB of YAML", flush=True)
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in trees}
+        for round_ in range(rounds):           # alternate the trees so load drifts hit both alike
+            for label, tree, _ in trees:
+                plain, traced = config_load(tree, large, False), config_load(tree, large, True)
+                runs[label].append({**plain, "peak": traced["peak"]})
+                print(f"round {round_ + 1} {label}: {runs[label][-1]}", flush=True)
+    command = ".venv/bin/python bench/scrape.py --config-memory " + str(rounds) + "".join(
+        " --tree " + shlex.quote(f"{label}={shown}") for label, _, shown in trees)
+
+    def median(label: str, key: str) -> float:
+        return statistics.median(run[key] for run in runs[label])
+
+    lines = [
+        CONFIG_BEGIN,
+        "### Config load (issue 10: the parser's share of the growth)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {host.describe()}  ",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        f"The `large` configuration ({sizes['tokens']:,} tokens, {kib:.0f} KiB of YAML) "
+        f"loaded by `core.config.load_config` in a fresh process after the exporter's imports; medians of "
+        f"{rounds} rounds, the trees alternating. Peak traced: tracemalloc's peak during the load (its "
+        "own process).",
+        "",
+        "| tree | RSS after the exporter's imports | + the parser's imports (PyYAML, `core._config_parse`) "
+        "| after the load | **load adds** | all three over the exporter's imports | peak traced during the load "
+        "| load time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, _, _ in trees:
+        imports, parser, loaded = median(label, "imports"), median(label, "parser"), median(label, "loaded")
+        lines.append(f"| {label} | {imports:.1f} MB | {parser:.1f} MB | {loaded:.1f} MB | "
+                     f"**{loaded - parser:.1f} MB** | {loaded - imports:.1f} MB | "
+                     f"{median(label, 'peak'):.1f} MB | {median(label, 'seconds') * 1000:.0f} ms |")
+    lines += ["", CONFIG_END]
+    section = "\n".join(lines) + "\n"
+    print(section)
+    if write:
+        text = DOC.read_text()
+        if CONFIG_BEGIN in text and CONFIG_END in text:
+            before, rest = text.split(CONFIG_BEGIN, 1)
+            text = before + section.rstrip("\n") + rest.split(CONFIG_END, 1)[1]
+        else:
+            text = text.replace(END, END + "\n\n" + section.rstrip("\n"), 1)
+        DOC.write_text(text)
+        print(f"written to {DOC.relative_to(ROOT)}")
+
+
 def profile(refreshes: int) -> None:
     with tempfile.TemporaryDirectory(prefix="patrol-bench-") as tmp, SandboxThread(tmp, "large", timeout=120) as sb:
         large = Path(tmp) / "large.yaml"
@@ -453,7 +553,15 @@ def main() -> int:
     parser.add_argument("--profile", nargs="?", type=int, const=3, metavar="N",
                         help="trace where the exporter's runtime memory goes (N full refreshes, default 3)")
     parser.add_argument("--profile-child", nargs=2, metavar=("CONFIG", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--config-memory", nargs="?", type=int, const=5, metavar="N",
+                        help="measure loading the large configuration alone (N rounds, default 5)")
+    parser.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR",
+                        help="with --config-memory: a patrol checkout to measure (repeatable; default this one)")
     args = parser.parse_args()
+    if args.config_memory is not None:
+        trees = [(label, Path(path).resolve(), path) for label, _, path in (t.partition("=") for t in args.tree)]
+        config_memory(args.config_memory, trees or [("this tree", ROOT, ".")], not args.no_write)
+        return 0
     if args.profile_child:
         profile_child(Path(args.profile_child[0]), int(args.profile_child[1]))
         return 0

@@ -4,7 +4,8 @@ Why a hand-written reader rather than a schema library: the error messages are t
 Each must name the file, the line, the key path (``tokens[1].sinks[0].cluster``) and the fix,
 all problems must come out of one run, and the cross-references (a sink's cluster, a token's
 organization) need the whole file. A small typed reader over the parsed YAML does that in one
-pass, with line numbers kept by a SafeLoader subclass (same safety as ``yaml.safe_load``).
+pass, with line numbers kept by reading the parser's events ourselves (the SafeLoader's tag
+resolution and scalar constructors: the same safety as ``yaml.safe_load``).
 
 Values that may be secrets written in the wrong place (anything under a ``*_env`` key, keys we
 reject such as ``password``) are never echoed in a message.
@@ -15,9 +16,9 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Collection, Hashable, Iterator, Mapping
+from collections.abc import Collection, Hashable, Mapping
 from datetime import timedelta
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 from urllib.parse import urlsplit
 
 import yaml
@@ -109,10 +110,22 @@ _SUBDOMAIN_RULE = "lowercase letters, digits, '-' and '.', starting and ending w
 
 
 # --------------------------------------------------------------------------- YAML with lines
+#
+# The file is read from the parser's event stream straight into dicts and lists, never into
+# PyYAML's node tree: composing the tree (every scalar a node object with two marks) was the
+# whole of the load's peak memory, ~21 MB traced for a 1,000-token file, and that peak stayed
+# resident after the load (docs/benchmarks.md, "Config load"). Building from events keeps what
+# the tree gave us: each mapping's and sequence's line, each key's and item's line, keys written
+# twice, merge keys (``<<``) and anchors, the SafeLoader's tag resolution and scalar
+# constructors (so the same safety as ``yaml.safe_load``: no tag builds an object), its errors
+# with their marks. It also bounds the nesting depth explicitly: the loop below keeps its own
+# stack, so no file can exhaust Python's (or, with libyaml, the C) stack.
 
 
 class _Map(dict[Any, Any]):
     """A YAML mapping that remembers its line, each key's line and keys written twice."""
+
+    __slots__ = ("duplicates", "key_lines", "line")
 
     def __init__(self, line: int) -> None:
         super().__init__()
@@ -124,54 +137,225 @@ class _Map(dict[Any, Any]):
 class _Seq(list[Any]):
     """A YAML sequence that remembers its line and each item's line."""
 
+    __slots__ = ("item_lines", "line")
+
     def __init__(self, line: int) -> None:
         super().__init__()
         self.line = line
         self.item_lines: list[int] = []
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader whose mappings and sequences carry line numbers (1-based)."""
+# libyaml's event parser when the PyYAML wheel has it (the published wheels do: 6.0.x), else the
+# pure-Python one. Same events and marks; libyaml is ~5x faster on a 1,000-token file, the
+# memory is the same (no tree either way). Both parse iteratively: only composing a tree recursed.
+_FAST_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# No patrol configuration nests deeper than 6 levels (tokens[].consumers[].switch...); 64 leaves
+# room for any hand-written file and refuses runaway brackets long before memory matters.
+MAX_DEPTH = 64
+_TAG = "tag:yaml.org,2002:"
+_SCALAR_TAGS = frozenset(_TAG + name for name in ("null", "bool", "int", "float", "str", "timestamp", "binary"))
+_MERGE, _VALUE = _TAG + "merge", _TAG + "value"
 
 
-def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Iterator[_Map]:
-    data = _Map(node.start_mark.line + 1)
-    yield data
-    seen: set[str] = set()
-    for key_node, _ in node.value:
-        if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-            if key_node.value in seen:
-                data.duplicates.append((key_node.value, key_node.start_mark.line + 1))
-            seen.add(key_node.value)
-    loader.flatten_mapping(node)
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=False)
-        if not isinstance(key, Hashable):
+class _Events(Protocol):
+    """What the reader uses of a PyYAML loader (its stubs leave these untyped)."""
+
+    def get_event(self) -> yaml.Event: ...
+    def check_event(self, *choices: type[yaml.Event]) -> bool: ...
+    def resolve(self, kind: type[yaml.Node], value: str | None, implicit: Any) -> str: ...
+    def dispose(self) -> None: ...
+
+
+def _start(event: yaml.Event) -> yaml.Mark:
+    """Where ``event`` starts: both parsers always set it (libyaml's Mark has the same fields)."""
+    return cast(yaml.Mark, event.start_mark)
+
+
+class _TooDeep(yaml.YAMLError):
+    """The document nests more than :data:`MAX_DEPTH` collections."""
+
+    def __init__(self, mark: yaml.Mark) -> None:
+        super().__init__(f"more than {MAX_DEPTH} levels of lists or mappings")
+        self.mark = mark
+
+
+class _Open:
+    """A mapping or sequence whose end event has not come yet."""
+
+    __slots__ = ("data", "key", "key_mark", "key_raw", "mark", "merge_key", "merges", "seen")
+
+    def __init__(self, data: _Map | _Seq, mark: yaml.Mark) -> None:
+        self.data = data
+        self.mark = mark
+        self.key: Any = None
+        self.key_mark: yaml.Mark | None = None     # set while a mapping waits for the key's value
+        self.key_raw: str | None = None            # the key as written, when it is a scalar
+        self.merge_key = False
+        self.merges: list[_Map] = []               # mappings merged with '<<', earliest wins
+        self.seen: set[str] = set()
+
+    def add(self, value: Any, mark: yaml.Mark, raw: str | None, tag: str | None) -> None:
+        """Take the next item (a sequence's) or key or value (a mapping's)."""
+        data = self.data
+        if tag in (_MERGE, _VALUE) and (isinstance(data, _Seq) or self.key_mark is not None):
             raise yaml.constructor.ConstructorError(
-                "while constructing a mapping", node.start_mark, "found a key that is not a plain value",
-                key_node.start_mark)
-        data[key] = loader.construct_object(value_node, deep=False)
-        data.key_lines[key] = key_node.start_mark.line + 1
+                None, None, f"could not determine a constructor for the tag {tag!r}", mark)
+        if isinstance(data, _Seq):
+            data.append(value)
+            data.item_lines.append(mark.line + 1)
+        elif self.key_mark is None:
+            if tag == _MERGE:
+                self.key, self.key_mark, self.key_raw, self.merge_key = None, mark, None, True
+                return
+            if tag == _VALUE:                     # '=' as a key is a string (SafeConstructor)
+                value = raw
+            if not isinstance(value, Hashable):
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", self.mark, "found a key that is not a plain value", mark)
+            if raw is not None:
+                if raw in self.seen:
+                    data.duplicates.append((raw, mark.line + 1))
+                self.seen.add(raw)
+            self.key, self.key_mark, self.key_raw, self.merge_key = value, mark, raw, False
+        else:
+            if self.merge_key:
+                self._merge(value, mark)
+            else:
+                data[self.key] = value
+                data.key_lines[self.key] = self.key_mark.line + 1
+            self.key, self.key_mark, self.key_raw, self.merge_key = None, None, None, False
+
+    def _merge(self, value: Any, mark: yaml.Mark) -> None:
+        sources = list(value) if isinstance(value, _Seq) else [value]
+        for source in sources:
+            if not isinstance(source, _Map):
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", self.mark,
+                    "expected a mapping or list of mappings for merging, but found "
+                    f"{'a list' if isinstance(source, list) else 'a plain value'}", mark)
+        self.merges.extend(sources)
+
+    def close(self) -> _Map | _Seq:
+        """The finished collection; merged keys go under the mapping's own (PyYAML's order)."""
+        data = self.data
+        if isinstance(data, _Map) and self.merges:
+            own, own_lines = dict(data), dict(data.key_lines)
+            data.clear()
+            data.key_lines.clear()
+            # Earlier merges win over later ones, the mapping's own keys over every merge.
+            for source in reversed(self.merges):
+                for key, item in source.items():
+                    data[key] = item
+                    data.key_lines[key] = source.key_lines.get(key, source.line)
+            data.update(own)
+            data.key_lines.update(own_lines)
+        return data
 
 
-def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> Iterator[_Seq]:
-    data = _Seq(node.start_mark.line + 1)
-    yield data
-    for item in node.value:
-        data.append(loader.construct_object(item, deep=False))
-        data.item_lines.append(item.start_mark.line + 1)
+def _scalar(loader: yaml.SafeLoader, event: yaml.ScalarEvent) -> tuple[Any, str]:
+    """The scalar's value and tag, resolved and constructed as ``yaml.safe_load`` does."""
+    tag = event.tag
+    if tag is None or tag == "!":
+        tag = cast(_Events, loader).resolve(yaml.ScalarNode, event.value, event.implicit)
+    if tag in (_MERGE, _VALUE):
+        return None, tag                            # meaningful as a key only (checked by the caller)
+    if tag not in _SCALAR_TAGS:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"could not determine a constructor for the tag {tag!r}", _start(event))
+    node = yaml.ScalarNode(tag, event.value, _start(event), _start(event), style=event.style)
+    return loader.yaml_constructors[tag](loader, node), tag
 
 
-_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+def _collection_tag(loader: yaml.SafeLoader, event: yaml.CollectionStartEvent, kind: type[yaml.Node]) -> None:
+    tag = event.tag
+    if tag is None or tag == "!":
+        tag = cast(_Events, loader).resolve(kind, None, event.implicit)
+    if tag != (_TAG + "map" if kind is yaml.MappingNode else _TAG + "seq"):
+        raise yaml.constructor.ConstructorError(
+            None, None, f"the tag {tag!r} is not used in a patrol configuration", _start(event))
 
 
-def _load_yaml(text: str) -> Any:
-    loader = _Loader(text)
+def _read_document(loader: yaml.SafeLoader) -> Any:
+    """Build the one document of the stream from its events (None for an empty stream)."""
+    events = cast(_Events, loader)
+    events.get_event()                              # StreamStart
+    if events.check_event(yaml.StreamEndEvent):
+        return None
+    document = events.get_event()                   # DocumentStart
+    anchors: dict[str, tuple[Any, yaml.Mark, str | None, str | None]] = {}
+    stack: list[_Open] = []
+    root: Any = None
+    while not events.check_event(yaml.DocumentEndEvent):
+        event = events.get_event()
+        raw: str | None = None
+        tag: str | None = None
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor not in anchors:
+                raise yaml.composer.ComposerError(None, None, f"found undefined alias {event.anchor!r}",
+                                                  _start(event))
+            value, _, raw, tag = anchors[event.anchor]
+            mark = _start(event)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            done = stack.pop()
+            value, mark = done.close(), done.mark
+        else:
+            anchor, mark = cast(yaml.NodeEvent, event).anchor, _start(event)
+            if anchor is not None and anchor in anchors:
+                raise yaml.composer.ComposerError(f"found duplicate anchor {anchor!r}; first occurrence",
+                                                  anchors[anchor][1], "second occurrence", mark)
+            if isinstance(event, yaml.ScalarEvent):
+                value, tag = _scalar(loader, event)
+                raw = event.value
+            else:
+                if len(stack) >= MAX_DEPTH:
+                    raise _TooDeep(mark)
+                is_map = isinstance(event, yaml.MappingStartEvent)
+                _collection_tag(loader, cast(yaml.CollectionStartEvent, event),
+                                yaml.MappingNode if is_map else yaml.SequenceNode)
+                opened = _Open(_Map(mark.line + 1) if is_map else _Seq(mark.line + 1), mark)
+                if anchor is not None:
+                    anchors[anchor] = (opened.data, mark, None, None)
+                stack.append(opened)
+                continue
+            if anchor is not None:
+                anchors[anchor] = (value, mark, raw, tag)
+        if stack:
+            stack[-1].add(value, mark, raw, tag)
+        elif tag in (_MERGE, _VALUE):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"could not determine a constructor for the tag {tag!r}", mark)
+        else:
+            root = value
+    events.get_event()                              # DocumentEnd
+    if not events.check_event(yaml.StreamEndEvent):
+        raise yaml.composer.ComposerError("expected a single document in the stream", _start(document),
+                                          "but found another document", _start(events.get_event()))
+    return root
+
+
+def _read(loader_class: type[yaml.SafeLoader], text: str) -> Any:
+    loader = loader_class(text)
     try:
-        return loader.get_single_data()
+        return _read_document(loader)
     finally:
         loader.dispose()
+
+
+def _load_yaml(text: str, loader_class: type[yaml.SafeLoader] = _FAST_LOADER) -> Any:
+    """The document in ``text``; a bad one raises the pure-Python parser's error, whichever parsed.
+
+    libyaml words its errors differently ("did not find expected key"), and the messages are
+    the product (docs/configuration.md quotes them): a file libyaml refuses is read again by
+    the pure-Python parser, which gives the error (or, where the two disagree, the document).
+    The reverse disagreement is kept: libyaml reads a tab used as a separator, or a '?' inside a
+    flow scalar, where the pure parser refuses them (26 of 3,000 fuzzed files); such a file loads.
+    """
+    try:
+        return _read(loader_class, text)
+    except (yaml.YAMLError, UnicodeEncodeError) as exc:
+        if loader_class is yaml.SafeLoader or isinstance(exc, _TooDeep):
+            raise
+        return _read(yaml.SafeLoader, text)
 
 
 # --------------------------------------------------------------------------- problems and reading
@@ -1061,6 +1245,11 @@ def parse_text(text: str, *, file: str, base_dir: str) -> Config:
     """Parse YAML ``text`` as if read from ``file``; relative paths resolve against ``base_dir``."""
     try:
         data = _load_yaml(text)
+    except _TooDeep as exc:
+        raise ConfigErrors(file, [ConfigProblem(
+            file, "", f"the YAML is nested too deeply to read ({exc}, from line {exc.mark.line + 1})",
+            "a patrol configuration nests only a few levels: check for runaway brackets or indentation; "
+            "`patrol config example` prints a valid file", exc.mark.line + 1)]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -1072,14 +1261,6 @@ def parse_text(text: str, *, file: str, base_dir: str) -> Config:
     except yaml.YAMLError as exc:
         raise ConfigErrors(file, [ConfigProblem(file, "", f"not valid YAML: {exc}",
                                                 "check the file's syntax")]) from None
-    except RecursionError:
-        # PyYAML composes nested collections recursively: a hostile or broken file with
-        # thousands of '[' or indented levels exhausts the stack. No patrol config nests deeper
-        # than a handful of levels, so this is never a real configuration.
-        raise ConfigErrors(file, [ConfigProblem(
-            file, "", "the YAML is nested too deeply to read (hundreds of levels of lists or mappings)",
-            "a patrol configuration nests only a few levels: check for runaway brackets or indentation; "
-            "`patrol config example` prints a valid file")]) from None
     parser = _Parser(file, base_dir)
     config = parser.config(data)
     if parser.problems.items or config is None:
