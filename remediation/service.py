@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 
 from core import config
+from core.arenas import Trimmer
 from core.secret import Secret
 from remediation.dispatch import Dispatcher
 from remediation.journal import DecisionBudget, Journal
@@ -75,6 +76,8 @@ class WorkerService:
         self.metrics.watch_journal(self.journal)
         self.journal_probe_interval = journal_probe_interval
         self.prune_interval = prune_interval
+        # freed heap back to the kernel once per keeper round (core/arenas.py; docs/reliability.md)
+        self.trim = Trimmer(every=journal_probe_interval)
         self._journal_keeper: threading.Thread | None = None
         self.metrics.declare_tokens([t.name for t in cfg.tokens])
         self.planner = Planner([t.name for t in cfg.tokens], self.journal, cooldown=cfg.worker.cooldown,
@@ -163,7 +166,9 @@ class WorkerService:
     def _keep_journal(self) -> None:
         """Probe the journal with a small write every interval (so a full disk turns readiness
         off before a rotation trips on it, and back on when space returns, resuming at once what
-        was cut short), and prune it every ``prune_interval``."""
+        was cut short), and prune it every ``prune_interval``. Each round also hands the heap's free
+        pages back to the kernel (:class:`core.arenas.Trimmer`): what a rotation's HTTP answers
+        and JSON freed would otherwise stay resident until the next peak reuses it."""
         next_prune = 0.0
         while not self._stopping.is_set():
             was_writable = self.journal.writable
@@ -177,6 +182,7 @@ class WorkerService:
                 except sqlite3.DatabaseError as exc:
                     log.warning("journal prune failed: %s", exc)
                 next_prune = time.monotonic() + self.prune_interval
+            self.trim()
             self._stopping.wait(self.journal_probe_interval)
 
     def stop(self) -> None:

@@ -190,6 +190,13 @@ def test_readiness_follows_the_journal_and_recovers_when_space_returns(tmp_path:
         assert "patrol_journal_writable 1.0" in get(worker.url + "/metrics")[1]
 
 
+def test_the_journal_keeper_hands_free_heap_back_each_round(tmp_path: Path) -> None:
+    svc = service(tmp_path, journal_probe_interval=0.05)
+    assert svc.trim.trims == 0
+    with WorkerThread(svc):
+        wait_for(lambda: svc.trim.trims >= 3)      # one malloc_trim per keeper round, not just once
+
+
 # -- defect 6: the journal's size is bounded -----------------------------------------------------
 
 
