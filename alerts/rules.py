@@ -478,8 +478,9 @@ def groups(settings: RuleSettings) -> tuple[Group, ...]:
         # (MFA, Conditional Access, consent, a disabled account): every read of the PAT
         # Lifecycle API and every rotation fails meanwhile. max by organization: broken only
         # while no process could use the credential (the exporter retries each refresh, the
-        # worker only when it rotates). The cause of the latest refusals is carried as a label
-        # when the last hour saw one; the `or` keeps the alert when only older ones did.
+        # worker only when it rotates). The cause is the latest refusal's, from
+        # patrol_credential_refused (one process's, if two were refused for different causes);
+        # the `or` keeps the alert, without a cause, for a process that does not export it.
         Group(
             "patrol.credential",
             (
@@ -488,10 +489,7 @@ def groups(settings: RuleSettings) -> tuple[Group, ...]:
                     expr=_lines(
                         "(max by (organization) (patrol_credential_ok) == 0)",
                         "* on (organization) group_left (cause)",
-                        "topk by (organization) (",
-                        "  1,",
-                        "  sum by (organization, cause) (increase(patrol_credential_failures_total[1h])) > 0",
-                        ")",
+                        "topk by (organization) (1, max by (organization, cause) (patrol_credential_refused))",
                         "or on (organization)",
                         "max by (organization) (patrol_credential_ok) == 0",
                     ),

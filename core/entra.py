@@ -324,6 +324,7 @@ class CredentialState:
     ok: bool | None = None                   # None: no token asked for yet
     failures: dict[str, int] = field(default_factory=dict)     # permanent failures by cause
     reason: str | None = None                # the last failure's message (safe to log)
+    cause: str | None = None                 # the last failure's cause while refused, else None
 
 
 class CredentialLedger:
@@ -352,6 +353,7 @@ class CredentialLedger:
             state = self._states.setdefault(organization, CredentialState())
             state.ok = True
             state.reason = None
+            state.cause = None
 
     def failed(self, organization: str, error: PatrolError) -> None:
         if not isinstance(error, PermanentError):
@@ -362,6 +364,7 @@ class CredentialLedger:
             state.ok = False
             state.failures[cause] = state.failures.get(cause, 0) + 1
             state.reason = str(error)
+            state.cause = cause
 
     def clear(self) -> None:
         """Forget every organization (a process that starts over: tests running many worlds)."""
@@ -371,13 +374,14 @@ class CredentialLedger:
     def snapshot(self) -> dict[str, CredentialState]:
         """A copy, safe to read while providers keep recording."""
         with self._lock:
-            return {org: CredentialState(s.ok, dict(s.failures), s.reason) for org, s in self._states.items()}
+            return {org: CredentialState(s.ok, dict(s.failures), s.reason, s.cause) for org, s in self._states.items()}
 
 
 CREDENTIALS = CredentialLedger()
 
 CREDENTIAL_OK = "patrol_credential_ok"
 CREDENTIAL_FAILURES = "patrol_credential_failures"        # exposed as ..._total
+CREDENTIAL_REFUSED = "patrol_credential_refused"
 # Every cause patrol names (the label's values); each is exported from zero per organization so
 # increase() sees the first failure. "other" is a refusal patrol has no advice for.
 CREDENTIAL_CAUSES = (
@@ -388,8 +392,15 @@ CREDENTIAL_CAUSES = (
 
 
 class CredentialCollector:
-    """``patrol_credential_ok{organization}`` and ``patrol_credential_failures_total{organization,
-    cause}`` from a :class:`CredentialLedger` (a prometheus_client collector; reads memory only).
+    """``patrol_credential_ok{organization}``, ``patrol_credential_refused{organization,cause}``
+    and ``patrol_credential_failures_total{organization, cause}`` from a :class:`CredentialLedger`
+    (a prometheus_client collector; reads memory only).
+
+    ``patrol_credential_refused`` is 1, with the cause of the *latest* refusal, while the
+    credential is refused, and absent otherwise: the alert names what is wrong now. Reading the
+    cause off the counters (the one that rose most in the last hour) named a cause already fixed
+    when a second one followed within the hour (MFA fixed by ``patrol login``, then Conditional
+    Access blocking the sign-in still showed "mfa_required").
 
     Registered by the exporter and the worker alike: each reports the bot credentials it uses.
     ``patrol_credential_ok`` appears once the organization's credential was first used.
@@ -406,12 +417,17 @@ class CredentialCollector:
         failures = CounterMetricFamily(CREDENTIAL_FAILURES, "Permanent refusals of the bot credential by "
                                        "cause (MFA, Conditional Access, consent, rejected token, ...)",
                                        labels=["organization", "cause"])
+        refused = GaugeMetricFamily(CREDENTIAL_REFUSED, "1 while the bot credential is refused, labelled "
+                                    "with the latest refusal's cause (absent when it works)",
+                                    labels=["organization", "cause"])
         for org, state in sorted(states.items()):
             if state.ok is not None:
                 ok.add_metric([org], 1.0 if state.ok else 0.0)
+            if state.ok is False and state.cause is not None:
+                refused.add_metric([org, state.cause], 1.0)
             for cause in (*CREDENTIAL_CAUSES, *sorted(set(state.failures) - set(CREDENTIAL_CAUSES))):
                 failures.add_metric([org, cause], float(state.failures.get(cause, 0)))
-        yield from (family for family in (ok, failures) if family.samples)
+        yield from (family for family in (ok, refused, failures) if family.samples)
 
 # The claims challenge a resource sends when it has revoked a token (continuous access
 # evaluation: "token issued after this time"); asking for it makes MSAL skip its cached access

@@ -132,8 +132,24 @@ def test_the_worker_exports_the_ledger_from_zero() -> None:
     assert sample(registry, "patrol_credential_ok", organization="fabrikam") == 0
     assert sample(registry, "patrol_credential_failures_total", organization="fabrikam",
                   cause="conditional_access_blocked") == 1
+    assert sample(registry, "patrol_credential_refused", organization="fabrikam",
+                  cause="conditional_access_blocked") == 1
     ledger.succeeded("fabrikam")
     assert sample(registry, "patrol_credential_ok", organization="fabrikam") == 1
+    assert b"patrol_credential_refused" not in generate_latest(registry)   # absent while it works
+
+
+def test_the_refused_gauge_names_the_latest_cause_not_the_most_frequent() -> None:
+    ledger = entra.CredentialLedger()
+    registry = WorkerMetrics(credentials=ledger).registry
+    for _ in range(6):
+        ledger.failed("fabrikam", CredentialError("MFA", cause="mfa_required"))
+    ledger.succeeded("fabrikam")                                   # `patrol login` fixed it
+    ledger.failed("fabrikam", CredentialError("blocked", cause="conditional_access_blocked"))
+    assert sample(registry, "patrol_credential_refused", organization="fabrikam",
+                  cause="conditional_access_blocked") == 1
+    assert sample(registry, "patrol_credential_refused", organization="fabrikam", cause="mfa_required") is None
+    assert ledger.snapshot()["fabrikam"].cause == "conditional_access_blocked"
 
 
 def test_a_provider_records_its_outcomes_under_its_organization() -> None:
