@@ -93,6 +93,10 @@ class ScenarioParams:
     event_series_idle: float = 360.0             # client-go tools/events finishTime (real: 6 min)
     compaction_interval: float = 300.0           # kube-apiserver --etcd-compaction-interval (real: 5 min)
     job_interval: float | None = 4.0             # the job generator; None = no generator
+    # Finished job requests each pool has at start (a busy pool's history; the sandbox keeps the
+    # latest 200, ADO far more). 0: pools start empty and the history fills as jobs run, so what
+    # patrol reads from /jobrequests grows for the first ~13 minutes at a job every 4 s.
+    job_history: int = 0
     pipeline_interval: float | None = 20.0       # daily-checks pipeline period; None = not running
     # How long one daily-checks run lasts: it reads its PAT from Key Vault at its start and uses it
     # at its start, middle and end, so a rotation can happen during a run, as in production.
@@ -147,10 +151,13 @@ def _soak() -> ScenarioParams:
     """``make soak``: PATs that live about a minute and are renewed at half-life, so planned
     rotations follow one another every ~30 s, with the default world's long builds running across
     them, the daily-checks pipeline and the External-Secrets-style Key Vault reader holding old
-    values, and a cool-down short enough not to hold a due rotation back."""
+    values, and a cool-down short enough not to hold a due rotation back. Pools start with a
+    busy pool's job history, so the memory the soak measures after its first rotation is that of
+    a world at steady-state size (with empty pools, what patrol reads from ``jobrequests`` grew
+    for ~13 minutes and the exporter's and worker's RSS with it)."""
     return ScenarioParams(name="soak", keda_pat_lifetime=60.0, daily_pat_lifetime=60.0,
                           config_lifetime="60s", config_renew_before="30s", config_cooldown="5s",
-                          active_deadline_seconds=40)
+                          active_deadline_seconds=40, job_history=200)
 
 
 SCENARIOS = ("default", "large", "unadopted", "soak")
@@ -207,6 +214,11 @@ def seed(params: ScenarioParams, *, ado: AdoWorld, entra: Entra, kv: KeyVaultSto
     for spec in params.clusters:
         if spec.pool not in pools:
             pools[spec.pool] = ado.add_pool(spec.pool)
+    spacing = params.job_interval or 4.0
+    for pool_id in pools.values():
+        for i in range(params.job_history, 0, -1):
+            ado.add_finished_job(pool_id, queued_at=now - i * spacing - params.build_duration,
+                                 duration=params.build_duration)
 
     # One KEDA PAT, pasted by hand into every cluster's Secret (today's practice).
     keda_id, keda_token = ado.issue_pat(bot_oid, params.keda_pat_name, list(KEDA_SCOPES),

@@ -324,6 +324,20 @@ class AdoWorld:
         pool.job_ids.append(request_id)
         return request_id
 
+    def add_finished_job(self, pool_id: int, *, queued_at: float, duration: float,
+                         result: str = "succeeded", definition: str = "build") -> int:
+        """A job request that ran and finished in the past (a pool's history, seeded at start)."""
+        if result not in JOB_RESULTS:
+            raise ValueError(f"result must be one of {JOB_RESULTS}")
+        request_id = self.queue_job(pool_id, definition=definition)
+        job = self._jobs[request_id]
+        job.queue_time = ado_time(queued_at)
+        job.assign_time = job.receive_time = ado_time(queued_at + 1.0)
+        job.finish_time = ado_time(queued_at + 1.0 + duration)
+        job.result = result
+        self._prune(self._pools[pool_id])
+        return request_id
+
     def _definition_id_for(self, name: str) -> int:
         for project in self._projects.values():
             for def_id, def_name in project.definitions.items():

@@ -14,6 +14,8 @@ import pytest
 from kubernetes import client as kube_client
 from kubernetes import config as kube_config
 
+from core.ado import AdoClient
+from core.secret import Secret
 from sandbox.app import SandboxThread
 from sandbox.scenarios import scenario
 
@@ -64,3 +66,21 @@ def test_the_unadopted_scenario_is_bare_everywhere(tmp_path: Path) -> None:
         # The PATs themselves are the default world's: active, and what the sinks hold.
         value = sb.call(sb.world.kv.latest_value, "azure-devops-token")
         assert sb.call(sb.world.ado.pat_id_for_value, value) == sb.world.seeded.daily_pat_id
+
+
+def test_the_soak_scenario_starts_with_a_busy_pools_job_history(tmp_path: Path) -> None:
+    """A real pool answers ``jobrequests?$top=250`` with a long history from day one; the soak
+    seeds one (200, what the sandbox keeps) so memory after its first rotation is measured on a
+    world of steady-state size, not one that fills up during the run. Read with patrol's own
+    ADO client, as the exporter and the worker read it."""
+    params = scenario("soak", job_interval=None, pipeline_interval=None, keyvault_reader_refresh=None)
+    assert params.job_history == 200
+    with SandboxThread(str(tmp_path), params) as sb:
+        token = sb.call(sb.world.clusters["build-a"].secret_value, "azure-devops", "azure-devops-token", "token")
+        pool_id = sb.world.seeded.pools["agents-a"]
+        with AdoClient(sb.ready["organization_url"], Secret(token), auth="pat") as ado:
+            jobs = ado.list_job_requests(pool_id, top=250)
+    assert len(jobs) == 200
+    assert all(job.result == "succeeded" and not job.is_queued for job in jobs)
+    queued = sorted(job.queue_time for job in jobs if job.queue_time is not None)
+    assert len(queued) == 200 and queued[-1] < datetime.now(UTC)
