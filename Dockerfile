@@ -15,7 +15,9 @@
 # The base, by tag (what it is) and digest (exactly which build: a tag moves when Docker
 # rebuilds it). The digest is the multi-platform index of python:3.11.13-slim-bookworm. To move
 # on: `docker buildx imagetools inspect python:3.11.N-slim-bookworm` prints the new digest
-# (the "Digest:" line); change both together and rebuild.
+# (the "Digest:" line); change both together and rebuild. Checked on 2026-12-03 without Docker
+# Hub (unreachable from the build machine): eight unrelated public Dockerfiles pin this same
+# tag to this same digest, one naming it the multi-platform manifest digest.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 
 FROM ${PYTHON_IMAGE} AS builder
