@@ -160,6 +160,9 @@ DAYS_TO_EXPIRY_EXPR = _lines(
 )
 
 LAST_SUCCESS = "patrol_pipeline_last_success_timestamp_seconds"
+# A pipeline is known by its organization, project and definition name: two projects may both
+# have a "daily-checks".
+PIPELINE = "organization, project, pipeline"
 
 
 def _hours(age: timedelta) -> str:
@@ -181,15 +184,15 @@ def _stale_pipelines_expr(max_age: Sequence[tuple[str, timedelta]]) -> str:
         seconds = int(age.total_seconds())
         own[pipeline] = min(seconds, own.get(pipeline, seconds))   # one label, several checks: the strictest
     own = {pipeline: seconds for pipeline, seconds in own.items() if seconds != default}
-    plain = f"time() - max by (pipeline) ({LAST_SUCCESS}) > {default}\n"
+    plain = f"time() - max by ({PIPELINE}) ({LAST_SUCCESS}) > {default}\n"
     if not own:
         return plain
     clauses = [
-        f"(time() - max by (pipeline) ({LAST_SUCCESS}{{pipeline={json.dumps(p)}}}) > {seconds})"
+        f"(time() - max by ({PIPELINE}) ({LAST_SUCCESS}{{pipeline={json.dumps(p)}}}) > {seconds})"
         for p, seconds in sorted(own.items())
     ]
     listed = " or ".join(f"{LAST_SUCCESS}{{pipeline={json.dumps(p)}}}" for p in sorted(own))
-    clauses.append(_lines("(", f"  {plain.strip()}", f"  unless on (pipeline) ({listed})", ")").strip())
+    clauses.append(_lines("(", f"  {plain.strip()}", f"  unless on ({PIPELINE}) ({listed})", ")").strip())
     return "\nor\n".join(clauses) + "\n"
 
 
@@ -334,7 +337,8 @@ def groups(settings: RuleSettings) -> tuple[Group, ...]:
                     for_="10m",
                     severity="warning",
                     summary=(
-                        "Pipeline {{ $labels.pipeline }} has not succeeded for "
+                        "Pipeline {{ $labels.pipeline }} ({{ $labels.organization }}/{{ $labels.project }}) "
+                        "has not succeeded for "
                         "{{ $value | humanizeDuration }}"
                     ),
                     description=(
@@ -349,17 +353,18 @@ def groups(settings: RuleSettings) -> tuple[Group, ...]:
                     # A failed run newer than the last success (or with no success at all) works
                     # whether the exporter keeps one series per result or only the latest run's.
                     expr=_lines(
-                        'max by (pipeline) (patrol_pipeline_last_run_timestamp_seconds{result="failed"})',
-                        "> on (pipeline)",
+                        f'max by ({PIPELINE}) (patrol_pipeline_last_run_timestamp_seconds{{result="failed"}})',
+                        f"> on ({PIPELINE})",
                         "(",
-                        "  max by (pipeline) (patrol_pipeline_last_success_timestamp_seconds)",
-                        "  or on (pipeline)",
-                        "  max by (pipeline) (patrol_pipeline_last_run_timestamp_seconds) * 0",
+                        f"  max by ({PIPELINE}) (patrol_pipeline_last_success_timestamp_seconds)",
+                        f"  or on ({PIPELINE})",
+                        f"  max by ({PIPELINE}) (patrol_pipeline_last_run_timestamp_seconds) * 0",
                         ")",
                     ),
                     for_="5m",
                     severity="warning",
-                    summary="The latest run of pipeline {{ $labels.pipeline }} failed",
+                    summary=("The latest run of pipeline {{ $labels.pipeline }} "
+                             "({{ $labels.organization }}/{{ $labels.project }}) failed"),
                     description=(
                         "The latest completed run of {{ $labels.pipeline }} (finished "
                         "{{ $value | humanizeTimestamp }}) failed. Read the run's log: a 401 or an HTML "

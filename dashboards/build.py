@@ -449,8 +449,9 @@ def layout() -> list[dashboard_builder.Row | PanelBuilder]:
             "Daily checks: since last run",
             "Time since the latest completed run finished, with its result.",
             query(
-                "time() - max by (pipeline, result) (patrol_pipeline_last_run_timestamp_seconds)",
-                "{{pipeline}} ({{result}})",
+                "time() - max by (organization, project, pipeline, result) "
+                "(patrol_pipeline_last_run_timestamp_seconds)",
+                "{{project}}/{{pipeline}} ({{result}})",
                 instant=True,
             ),
             width=8,
@@ -461,8 +462,8 @@ def layout() -> list[dashboard_builder.Row | PanelBuilder]:
             "Daily checks: since last success",
             "Time since the latest successful run finished; red after 26h (DailyChecksStale).",
             query(
-                "time() - max by (pipeline) (patrol_pipeline_last_success_timestamp_seconds)",
-                "{{pipeline}}",
+                "time() - max by (organization, project, pipeline) (patrol_pipeline_last_success_timestamp_seconds)",
+                "{{project}}/{{pipeline}}",
                 instant=True,
             ),
             width=8,
@@ -473,8 +474,9 @@ def layout() -> list[dashboard_builder.Row | PanelBuilder]:
             "Daily checks: latest result",
             "The result of the latest completed run.",
             query(
-                "topk by (pipeline) (1, max by (pipeline, result) (patrol_pipeline_last_run_timestamp_seconds))",
-                "{{pipeline}}: {{result}}",
+                "topk by (organization, project, pipeline) (1, max by (organization, project, pipeline, result) "
+                "(patrol_pipeline_last_run_timestamp_seconds))",
+                "{{project}}/{{pipeline}}: {{result}}",
                 instant=True,
             ),
             width=8,

@@ -107,16 +107,16 @@ class Pipeline(SourceCollector):
 
     def samples(self) -> Iterable[Metric]:
         last_run = GaugeMetricFamily(LAST_RUN, "Finish time of the pipeline's latest completed run",
-                                     labels=["pipeline", "result"])
+                                     labels=["organization", "project", "pipeline", "result"])
         last_success = GaugeMetricFamily(LAST_SUCCESS, "Finish time of the pipeline's latest successful run",
-                                         labels=["pipeline"])
+                                         labels=["organization", "project", "pipeline"])
         runs = self._runs
-        name = self.check.definition
+        pipeline = [self.token.organization, self.check.project, self.check.definition]
         if runs is not None:
             if runs.last_run_at is not None and runs.last_run_result is not None:
-                last_run.add_metric([name, runs.last_run_result], runs.last_run_at)
+                last_run.add_metric([*pipeline, runs.last_run_result], runs.last_run_at)
             if runs.last_success_at is not None:
-                last_success.add_metric([name], runs.last_success_at)
+                last_success.add_metric(pipeline, runs.last_success_at)
         return (last_run, last_success)
 
     def close(self) -> None:

@@ -121,11 +121,10 @@ def test_latest_run_and_latest_success(fanout: Fanout) -> None:
                     build(4, "succeeded", -100, definition_id=99)]
     p.refresh()
     get = p.registry.get_sample_value
-    assert get("patrol_pipeline_last_run_timestamp_seconds", {"pipeline": "daily-checks", "result": "failed"}) \
-        == NOW - 600
-    assert get("patrol_pipeline_last_run_timestamp_seconds",
-               {"pipeline": "daily-checks", "result": "succeeded"}) is None
-    assert get("patrol_pipeline_last_success_timestamp_seconds", {"pipeline": "daily-checks"}) == NOW - 7200
+    pipeline = {"organization": ORG, "project": "Operations", "pipeline": "daily-checks"}
+    assert get("patrol_pipeline_last_run_timestamp_seconds", {**pipeline, "result": "failed"}) == NOW - 600
+    assert get("patrol_pipeline_last_run_timestamp_seconds", {**pipeline, "result": "succeeded"}) is None
+    assert get("patrol_pipeline_last_success_timestamp_seconds", pipeline) == NOW - 7200
     assert p.clients == [("daily-pat", p.ado)]              # read with the token from its sink
 
     p.refresh()
@@ -154,8 +153,8 @@ def test_pipeline_source_is_down_when_its_token_fails_or_is_missing(fanout: Fano
     p.ado.fail = UnauthorizedError("ado: HTTP 401", service="ado", status=401)
     p.refresh()
     assert not p.source.health.up
-    assert p.registry.get_sample_value("patrol_pipeline_last_success_timestamp_seconds",
-                                       {"pipeline": "daily-checks"}) == NOW - 60
+    assert p.registry.get_sample_value("patrol_pipeline_last_success_timestamp_seconds", {
+        "organization": ORG, "project": "Operations", "pipeline": "daily-checks"}) == NOW - 60
 
 
 def test_an_unknown_definition_is_a_failure_not_a_crash(fanout: Fanout) -> None:

@@ -112,17 +112,20 @@ def test_pipeline_max_age_drives_daily_checks_stale_in_promtool(tmp_path: Path,
         "tests": [{
             "interval": "1m",
             "input_series": [
-                {"series": 'patrol_pipeline_last_success_timestamp_seconds{pipeline="daily-checks"}',
+                {"series": 'patrol_pipeline_last_success_timestamp_seconds{organization="contoso", '
+                           'project="Operations", pipeline="daily-checks"}',
                  "values": "0x200"},
-                {"series": 'patrol_pipeline_last_success_timestamp_seconds{pipeline="nightly"}',
+                {"series": 'patrol_pipeline_last_success_timestamp_seconds{organization="contoso", '
+                           'project="Operations", pipeline="nightly"}',
                  "values": "0x200"},
             ],
             "alert_rule_test": [
                 {"alertname": "DailyChecksStale", "eval_time": "2h", "exp_alerts": []},
                 {"alertname": "DailyChecksStale", "eval_time": "2h20m", "exp_alerts": [{
-                    "exp_labels": {"severity": "warning", "pipeline": "daily-checks"},
+                    "exp_labels": {"severity": "warning", "organization": "contoso", "project": "Operations",
+                                   "pipeline": "daily-checks"},
                     "exp_annotations": {
-                        "summary": "Pipeline daily-checks has not succeeded for 2h 20m 0s",
+                        "summary": "Pipeline daily-checks (contoso/Operations) has not succeeded for 2h 20m 0s",
                         "description": "The last successful run of daily-checks finished 2h 20m 0s ago, "
                                        "longer than its `pipeline.max_age` (default 26h). The pipeline is "
                                        "not running or keeps failing; if its PAT is the cause, PatInvalid "
@@ -132,9 +135,10 @@ def test_pipeline_max_age_drives_daily_checks_stale_in_promtool(tmp_path: Path,
                 }]},
                 # the pipeline the config does not name keeps the default 26h
                 {"alertname": "DailyChecksStale", "eval_time": "3h", "exp_alerts": [{
-                    "exp_labels": {"severity": "warning", "pipeline": "daily-checks"},
+                    "exp_labels": {"severity": "warning", "organization": "contoso", "project": "Operations",
+                                   "pipeline": "daily-checks"},
                     "exp_annotations": {
-                        "summary": "Pipeline daily-checks has not succeeded for 3h 0m 0s",
+                        "summary": "Pipeline daily-checks (contoso/Operations) has not succeeded for 3h 0m 0s",
                         "description": "The last successful run of daily-checks finished 3h 0m 0s ago, "
                                        "longer than its `pipeline.max_age` (default 26h). The pipeline is "
                                        "not running or keeps failing; if its PAT is the cause, PatInvalid "
