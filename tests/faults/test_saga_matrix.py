@@ -1,0 +1,112 @@
+"""The saga's rows of the fault matrix (tests/faults/matrix.py), in process: the real worker
+service (planner, dispatcher, saga, journal, metrics) and the real core clients against one
+sandbox for the module, over real HTTP(S).
+
+Each case: the world is converged; the fault is injected (a sandbox fault on the call, or the
+call's host pointed at a closed port); a fresh worker rotates the call's token (``force``, as
+``POST /rotations`` does); the record (what ``GET /rotations`` serves), the metrics
+(``patrol_rotations_total``) and the sandbox's request log must show the expected outcome; no
+sink may be left holding a PAT ADO refuses. The fault is cleared; a failed rotation is followed
+by the next one, which must succeed. Then the invariants of tests/faults/rig.py: sinks converge
+on one active PAT, no patrol PAT is left active and unused, KEDA never failed a poll, no harm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox.app import SandboxThread
+from tests.faults.matrix import CASES, Case, Expect, Fault
+from tests.faults.rig import (
+    REFUSED_SETTINGS,
+    RETRY_AFTER,
+    Attempt,
+    SagaRig,
+    fault_kwargs,
+    metric,
+    params,
+    refused_config,
+)
+
+SAGA_CASES = [c for c in CASES if c.call.component == "saga" and c.fault is not Fault.SIGKILL]
+FAULT_STATUS = {Fault.LATENCY: 0, Fault.STATUS_5XX: 503, Fault.THROTTLE: 429, Fault.UNAUTHORIZED: 401}
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SagaRig]:
+    tmp = tmp_path_factory.mktemp("faults-saga")
+    with SandboxThread(str(tmp / "sandbox"), params()) as sb:
+        made = SagaRig(sb, tmp)
+        try:
+            yield made
+        finally:
+            made.close()
+            gc.collect()                  # close sockets held by caught errors while the sandbox runs
+
+
+def rotations(attempt: Attempt, token: str, result: str) -> float:
+    return metric(attempt.metrics, "patrol_rotations_total", token=token, result=result)
+
+
+@pytest.mark.parametrize("case", SAGA_CASES, ids=lambda c: c.id)
+def test_saga_fault(rig: SagaRig, case: Case, tmp_path: Path) -> None:
+    token = case.call.token
+    rig.world.remember_values()
+    rig.world.assert_converged(token)                 # what the previous case left
+    before = rig.baseline()
+    sinks_before = rig.sink_values(token)
+    if case.fault is Fault.REFUSED:
+        broken = refused_config(rig.config, case.call.host, tmp_path)
+        with rig.worker(broken, state_dir=tmp_path / "state", settings=REFUSED_SETTINGS) as service:
+            first = rig.rotate(service, token, case.id)
+    else:
+        fault_id = rig.world.fault(**fault_kwargs(case.call, case.fault))
+        try:
+            with rig.worker() as service:
+                first = rig.rotate(service, token, case.id)
+        finally:
+            with contextlib.suppress(KeyError):       # a counted fault removes itself
+                rig.world.call(rig.sb.world.faults.remove, fault_id)
+    seen = rig.requests(case.call, before.started)
+    codes = [r.status for r in seen]
+    record = first.json
+    assert record["outcome"] in ("succeeded", "failed"), record
+    assert rotations(first, token, str(record["outcome"])) == 1.0, first.metrics
+    # No consumer is left without a working token, whatever happened.
+    rig.sinks_hold_active_pats(token)
+
+    if case.fault is not Fault.REFUSED:
+        assert FAULT_STATUS[case.fault] in codes, f"the fault never hit {case.call.id}: {codes}"
+    if case.expect in (Expect.RETRIED, Expect.THROTTLED, Expect.TOLERATED):
+        assert record["outcome"] == "succeeded", record["error"]
+    if case.expect in (Expect.RETRIED, Expect.THROTTLED):
+        faulted = codes.index(FAULT_STATUS[case.fault])
+        assert any(200 <= c < 300 for c in codes[faulted + 1:]), f"{case.call.id} was not retried: {codes}"
+    if case.expect is Expect.THROTTLED:
+        throttled, retried = seen[faulted], seen[faulted + 1]
+        waited = retried.time - (throttled.time + throttled.duration)
+        assert waited >= RETRY_AFTER - 0.05, f"retried {waited:.2f}s after a 429 with Retry-After {RETRY_AFTER:g}"
+    if case.expect in (Expect.FAILS_CLEAN, Expect.FAILS_SAFE):
+        assert record["outcome"] == "failed" and record["error"], record
+        pats = rig.world.pats()
+        for old in filter(None, str(record["old_authorization_id"] or "").split(",")):
+            assert pats[old]["status"] == "active", f"the previous PAT {old} was revoked by a failed rotation"
+    if case.expect is Expect.FAILS_CLEAN:
+        assert rig.sink_values(token) == sinks_before, "a rotation that failed clean changed a sink"
+        new = record["new_authorization_id"]
+        if new:
+            assert rig.world.pats()[str(new)]["status"] != "active", f"the new PAT {new} was left active"
+    if case.expect is Expect.FAILS_SAFE:
+        assert rig.sink_values(token) != sinks_before, "failed safe means after delivery"
+
+    if record["outcome"] == "failed":                  # the fault is gone: the next rotation
+        with rig.worker() as service:
+            second = rig.rotate(service, token, f"{case.id}: after the fault")
+        assert second.json["outcome"] == "succeeded", second.json["error"]
+        assert rotations(second, token, "succeeded") == 1.0
+    rig.converged(token, before)
