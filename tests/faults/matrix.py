@@ -58,8 +58,9 @@ FAULT_HOW: dict[Fault, str] = {
     Fault.UNAUTHORIZED: "401 on every matching request until cleared",
     Fault.REFUSED: ("the client is pointed at a closed port for that host (every call to it is refused) "
                     "until the configuration is restored"),
-    Fault.SIGKILL: ("a real `patrol worker` process is SIGKILLed while the call is held by the sandbox; a "
-                    "new process starts on the same state directory"),
+    Fault.SIGKILL: ("a real `patrol worker` process is SIGKILLed while the sandbox holds the call (it answers, "
+                    "and acts, 2 s after the call arrived, when the worker is gone); a new process starts on the "
+                    "same state directory"),
 }
 
 
@@ -74,6 +75,8 @@ class Expect(Enum):
     FAILS_SAFE = ("the rotation fails after delivery; every sink holds an active PAT, the previous one is "
                   "not revoked; the next rotation succeeds and revokes what is left")
     TOLERATED = "best effort: the failure is logged; the rotation succeeds"
+    UNCONFIRMED = ("the rotation is done (the new PAT in every sink, the previous one revoked) but ends "
+                   "failed at confirm, which cannot see KEDA's Events: a human checks the consumers")
     RESUMED = "the next worker resumes the rotation from the journal and it succeeds"
     # the exporter
     SOURCE_UP = ("retried within the refresh (after Retry-After for a 429); the source stays up, its "
@@ -96,9 +99,12 @@ class Case:
 
 @dataclass(frozen=True)
 class NotApplicable:
+    """A cell no case runs: the fault cannot happen there, or the case ``see`` runs that path."""
+
     call: Call
     fault: Fault
     reason: str
+    see: str | None = None
 
 
 ORG_PATS = r"(?i)/_apis/tokens/pats"
@@ -172,13 +178,15 @@ CALLS = SAGA_CALLS + EXPORTER_CALLS
 
 F = Fault
 E = Expect
-_SAME_HOST = "connection refused is per host: the {host} refusal is row `{row}` (the first call a rotation makes there)"
+_SAME_HOST = ("connection refused is per host, not per call: the {host} host is refused in `{row}-refused`, "
+              "where the rotation meets it first")
 _EXPORTER_KILL = ("the exporter keeps no state: a killed exporter re-reads every source at start, and "
                   "there is no saga to resume (its sources' faults are the other columns)")
 
 
 def _same_host(call: Call, row: Call) -> NotApplicable:
-    return NotApplicable(call, F.REFUSED, _SAME_HOST.format(host=call.host, row=row.id))
+    return NotApplicable(call, F.REFUSED, _SAME_HOST.format(host=call.host, row=row.id),
+                         see=f"{row.id}-{F.REFUSED.value}")
 
 
 CASES: tuple[Case, ...] = (
@@ -240,6 +248,7 @@ CASES: tuple[Case, ...] = (
     Case(DEFINITIONS, F.STATUS_5XX, E.RETRIED),
     # Kubernetes: Events (revoke baseline, confirm)
     Case(EVENTS_LIST, F.STATUS_5XX, E.RETRIED),
+    Case(EVENTS_LIST, F.UNAUTHORIZED, E.UNCONFIRMED),
     Case(EVENTS_LIST, F.SIGKILL, E.RESUMED),
     # PAT API: revoke
     Case(PATS_REVOKE, F.LATENCY, E.RETRIED),
@@ -289,42 +298,38 @@ CASES: tuple[Case, ...] = (
     Case(X_KV, F.REFUSED, E.SOURCE_DOWN),
 )
 
-_COVERED_BY_CLIENT = ("the same client and retry path as row `{row}` ({why}); not run again here to keep "
-                      "the matrix within its time budget")
+def _same_path(call: Call, fault: Fault, row: Call, why: str) -> NotApplicable:
+    return NotApplicable(call, fault, f"the same client and retry path as `{row.id}-{fault.value}` ({why})",
+                         see=f"{row.id}-{fault.value}")
 
 
-def _covered(call: Call, fault: Fault, row: Call, why: str) -> NotApplicable:
-    return NotApplicable(call, fault, _COVERED_BY_CLIENT.format(row=row.id, why=why))
-
-
-_KUBE_CLIENT = "core.kube.KubeCluster._send and the saga's API backoff"
-_KV_CLIENT = "core.keyvault over azure-core, and the saga's API backoff"
-_ADO_CLIENT = "core._ado_session with the saga's probe backoff"
+_KUBE_CLIENT = "core.kube.KubeCluster: urllib3 retries a dropped GET, the saga's API backoff the rest"
+_KV_CLIENT = "core.keyvault over azure-core, then the saga's API backoff"
+_ADO_CLIENT = "core._ado_session's backoff, Retry-After honoured"
 
 NOT_APPLICABLE: tuple[NotApplicable, ...] = (
     # Entra
-    NotApplicable(ENTRA, F.SIGKILL, "the first call of a rotation: a worker killed here has journaled only "
-                                    "the plan; the resumed rotation is case `pats-create-sigkill`'s path"),
+    NotApplicable(ENTRA, F.SIGKILL, "the first call of a rotation, before anything is created: a worker killed "
+                                    "there leaves only the plan journaled, and the next one starts over "
+                                    "(`pats-create-sigkill` is the first kill with an effect)"),
     # the bot's sign-in secrets
-    _covered(SIGNIN, F.LATENCY, KV_GET, _KV_CLIENT),
-    _covered(SIGNIN, F.THROTTLE, KV_GET, _KV_CLIENT),
+    _same_path(SIGNIN, F.LATENCY, KV_GET, _KV_CLIENT),
+    _same_path(SIGNIN, F.THROTTLE, KV_GET, _KV_CLIENT),
     _same_host(SIGNIN, KV_GET),
-    NotApplicable(SIGNIN, F.SIGKILL, "read before the PAT API is first called, nothing is journaled past the "
-                                     "plan: as `entra-token-sigkill`"),
+    NotApplicable(SIGNIN, F.SIGKILL, "read before anything is created: as `entra-token` x sigkill"),
     # Secret read
-    NotApplicable(SECRET_READ, F.SIGKILL, "read in plan (nothing changed yet) and again in verify/revoke; a "
-                                          "kill there is `events-list-sigkill` (same steps)"),
+    NotApplicable(SECRET_READ, F.SIGKILL, "a read: killed in plan, nothing was changed; killed in verify or "
+                                          "revoke, the journal holds what `events-list-sigkill` resumes"),
     # ScaledJob read
-    _covered(SCALEDJOB_READ, F.LATENCY, SECRET_READ, _KUBE_CLIENT),
-    _covered(SCALEDJOB_READ, F.THROTTLE, SECRET_READ, _KUBE_CLIENT),
+    _same_path(SCALEDJOB_READ, F.LATENCY, SECRET_READ, _KUBE_CLIENT),
+    _same_path(SCALEDJOB_READ, F.THROTTLE, SECRET_READ, _KUBE_CLIENT),
     _same_host(SCALEDJOB_READ, SECRET_READ),
-    NotApplicable(SCALEDJOB_READ, F.SIGKILL, "read in plan and switch (a refresh switch writes nothing): a "
-                                             "kill there is `secret-patch-sigkill` (the step before)"),
+    NotApplicable(SCALEDJOB_READ, F.SIGKILL, "a read in plan and switch (a refresh switch writes nothing): "
+                                             "resumed as after `secret-patch-sigkill`, the call before it"),
     # Key Vault sink read
-    NotApplicable(KV_GET, F.SIGKILL, "read in plan (nothing changed yet) and in verify/revoke: "
-                                     "`kv-set-sigkill` kills the same rotation one call earlier"),
+    NotApplicable(KV_GET, F.SIGKILL, "a read (plan, verify, revoke): resumed as after `kv-set-sigkill`"),
     # PAT list
-    NotApplicable(PATS_LIST, F.SIGKILL, "read before create: nothing exists yet to resume "
+    NotApplicable(PATS_LIST, F.SIGKILL, "a read before create: nothing exists yet to resume "
                                         "(`pats-create-sigkill` is the first call with an effect)"),
     # PAT create
     _same_host(PATS_CREATE, PATS_LIST),
@@ -333,53 +338,55 @@ NOT_APPLICABLE: tuple[NotApplicable, ...] = (
     # Key Vault write
     _same_host(KV_SET, KV_GET),
     # probe
-    _covered(PROBE, F.LATENCY, PATS_LIST, _ADO_CLIENT),
-    _covered(PROBE, F.THROTTLE, PATS_LIST, _ADO_CLIENT),
-    NotApplicable(PROBE, F.SIGKILL, "verify only reads: a kill there is `events-list-sigkill`'s path "
-                                    "(delivered, not yet revoked)"),
+    _same_path(PROBE, F.LATENCY, PATS_LIST, _ADO_CLIENT),
+    _same_path(PROBE, F.THROTTLE, PATS_LIST, _ADO_CLIENT),
+    NotApplicable(PROBE, F.SIGKILL, "a read in verify, after delivery: resumed as after "
+                                    "`secret-patch-sigkill`"),
     # Jobs (drain)
-    NotApplicable(JOBS_LIST, F.LATENCY, "a drain round that cannot list the Jobs waits for the next round "
-                                        "(the 5xx case shows it); no other handling"),
-    _covered(JOBS_LIST, F.THROTTLE, SECRET_READ, _KUBE_CLIENT),
-    NotApplicable(JOBS_LIST, F.UNAUTHORIZED, "a drain round that cannot list the Jobs waits (the 5xx case); a "
-                                             "401 that never clears keeps the old PAT until the drain maximum, "
-                                             "then revokes: nothing to see within the time budget"),
+    _same_path(JOBS_LIST, F.LATENCY, SECRET_READ, _KUBE_CLIENT),
+    _same_path(JOBS_LIST, F.THROTTLE, SECRET_READ, _KUBE_CLIENT),
+    NotApplicable(JOBS_LIST, F.UNAUTHORIZED, "not run: a drain round that cannot list the Jobs counts them as "
+                                             "running (`jobs-list-5xx` shows the round waiting), so a lasting "
+                                             "401 keeps the previous PAT until the drain maximum (the Jobs' "
+                                             "activeDeadlineSeconds, when none can still run), then revokes"),
     _same_host(JOBS_LIST, SECRET_READ),
-    NotApplicable(JOBS_LIST, F.SIGKILL, "the drain start is journaled (`delivered-at`): a kill during it is "
-                                        "`events-list-sigkill`'s path"),
+    NotApplicable(JOBS_LIST, F.SIGKILL, "the drain's start is journaled (`delivered-at`): a kill during the "
+                                        "drain resumes the same drain, as after `events-list-sigkill`"),
     # build definitions (drain)
-    _covered(DEFINITIONS, F.LATENCY, PATS_LIST, _ADO_CLIENT),
-    _covered(DEFINITIONS, F.THROTTLE, PATS_LIST, _ADO_CLIENT),
-    NotApplicable(DEFINITIONS, F.UNAUTHORIZED, "as `jobs-list-401`: the drain round waits, the drain maximum "
-                                               "bounds it"),
+    _same_path(DEFINITIONS, F.LATENCY, PATS_LIST, _ADO_CLIENT),
+    _same_path(DEFINITIONS, F.THROTTLE, PATS_LIST, _ADO_CLIENT),
+    NotApplicable(DEFINITIONS, F.UNAUTHORIZED, "not run: as `jobs-list` x 401, a drain round that cannot list "
+                                               "the runs waits, up to the pipeline's timeout"),
     _same_host(DEFINITIONS, PROBE),
-    NotApplicable(DEFINITIONS, F.SIGKILL, "as `jobs-list-sigkill`"),
+    NotApplicable(DEFINITIONS, F.SIGKILL, "as `jobs-list` x sigkill"),
     # Events
-    _covered(EVENTS_LIST, F.LATENCY, SECRET_READ, _KUBE_CLIENT),
-    _covered(EVENTS_LIST, F.THROTTLE, SECRET_READ, _KUBE_CLIENT),
-    NotApplicable(EVENTS_LIST, F.UNAUTHORIZED, "confirm cannot see KEDA's Events, so it cannot confirm: the "
-                                               "rotation ends failed for a human after the revoke; the "
-                                               "`probe-401` case shows the same end state"),
+    _same_path(EVENTS_LIST, F.LATENCY, SECRET_READ, _KUBE_CLIENT),
+    _same_path(EVENTS_LIST, F.THROTTLE, SECRET_READ, _KUBE_CLIENT),
     _same_host(EVENTS_LIST, SECRET_READ),
     # revoke
     _same_host(PATS_REVOKE, PATS_LIST),
     # Event create
-    NotApplicable(EVENT_CREATE, F.LATENCY, "best effort, no retry: as `event-create-401`"),
-    NotApplicable(EVENT_CREATE, F.STATUS_5XX, "best effort, no retry: as `event-create-401`"),
-    NotApplicable(EVENT_CREATE, F.THROTTLE, "best effort, no retry: as `event-create-401`"),
+    NotApplicable(EVENT_CREATE, F.LATENCY, "best effort, not retried: any failure is `event-create-401`'s path",
+                  see="event-create-401"),
+    NotApplicable(EVENT_CREATE, F.STATUS_5XX, "best effort, not retried: any failure is `event-create-401`'s "
+                                              "path", see="event-create-401"),
+    NotApplicable(EVENT_CREATE, F.THROTTLE, "best effort, not retried: any failure is `event-create-401`'s path",
+                  see="event-create-401"),
     _same_host(EVENT_CREATE, SECRET_READ),
-    NotApplicable(EVENT_CREATE, F.SIGKILL, "the last step: every effect is done; the resumed rotation "
-                                           "only records again (as `events-list-sigkill`)"),
+    NotApplicable(EVENT_CREATE, F.SIGKILL, "the last call: every effect is done; the resumed rotation only "
+                                           "confirms and records again, as after `events-list-sigkill`"),
     # -- the exporter
-    NotApplicable(X_ENTRA, F.LATENCY, "azure-identity retries a dropped token request itself; as `x-pats-list-"
-                                      "latency` for the source"),
-    NotApplicable(X_ENTRA, F.THROTTLE, "Entra's 429 goes through the same azure-core retry as its 5xx"),
-    NotApplicable(X_AGENTS, F.REFUSED, "same host as `x-probe` (the organization URL): `x-probe-refused`"),
-    NotApplicable(X_BUILDS, F.REFUSED, "same host as `x-probe` (the organization URL): `x-probe-refused`"),
-    NotApplicable(X_SCALEDJOBS, F.REFUSED, "same host as `x-secrets` (the API server): `x-secrets-refused`"),
-    NotApplicable(X_EVENTS, F.LATENCY, "same client and source as `x-scaledjobs-latency`"),
-    NotApplicable(X_EVENTS, F.THROTTLE, "same client and source as `x-scaledjobs-429`"),
-    NotApplicable(X_EVENTS, F.REFUSED, "same host as `x-secrets` (the API server): `x-secrets-refused`"),
+    NotApplicable(X_ENTRA, F.LATENCY, "azure-identity retries a dropped token request (azure-core); the "
+                                      "source's own retry is `x-pats-list-latency`", see="x-pats-list-latency"),
+    NotApplicable(X_ENTRA, F.THROTTLE, "Entra's 429 takes the same azure-core retry and MSAL throttle as its "
+                                       "503", see="x-entra-token-5xx"),
+    NotApplicable(X_AGENTS, F.REFUSED, "same host as `x-probe` (the organization URL)", see="x-probe-refused"),
+    NotApplicable(X_BUILDS, F.REFUSED, "same host as `x-probe` (the organization URL)", see="x-probe-refused"),
+    NotApplicable(X_SCALEDJOBS, F.REFUSED, "same host as `x-secrets` (the API server)", see="x-secrets-refused"),
+    NotApplicable(X_EVENTS, F.LATENCY, "same client and source as `x-scaledjobs-latency`",
+                  see="x-scaledjobs-latency"),
+    NotApplicable(X_EVENTS, F.THROTTLE, "same client and source as `x-scaledjobs-429`", see="x-scaledjobs-429"),
+    NotApplicable(X_EVENTS, F.REFUSED, "same host as `x-secrets` (the API server)", see="x-secrets-refused"),
     *(NotApplicable(call, F.SIGKILL, _EXPORTER_KILL) for call in EXPORTER_CALLS),
 )
 
@@ -393,7 +400,8 @@ def cell(call: Call, fault: Fault) -> Case | NotApplicable:
 
 _SHORT: dict[Expect, str] = {
     E.RETRIED: "retried ✓", E.THROTTLED: "waits, retried ✓", E.FAILS_CLEAN: "fails clean, next ✓",
-    E.FAILS_SAFE: "fails safe, next ✓", E.TOLERATED: "tolerated ✓", E.RESUMED: "resumed ✓",
+    E.FAILS_SAFE: "fails safe, next ✓", E.TOLERATED: "tolerated ✓", E.UNCONFIRMED: "unconfirmed ✓",
+    E.RESUMED: "resumed ✓",
     E.SOURCE_UP: "up ✓", E.SOURCE_DOWN: "down, recovers ✓",
     E.TOKEN_INVALID: "valid 0, recovers ✓",
 }
@@ -408,14 +416,18 @@ def markdown() -> str:
         cells = []
         for fault in faults:
             entry = cell(call, fault)
-            cells.append(_SHORT[entry.expect] if isinstance(entry, Case) else "n/a")
+            if isinstance(entry, Case):
+                cells.append(_SHORT[entry.expect])
+            else:
+                cells.append(f"see `{entry.see}`" if entry.see else "n/a")
         lines.append(f"| {call.component} | {call.label} | " + " | ".join(cells) + " |")
-    lines += ["", f"{len(CASES)} cases run, {len(NOT_APPLICABLE)} cells not applicable (below).", "",
+    lines += ["", f"{len(CASES)} cases run; {len(NOT_APPLICABLE)} cells run no case of their own: *see* names "
+              "the case that runs the same path, *n/a* a fault that cannot happen there (reasons below).", "",
               "Columns (how each fault is made):", ""]
     lines += [f"- **{f.value}**: {FAULT_HOW[f]}." for f in faults]
     lines += ["", "Outcomes (what each case asserts besides the invariants above):", ""]
     lines += [f"- **{_SHORT[e]}**: {e.value}." for e in Expect]
-    lines += ["", "Not applicable, and why:", ""]
+    lines += ["", "Cells without a case of their own, and why:", ""]
     lines += [f"- `{n.call.id}` x {n.fault.value}: {n.reason}." for n in NOT_APPLICABLE
               if not (n.fault is F.SIGKILL and n.call.component == "exporter")]
     lines.append(f"- every exporter call x sigkill: {_EXPORTER_KILL}.")

@@ -103,6 +103,12 @@ def test_saga_fault(rig: SagaRig, case: Case, tmp_path: Path) -> None:
             assert rig.world.pats()[str(new)]["status"] != "active", f"the new PAT {new} was left active"
     if case.expect is Expect.FAILS_SAFE:
         assert rig.sink_values(token) != sinks_before, "failed safe means after delivery"
+    if case.expect is Expect.UNCONFIRMED:
+        assert record["outcome"] == "failed" and str(record["error"]).startswith("confirm:"), record
+        new, pats = str(record["new_authorization_id"]), rig.world.pats()
+        assert {rig.world.pat_id(v) for v in rig.sink_values(token)} == {new}
+        for old in filter(None, str(record["old_authorization_id"] or "").split(",")):
+            assert pats[old]["status"] == "revoked"
 
     if record["outcome"] == "failed":                  # the fault is gone: the next rotation
         with rig.worker() as service:
