@@ -249,7 +249,6 @@ CASES: tuple[Case, ...] = (
     # Kubernetes: Events (revoke baseline, confirm)
     Case(EVENTS_LIST, F.STATUS_5XX, E.RETRIED),
     Case(EVENTS_LIST, F.UNAUTHORIZED, E.UNCONFIRMED),
-    Case(EVENTS_LIST, F.SIGKILL, E.RESUMED),
     # PAT API: revoke
     Case(PATS_REVOKE, F.LATENCY, E.RETRIED),
     Case(PATS_REVOKE, F.STATUS_5XX, E.RETRIED),
@@ -319,7 +318,7 @@ NOT_APPLICABLE: tuple[NotApplicable, ...] = (
     NotApplicable(SIGNIN, F.SIGKILL, "read before anything is created: as `entra-token` x sigkill"),
     # Secret read
     NotApplicable(SECRET_READ, F.SIGKILL, "a read: killed in plan, nothing was changed; killed in verify or "
-                                          "revoke, the journal holds what `events-list-sigkill` resumes"),
+                                          "revoke, the journal holds what `pats-revoke-sigkill` resumes"),
     # ScaledJob read
     _same_path(SCALEDJOB_READ, F.LATENCY, SECRET_READ, _KUBE_CLIENT),
     _same_path(SCALEDJOB_READ, F.THROTTLE, SECRET_READ, _KUBE_CLIENT),
@@ -351,7 +350,7 @@ NOT_APPLICABLE: tuple[NotApplicable, ...] = (
                                              "activeDeadlineSeconds, when none can still run), then revokes"),
     _same_host(JOBS_LIST, SECRET_READ),
     NotApplicable(JOBS_LIST, F.SIGKILL, "the drain's start is journaled (`delivered-at`): a kill during the "
-                                        "drain resumes the same drain, as after `events-list-sigkill`"),
+                                        "drain resumes the same drain, as after `pats-revoke-sigkill`"),
     # build definitions (drain)
     _same_path(DEFINITIONS, F.LATENCY, PATS_LIST, _ADO_CLIENT),
     _same_path(DEFINITIONS, F.THROTTLE, PATS_LIST, _ADO_CLIENT),
@@ -363,6 +362,9 @@ NOT_APPLICABLE: tuple[NotApplicable, ...] = (
     _same_path(EVENTS_LIST, F.LATENCY, SECRET_READ, _KUBE_CLIENT),
     _same_path(EVENTS_LIST, F.THROTTLE, SECRET_READ, _KUBE_CLIENT),
     _same_host(EVENTS_LIST, SECRET_READ),
+    NotApplicable(EVENTS_LIST, F.SIGKILL, "first listed at the revoke step, to take KEDA's baseline before the "
+                                          "revoke: a kill there is a kill just before the revoke, as "
+                                          "`pats-revoke-sigkill`", see="pats-revoke-sigkill"),
     # revoke
     _same_host(PATS_REVOKE, PATS_LIST),
     # Event create
@@ -374,7 +376,7 @@ NOT_APPLICABLE: tuple[NotApplicable, ...] = (
                   see="event-create-401"),
     _same_host(EVENT_CREATE, SECRET_READ),
     NotApplicable(EVENT_CREATE, F.SIGKILL, "the last call: every effect is done; the resumed rotation only "
-                                           "confirms and records again, as after `events-list-sigkill`"),
+                                           "confirms and records again, as after `pats-revoke-sigkill`"),
     # -- the exporter
     NotApplicable(X_ENTRA, F.LATENCY, "azure-identity retries a dropped token request (azure-core); the "
                                       "source's own retry is `x-pats-list-latency`", see="x-pats-list-latency"),

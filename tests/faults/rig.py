@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import re
 import socket
 import time
@@ -23,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -56,6 +58,20 @@ KILL_HOLD = 60.0                      # a SIGKILL case holds the call this long 
 
 def params(**overrides: Any) -> ScenarioParams:
     return scenario("default", **{**WORLD, **overrides})
+
+
+def module_rig(tmp_path_factory: pytest.TempPathFactory, name: str, **overrides: Any) -> Iterator[Rig]:
+    """The body of each test module's ``rig`` fixture: one sandbox and its rig for the module."""
+    tmp = tmp_path_factory.mktemp(name)
+    with SandboxThread(str(tmp / "sandbox"), params(**overrides)) as sb:
+        made = Rig(sb, tmp)
+        try:
+            yield made
+        finally:
+            made.close()
+            # Error responses kept alive by caught exceptions hold client sockets until collected:
+            # free them while the sandbox still runs (else a ResourceWarning on its side).
+            gc.collect()
 
 
 def fault_kwargs(call: Call, fault: Fault) -> dict[str, Any]:
@@ -145,7 +161,7 @@ class Baseline:
     started: float
 
 
-class SagaRig:
+class Rig:
     """The sandbox, patrol's config for it, and a worker per rotation (fresh clients each time,
     so a fault on a sign-in is met by a real sign-in)."""
 

@@ -14,22 +14,20 @@ on one active PAT, no patrol PAT is left active and unused, KEDA never failed a 
 from __future__ import annotations
 
 import contextlib
-import gc
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from sandbox.app import SandboxThread
 from tests.faults.matrix import CASES, Case, Expect, Fault
 from tests.faults.rig import (
     REFUSED_SETTINGS,
     RETRY_AFTER,
     Attempt,
-    SagaRig,
+    Rig,
     fault_kwargs,
     metric,
-    params,
+    module_rig,
     refused_config,
 )
 
@@ -38,15 +36,8 @@ FAULT_STATUS = {Fault.LATENCY: 0, Fault.STATUS_5XX: 503, Fault.THROTTLE: 429, Fa
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SagaRig]:
-    tmp = tmp_path_factory.mktemp("faults-saga")
-    with SandboxThread(str(tmp / "sandbox"), params()) as sb:
-        made = SagaRig(sb, tmp)
-        try:
-            yield made
-        finally:
-            made.close()
-            gc.collect()                  # close sockets held by caught errors while the sandbox runs
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    yield from module_rig(tmp_path_factory, "faults-saga")
 
 
 def rotations(attempt: Attempt, token: str, result: str) -> float:
@@ -54,7 +45,7 @@ def rotations(attempt: Attempt, token: str, result: str) -> float:
 
 
 @pytest.mark.parametrize("case", SAGA_CASES, ids=lambda c: c.id)
-def test_saga_fault(rig: SagaRig, case: Case, tmp_path: Path) -> None:
+def test_saga_fault(rig: Rig, case: Case, tmp_path: Path) -> None:
     token = case.call.token
     rig.world.remember_values()
     rig.world.assert_converged(token)                 # what the previous case left

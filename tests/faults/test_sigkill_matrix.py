@@ -15,7 +15,6 @@ KEDA poll failed, no harm.
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import os
 import signal
@@ -30,10 +29,9 @@ import httpx
 import pytest
 import yaml
 
-from sandbox.app import SandboxThread
 from tests.e2e.test_rotation_sandbox import WEBHOOK_TOKEN, WORKER_MAIN
 from tests.faults.matrix import CASES, Case, Fault
-from tests.faults.rig import SagaRig, fault_kwargs, metric, params
+from tests.faults.rig import Rig, fault_kwargs, metric, module_rig
 
 KILL_CASES = [c for c in CASES if c.fault is Fault.SIGKILL]
 HOLD = 2.0                         # the sandbox answers (and acts) this long after the call arrived
@@ -46,19 +44,12 @@ WAITING_MAIN = ("import pathlib, sys, time\n"
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SagaRig]:
-    tmp = tmp_path_factory.mktemp("faults-sigkill")
-    with SandboxThread(str(tmp / "sandbox"), params()) as sb:
-        made = SagaRig(sb, tmp)
-        try:
-            yield made
-        finally:
-            made.close()
-            gc.collect()
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    yield from module_rig(tmp_path_factory, "faults-sigkill")
 
 
 @pytest.fixture(scope="module")
-def config_path(rig: SagaRig) -> Path:
+def config_path(rig: Rig) -> Path:
     """The sandbox's config with a short verification (settle 2 s: KEDA polls every second)."""
     doc = yaml.safe_load(Path(rig.sb.ready["config"]).read_text())
     doc["worker"]["verify_deadline"] = "8s"
@@ -110,7 +101,7 @@ def call(url: str, method: str, path: str, body: dict[str, Any] | None = None) -
 
 
 @pytest.mark.parametrize("case", KILL_CASES, ids=lambda c: c.id)
-def test_worker_killed_during_the_call(rig: SagaRig, config_path: Path, case: Case, tmp_path: Path) -> None:
+def test_worker_killed_during_the_call(rig: Rig, config_path: Path, case: Case, tmp_path: Path) -> None:
     token = case.call.token
     rig.world.remember_values()
     rig.world.assert_converged(token)
