@@ -161,7 +161,7 @@ X_PATS = Call("x-pats-list", "exporter", "ADO PAT API: list PATs (`pat-lifecycle
 X_PROBE = Call("x-probe", "exporter", "ADO: probe each sink's token (`validity/<org>`)", "ado", "GET",
                POOLS_PROBE, source="validity/", host="org")
 X_AGENTS = Call("x-agents", "exporter", "ADO: agents of the pools (`agent-pools/<org>`)", "ado", "GET",
-                r"distributedtask/pools/\d+/agents", source="agent-pools/", host="org")
+                r"distributedtask/pools/\d+/agents\?includeAssignedRequest", source="agent-pools/", host="org")
 X_BUILDS = Call("x-builds", "exporter", "ADO: the pipeline's runs (`pipeline/<project>/<definition>`)",
                 "ado", "GET", r"build/builds\?definitions=", source="pipeline/", host="org")
 X_SECRETS = Call("x-secrets", "exporter", "Kubernetes: read the Secret sinks (`kubernetes/<cluster>`)",
