@@ -78,6 +78,9 @@ class Expect(Enum):
     UNCONFIRMED = ("the rotation is done (the new PAT in every sink, the previous one revoked) but ends "
                    "failed at confirm, which cannot see KEDA's Events: a human checks the consumers")
     RESUMED = "the next worker resumes the rotation from the journal and it succeeds"
+    PAUSED = ("the worker stops leading and pauses the rotation at the next step (nothing counted, every "
+              "sink holds an active PAT); it leads again once the renewal succeeds, resumes the rotation and "
+              "it succeeds")
     # the exporter
     SOURCE_UP = ("retried within the refresh (after Retry-After for a 429); the source stays up, its "
                  "values current")
@@ -146,11 +149,14 @@ EVENTS_LIST = Call("events-list", "saga", "Kubernetes: list KEDA's Events (revok
                    EVENTS, token="keda", host="kube")
 PATS_REVOKE = Call("pats-revoke", "saga", "ADO PAT API: revoke the previous PAT", "ado", "DELETE", ORG_PATS,
                    token="keda", host="vssps")
+LEASE = Call("lease", "saga",
+             "Kubernetes: renew the worker's Lease (`worker.lease`; failing from delivery on, until cleared)",
+             KUBE, "PUT", r"/namespaces/azure-devops/leases/", token="keda", host="kube")
 EVENT_CREATE = Call("event-create", "saga", "Kubernetes: record the PatRotated Event", KUBE, "POST", EVENTS,
                     token="keda", host="kube")
 
 SAGA_CALLS = (ENTRA, SIGNIN, SECRET_READ, SCALEDJOB_READ, KV_GET, PATS_LIST, PATS_CREATE, SECRET_PATCH,
-              KV_SET, PROBE, JOBS_LIST, DEFINITIONS, EVENTS_LIST, PATS_REVOKE, EVENT_CREATE)
+              KV_SET, PROBE, JOBS_LIST, DEFINITIONS, EVENTS_LIST, PATS_REVOKE, EVENT_CREATE, LEASE)
 
 # -- the exporter (one source per call family) ---------------------------------------------------
 
@@ -257,6 +263,11 @@ CASES: tuple[Case, ...] = (
     Case(PATS_REVOKE, F.SIGKILL, E.RESUMED),
     # Kubernetes: record the Event
     Case(EVENT_CREATE, F.UNAUTHORIZED, E.TOLERATED),
+    # Kubernetes: the Lease (made to fail right after delivery)
+    Case(LEASE, F.LATENCY, E.PAUSED),
+    Case(LEASE, F.STATUS_5XX, E.PAUSED),
+    Case(LEASE, F.THROTTLE, E.PAUSED),
+    Case(LEASE, F.UNAUTHORIZED, E.PAUSED),
     # -- the exporter
     Case(X_ENTRA, F.STATUS_5XX, E.SOURCE_DOWN),
     Case(X_ENTRA, F.UNAUTHORIZED, E.SOURCE_DOWN),
@@ -377,6 +388,13 @@ NOT_APPLICABLE: tuple[NotApplicable, ...] = (
     _same_host(EVENT_CREATE, SECRET_READ),
     NotApplicable(EVENT_CREATE, F.SIGKILL, "the last call: every effect is done; the resumed rotation only "
                                            "confirms and records again, as after `pats-revoke-sigkill`"),
+    # Lease
+    NotApplicable(LEASE, F.REFUSED, "a replica that cannot reach the Lease's API server never leads: it starts "
+                                    "nothing (the webhook answers 503); once leading, a renewal that fails is "
+                                    "`lease-5xx`", see="lease-5xx"),
+    NotApplicable(LEASE, F.SIGKILL, "a killed leader stops renewing: its Lease expires and the next worker leads "
+                                    "and resumes, as after `pats-revoke-sigkill` (two replicas: tests/e2e "
+                                    "test_two_workers_one_lease)", see="pats-revoke-sigkill"),
     # -- the exporter
     NotApplicable(X_ENTRA, F.LATENCY, "azure-identity retries a dropped token request (azure-core); the "
                                       "source's own retry is `x-pats-list-latency`", see="x-pats-list-latency"),
@@ -403,7 +421,7 @@ def cell(call: Call, fault: Fault) -> Case | NotApplicable:
 _SHORT: dict[Expect, str] = {
     E.RETRIED: "retried ✓", E.THROTTLED: "waits, retried ✓", E.FAILS_CLEAN: "fails clean, next ✓",
     E.FAILS_SAFE: "fails safe, next ✓", E.TOLERATED: "tolerated ✓", E.UNCONFIRMED: "unconfirmed ✓",
-    E.RESUMED: "resumed ✓",
+    E.RESUMED: "resumed ✓", E.PAUSED: "paused, resumed ✓",
     E.SOURCE_UP: "up ✓", E.SOURCE_DOWN: "down, recovers ✓",
     E.TOKEN_INVALID: "valid 0, recovers ✓",
 }

@@ -21,6 +21,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.config import Config
+from core.lease import LeaseLock
 from core.retry import Backoff
 from remediation.journal import RotationRecord
 from remediation.saga import SagaSettings
@@ -53,6 +55,7 @@ SETTINGS = replace(E2E, verify_deadline=4.0, verify_interval=0.5, secret_settle=
 # clean failure, sooner.
 REFUSED_SETTINGS = replace(SETTINGS, api_backoff=Backoff(delays=()))
 LATENCY = 0.5
+LEASE_NAMESPACE, LEASE_NAME = "azure-devops", "patrol-faults"
 RETRY_AFTER = 1.0
 KILL_HOLD = 60.0                      # a SIGKILL case holds the call this long (it is killed well before)
 
@@ -227,12 +230,18 @@ class Rig:
 
     @contextlib.contextmanager
     def worker(self, cfg: Config | None = None, state_dir: Path | None = None,
-               settings: SagaSettings = SETTINGS) -> Iterator[WorkerService]:
-        """A worker service with its own clients, not started: no reconcile runs behind the case."""
+               settings: SagaSettings = SETTINGS, lease_cluster: str | None = None,
+               **kwargs: Any) -> Iterator[WorkerService]:
+        """A worker service with its own clients, not started (no reconcile runs behind the case
+        unless the case starts it). ``lease_cluster``: it leads through a Lease there (3 s,
+        renewed every second), as with ``worker.lease``."""
         cfg = cfg or self.config
         adapters = CoreWorld(cfg, env={})
-        service = WorkerService(cfg, adapters, state_dir=state_dir or self.state_dir,
-                                webhook_token=WEBHOOK_TOKEN, settings=settings, reconcile_interval=3600)
+        lease = (LeaseLock(adapters.cluster(lease_cluster), LEASE_NAMESPACE, LEASE_NAME, "faults-worker",
+                           timedelta(seconds=3)) if lease_cluster else None)
+        service = WorkerService(cfg, adapters, state_dir=state_dir or self.state_dir, lease=lease,
+                                webhook_token=WEBHOOK_TOKEN, settings=settings, reconcile_interval=3600,
+                                **kwargs)
         try:
             yield service
         finally:

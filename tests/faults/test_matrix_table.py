@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "reliability.md"
 BEGIN, END = "<!-- fault-matrix:begin -->", "<!-- fault-matrix:end -->"
 SAGA_EXPECT = {Expect.RETRIED, Expect.THROTTLED, Expect.FAILS_CLEAN, Expect.FAILS_SAFE, Expect.TOLERATED,
-               Expect.UNCONFIRMED, Expect.RESUMED}
+               Expect.UNCONFIRMED, Expect.RESUMED, Expect.PAUSED}
 
 
 def test_every_cell_is_one_case_or_one_reason() -> None:

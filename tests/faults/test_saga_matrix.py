@@ -14,10 +14,13 @@ on one active PAT, no patrol PAT is left active and unused, KEDA never failed a 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
 from tests.faults.matrix import CASES, Case, Expect, Fault
 from tests.faults.rig import (
@@ -31,7 +34,9 @@ from tests.faults.rig import (
     refused_config,
 )
 
-SAGA_CASES = [c for c in CASES if c.call.component == "saga" and c.fault is not Fault.SIGKILL]
+SAGA_CASES = [c for c in CASES if c.call.component == "saga" and c.fault is not Fault.SIGKILL
+              and c.expect is not Expect.PAUSED]
+LEASE_CASES = [c for c in CASES if c.expect is Expect.PAUSED]
 FAULT_STATUS = {Fault.LATENCY: 0, Fault.STATUS_5XX: 503, Fault.THROTTLE: 429, Fault.UNAUTHORIZED: 401}
 
 
@@ -107,3 +112,54 @@ def test_saga_fault(rig: Rig, case: Case, tmp_path: Path) -> None:
         assert second.json["outcome"] == "succeeded", second.json["error"]
         assert rotations(second, token, "succeeded") == 1.0
     rig.converged(token, before)
+
+
+def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:g}s"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("case", LEASE_CASES, ids=lambda c: c.id)
+def test_lease_fault(rig: Rig, case: Case) -> None:
+    """The worker leads through a Lease; its renewals start failing right after delivery and go on
+    failing until the fault is cleared: the rotation must pause, then resume and succeed."""
+    token = case.call.token
+    rig.world.remember_values()
+    rig.world.assert_converged(token)
+    before = rig.baseline()
+    fault_ids: list[str] = []
+    lost = threading.Event()
+
+    def after_step(rotation_id: str, step: str) -> None:
+        if step == "deliver" and not fault_ids:          # once: the resumed run delivers again
+            fault_ids.append(rig.world.fault(**{**fault_kwargs(case.call, case.fault), "remaining": None}))
+            wait_for("leadership lost", lambda: not service.leadership.is_leader(), timeout=15)
+            lost.set()
+
+    try:
+        with rig.worker(lease_cluster="sds-ptl", after_step=after_step) as service:
+            service.start()
+            wait_for("leading", service.leadership.is_leader)
+            first = rig.rotate(service, token, case.id)
+            assert lost.is_set() and first.record.outcome is None, first.json      # paused, not failed
+            assert first.record.step("switch").status != "done", "the rotation went on without the Lease"
+            assert metric(first.metrics, "patrol_rotations_total", token=token, result="failed") == 0.0
+            assert not service.leadership.is_leader()
+            rig.sinks_hold_active_pats(token)
+            codes = [r.status for r in rig.requests(case.call, before.started)]
+            assert FAULT_STATUS[case.fault] in codes, codes
+            rig.world.call(rig.sb.world.faults.remove, fault_ids[0])
+            wait_for("resumed and finished", lambda: service.journal.get(first.record.id).outcome is not None,
+                     timeout=60)
+            assert service.dispatcher.wait_idle(30)
+            record = service.journal.get(first.record.id)
+            assert record.outcome == "succeeded", record.error
+            metrics = generate_latest(service.metrics.registry).decode()
+            assert metric(metrics, "patrol_rotations_total", token=token, result="succeeded") == 1.0
+    finally:
+        for fault_id in fault_ids:
+            with contextlib.suppress(KeyError):
+                rig.world.call(rig.sb.world.faults.remove, fault_id)
+    assert rig.converged(token, before) == record.new_authorization_id
