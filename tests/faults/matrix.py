@@ -1,5 +1,5 @@
 """The fault matrix of issue 10 as data: every external call of the rotation saga and of the
-exporter by {latency, 5xx, 429 + Retry-After, 401, connection refused, worker SIGKILL}.
+exporter, crossed with {latency, 5xx, 429 + Retry-After, 401, connection refused, worker SIGKILL}.
 
 Guarantees: every (call, fault) cell is exactly one :class:`Case` (run by a test in this
 package, which asserts its :class:`Expect`) or one :class:`NotApplicable` (with the reason);
@@ -21,6 +21,8 @@ import sys
 from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
+
+from sandbox.scenarios import ScenarioParams
 
 Component = Literal["saga", "exporter"]
 
@@ -49,7 +51,7 @@ class Fault(Enum):
     SIGKILL = "sigkill"
 
 
-# How each column is made (the header of the table says the same).
+# How each column is made (the legend under the table says the same).
 FAULT_HOW: dict[Fault, str] = {
     Fault.LATENCY: ("the request is held 0.5 s, then the connection is dropped unanswered (sandbox fault "
                     "`timeout`), as a client sees its read timeout fire; the server did not act"),
@@ -110,21 +112,26 @@ class NotApplicable:
     see: str | None = None
 
 
+# Names come from the sandbox's default world (no organisation or cluster name is written here).
+WORLD = ScenarioParams()
+CLUSTERS = tuple(c.name for c in WORLD.clusters)
+# One cluster takes the faults: the other one shows a fault stays with its own sink.
+FAULTED = WORLD.clusters[-1]
+KUBE = f"kube:{FAULTED.name}"
 ORG_PATS = r"(?i)/_apis/tokens/pats"
-SECRET = r"/namespaces/azure-devops/secrets/azure-devops-token"
-SCALEDJOB = r"/namespaces/azure-devops/scaledjobs"
-EVENTS = r"/namespaces/azure-devops/events"
-VAULT_SECRET = r"^/secrets/azure-devops-token"
+SECRET = rf"/namespaces/{FAULTED.namespace}/secrets/{FAULTED.secret}"
+SCALEDJOB = rf"/namespaces/{FAULTED.namespace}/scaledjobs"
+EVENTS = rf"/namespaces/{FAULTED.namespace}/events"
+VAULT_SECRET = r"^/secrets/azure-devops-token"             # the daily-checks sink (sandbox/app.py)
 # patrol's scope probe of vso.agentpools (`$top=1`); KEDA asks for `?poolID=`, agents `?poolName=`.
 POOLS_PROBE = r"distributedtask/pools\?(%24|\$)top=1"
-KUBE = "kube:sds-ptl"                 # one cluster: the other one shows the fault stays per sink
 
 # -- the saga (the worker's calls, in the order a rotation makes them) --------------------------
 
 ENTRA = Call("entra-token", "saga", "Entra token (patrol's Key Vault identity, the bot's sign-in)",
              "entra", "POST", r"/oauth2/v2\.0/token", token="daily-checks", host="entra")
 SIGNIN = Call("kv-signin", "saga", "Key Vault: read the bot's sign-in secrets", "keyvault", "GET",
-              r"^/secrets/rpe-azure-devops-", token="daily-checks", host="keyvault")
+              r"^/secrets/(?!azure-devops-token)[^/?]+", token="daily-checks", host="keyvault")
 SECRET_READ = Call("secret-read", "saga", "Kubernetes: read the Secret sink", KUBE, "GET", SECRET + "$",
                    token="keda", host="kube")
 SCALEDJOB_READ = Call("scaledjob-read", "saga", "Kubernetes: read the ScaledJob", KUBE, "GET", SCALEDJOB,
@@ -142,7 +149,7 @@ KV_SET = Call("kv-set", "saga", "Key Vault: set the sink secret (new version)", 
 PROBE = Call("probe", "saga", "ADO: probe the new PAT's scopes (verify)", "ado", "GET", POOLS_PROBE,
              token="daily-checks", host="org")
 JOBS_LIST = Call("jobs-list", "saga", "Kubernetes: list the agent Jobs (drain)", KUBE, "GET",
-                 r"/namespaces/azure-devops/jobs", token="keda", host="kube")
+                 rf"/namespaces/{FAULTED.namespace}/jobs", token="keda", host="kube")
 DEFINITIONS = Call("definitions", "saga", "ADO: find the pipeline's runs (drain)", "ado", "GET",
                    r"build/definitions", token="daily-checks", host="org")
 EVENTS_LIST = Call("events-list", "saga", "Kubernetes: list KEDA's Events (revoke, confirm)", KUBE, "GET",
@@ -151,7 +158,7 @@ PATS_REVOKE = Call("pats-revoke", "saga", "ADO PAT API: revoke the previous PAT"
                    token="keda", host="vssps")
 LEASE = Call("lease", "saga",
              "Kubernetes: renew the worker's Lease (`worker.lease`; failing from delivery on, until cleared)",
-             KUBE, "PUT", r"/namespaces/azure-devops/leases/", token="keda", host="kube")
+             KUBE, "PUT", rf"/namespaces/{FAULTED.namespace}/leases/", token="keda", host="kube")
 EVENT_CREATE = Call("event-create", "saga", "Kubernetes: record the PatRotated Event", KUBE, "POST", EVENTS,
                     token="keda", host="kube")
 
@@ -171,11 +178,11 @@ X_AGENTS = Call("x-agents", "exporter", "ADO: agents of the pools (`agent-pools/
 X_BUILDS = Call("x-builds", "exporter", "ADO: the pipeline's runs (`pipeline/<project>/<definition>`)",
                 "ado", "GET", r"build/builds\?definitions=", source="pipeline/", host="org")
 X_SECRETS = Call("x-secrets", "exporter", "Kubernetes: read the Secret sinks (`kubernetes/<cluster>`)",
-                 KUBE, "GET", SECRET, source="kubernetes/sds-ptl", host="kube")
+                 KUBE, "GET", SECRET, source=f"kubernetes/{FAULTED.name}", host="kube")
 X_SCALEDJOBS = Call("x-scaledjobs", "exporter", "Kubernetes: read the ScaledJobs (`keda/<cluster>`)", KUBE,
-                    "GET", SCALEDJOB, source="keda/sds-ptl", host="kube")
+                    "GET", SCALEDJOB, source=f"keda/{FAULTED.name}", host="kube")
 X_EVENTS = Call("x-events", "exporter", "Kubernetes: list KEDA's Events (`keda/<cluster>`)", KUBE, "GET",
-                EVENTS, source="keda/sds-ptl", host="kube")
+                EVENTS, source=f"keda/{FAULTED.name}", host="kube")
 X_KV = Call("x-kv-get", "exporter", "Key Vault: read the sink secret (`keyvault/<vault>`)", "keyvault", "GET",
             VAULT_SECRET, source="keyvault/", host="keyvault")
 

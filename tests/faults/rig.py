@@ -41,7 +41,7 @@ from sandbox.app import SandboxThread
 from sandbox.http import RequestRecord
 from sandbox.scenarios import ScenarioParams, scenario
 from tests.e2e.test_rotation_sandbox import E2E, HARM_KEYS, WEBHOOK_TOKEN, World
-from tests.faults.matrix import Call, Case, Fault
+from tests.faults.matrix import CLUSTERS, FAULTED, Call, Case, Fault
 
 # The default world on a faster clock: KEDA polls every second, builds of 1 s run on agent Jobs
 # the job generator starts every 2 s; no daily-checks pipeline or External-Secrets reader, whose
@@ -55,7 +55,7 @@ SETTINGS = replace(E2E, verify_deadline=4.0, verify_interval=0.5, secret_settle=
 # clean failure, sooner.
 REFUSED_SETTINGS = replace(SETTINGS, api_backoff=Backoff(delays=()))
 LATENCY = 0.5
-LEASE_NAMESPACE, LEASE_NAME = "azure-devops", "patrol-faults"
+LEASE_NAMESPACE, LEASE_NAME = FAULTED.namespace, "patrol-faults"
 RETRY_AFTER = 1.0
 KILL_HOLD = 60.0                      # a SIGKILL case holds the call this long (it is killed well before)
 
@@ -124,7 +124,7 @@ def refused_config(cfg: Config, host: str, tmp: Path) -> Config:
             replace(s, vault_url=dead_tls) if s.kind == "keyvault" else s for s in t.sinks)) for t in cfg.tokens)
         return replace(cfg, tokens=tokens)
     if host == "kube":
-        cluster = cfg.cluster("sds-ptl")
+        cluster = cfg.cluster(FAULTED.name)
         doc = yaml.safe_load(Path(cluster.kubeconfig or "").read_text())
         for entry in doc["clusters"]:
             if entry["name"] == cluster.name:
@@ -198,7 +198,7 @@ class Rig:
 
     def sink_values(self, token: str) -> list[str | None]:
         if token == "keda":
-            return [self.world.sink_value(c) for c in ("cft-ptl", "sds-ptl")]
+            return [self.world.sink_value(c) for c in CLUSTERS]
         return [self.world.kv_value()]
 
     def sinks_hold_active_pats(self, token: str) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from tests.faults.matrix import CASES, Case, Expect, Fault
+from tests.faults.matrix import CASES, FAULTED, Case, Expect, Fault
 from tests.faults.rig import (
     REFUSED_SETTINGS,
     RETRY_AFTER,
@@ -139,7 +139,7 @@ def test_lease_fault(rig: Rig, case: Case) -> None:
             lost.set()
 
     try:
-        with rig.worker(lease_cluster="sds-ptl", after_step=after_step) as service:
+        with rig.worker(lease_cluster=FAULTED.name, after_step=after_step) as service:
             service.start()
             wait_for("leading", service.leadership.is_leader)
             first = rig.rotate(service, token, case.id)
