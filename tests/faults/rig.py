@@ -14,7 +14,6 @@ few): each case starts from the converged world the previous one left, and check
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import re
 import socket
@@ -41,7 +40,7 @@ from sandbox.app import SandboxThread
 from sandbox.http import RequestRecord
 from sandbox.scenarios import ScenarioParams, scenario
 from tests.e2e.test_rotation_sandbox import E2E, HARM_KEYS, WEBHOOK_TOKEN, World
-from tests.faults.matrix import CLUSTERS, FAULTED, Call, Case, Fault
+from tests.faults.matrix import CLUSTERS, FAULTED, Call, Fault
 
 # The default world on a faster clock: KEDA polls every second, builds of 1 s run on agent Jobs
 # the job generator starts every 2 s; no daily-checks pipeline or External-Secrets reader, whose
@@ -57,7 +56,7 @@ REFUSED_SETTINGS = replace(SETTINGS, api_backoff=Backoff(delays=()))
 LATENCY = 0.5
 LEASE_NAMESPACE, LEASE_NAME = FAULTED.namespace, "patrol-faults"
 RETRY_AFTER = 1.0
-KILL_HOLD = 60.0                      # a SIGKILL case holds the call this long (it is killed well before)
+KILL_HOLD = 2.0                       # a SIGKILL case: the sandbox answers (and acts) this long after the call
 
 
 def params(**overrides: Any) -> ScenarioParams:
@@ -91,7 +90,7 @@ def fault_kwargs(call: Call, fault: Fault) -> dict[str, Any]:
     if fault is Fault.UNAUTHORIZED:
         return {**match, "kind": "status", "status": 401}
     if fault is Fault.SIGKILL:
-        return {**match, "kind": "latency", "delay": KILL_HOLD, "remaining": 1}
+        return {**match, "kind": "latency", "delay": KILL_HOLD, "remaining": 1}   # killed before the answer
     raise ValueError(f"{fault} is not made by a sandbox fault")
 
 
@@ -256,16 +255,3 @@ class Rig:
         assert service.dispatcher.wait_idle(120), "the rotation did not finish in 120 s"
         record = service.journal.get(request.rotation_id)
         return Attempt(record, generate_latest(service.metrics.registry).decode())
-
-    def case_tmp(self, case: Case) -> Path:
-        path = self.tmp / case.id
-        path.mkdir(exist_ok=True)
-        return path
-
-
-def statuses(records: list[RequestRecord]) -> list[int]:
-    return [r.status for r in records]
-
-
-def as_dict(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)

@@ -1,7 +1,7 @@
 """The SIGKILL column of the fault matrix (tests/faults/matrix.py): real ``patrol worker``
 processes against one sandbox for the module.
 
-Each case: the sandbox holds the call for :data:`HOLD` seconds before answering (a ``latency``
+Each case: the sandbox holds the call for ``KILL_HOLD`` seconds before answering (a ``latency``
 fault), so the server still acts after the worker is gone — the hard case: ADO created the PAT,
 or the API server wrote the Secret, and nobody journaled the answer. A first worker is asked to
 rotate (``POST /rotations``) and is SIGKILLed as soon as the call arrives; while nobody runs,
@@ -31,10 +31,9 @@ import yaml
 
 from tests.e2e.test_rotation_sandbox import WEBHOOK_TOKEN, WORKER_MAIN
 from tests.faults.matrix import CASES, Case, Fault
-from tests.faults.rig import Rig, fault_kwargs, metric, module_rig
+from tests.faults.rig import KILL_HOLD, Rig, fault_kwargs, metric, module_rig
 
 KILL_CASES = [c for c in CASES if c.fault is Fault.SIGKILL]
-HOLD = 2.0                         # the sandbox answers (and acts) this long after the call arrived
 # WORKER_MAIN, started at once but run only when the go-file appears: the second worker's
 # imports overlap the first worker's life instead of adding to the case.
 WAITING_MAIN = ("import pathlib, sys, time\n"
@@ -108,7 +107,7 @@ def test_worker_killed_during_the_call(rig: Rig, config_path: Path, case: Case, 
     before = rig.baseline()
     first = Worker(config_path, rig.state_dir, tmp_path / "first.log")
     second = Worker(config_path, rig.state_dir, tmp_path / "second.log")
-    fault_id = rig.world.fault(**{**fault_kwargs(case.call, case.fault), "delay": HOLD})
+    fault_id = rig.world.fault(**fault_kwargs(case.call, case.fault))
     try:
         url = first.start()
         asked = call(url, "POST", "/rotations", {"token": token, "force": True, "reason": case.id})
@@ -125,7 +124,7 @@ def test_worker_killed_during_the_call(rig: Rig, config_path: Path, case: Case, 
         assert held.status == 0, "the call was answered before the kill"
         # While nobody runs, every consumer still has a working token.
         rig.sinks_hold_active_pats(token)
-        deadline = time.monotonic() + HOLD + 10      # let the server act on the orphaned call
+        deadline = time.monotonic() + KILL_HOLD + 10      # let the server act on the orphaned call
         while rig.requests(case.call, before.started)[0].status == 0:
             assert time.monotonic() < deadline, "the held call never completed"
             time.sleep(0.05)
