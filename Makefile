@@ -14,7 +14,7 @@ APT_PACKAGES := prometheus prometheus-alertmanager
 KUBECTL_MIN_MINOR := 27
 DEMO_ARGS ?=
 
-.PHONY: help venv lock system-deps lint test test-fast fuzz demo bench soak mttr clean
+.PHONY: help venv lock system-deps lint test test-fast faults fuzz demo bench soak mttr clean
 
 help:
 	@echo "make demo   - start the simulated world (sandbox) and watch patrol keep it alive"
@@ -25,6 +25,7 @@ help:
 	@echo "make soak   - 100 planned rotations through the whole loop, judged by what the world suffered"
 	@echo "make mttr   - time from an out-of-band PAT revocation to recovery, through the whole loop"
 	@echo "make fuzz   - fuzz a live worker's webhook (100,000 inputs) and the config loader (10,000 files)"
+	@echo "make faults - the fault matrix: every external call x latency, 5xx, 429, 401, refused, SIGKILL"
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "patrol needs Python >= 3.11"'
@@ -89,6 +90,11 @@ test: venv system-deps lint
 # Unit tests only, for a quick loop while editing.
 test-fast: venv
 	$(BIN)/pytest -q tests/unit
+
+# The fault matrix (docs/reliability.md "Fault matrix"; make test runs it too). The table it checks:
+# PYTHONPATH=. $(BIN)/python -m tests.faults.matrix --markdown
+faults: venv
+	$(BIN)/pytest -q -p no:cacheprovider tests/faults
 
 # Property-based fuzzing of the webhook against a live worker server (0 5xx, 0 tracebacks,
 # 0 rotations from invalid input) and of the config loader (a config or problems naming the

@@ -95,7 +95,11 @@ class Leadership:
             log.warning("lease renewal failed: %s", exc, extra={"identity": self.lock.identity})
             held, reached = False, False
         with self._mutex:
-            was, self._reported = self._reported, held
+            # A renewal slower than the lease (a throttled API server: the client sleeps its
+            # Retry-After) lets leadership lapse without a failed tick; a running rotation
+            # pauses then. Its success is a regain: say so, so the paused work resumes now.
+            lapsed = self._reported and self._monotonic() >= self._valid_until
+            was, self._reported = self._reported and not (held and lapsed), held
             self._held = held
             self._holder = holder
             if reached:
