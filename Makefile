@@ -84,8 +84,11 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Two workers, one test file each at a time (--dist loadfile keeps a module's fixtures in one
+# process): most of the suite waits on real Prometheus scrapes, KEDA polls and retry backoffs, so
+# two at once halve the wall time on two cores (docs/benchmarks.md "The test suite").
 test: venv system-deps lint
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 # Unit tests only, for a quick loop while editing.
 test-fast: venv
