@@ -508,8 +508,14 @@ class KubeCluster:
         self.cluster = cluster
         self.service = f"kubernetes/{cluster.name}"
         self._api = _api_client(cluster)
-        # The client's own Retry-After retries of reads (kubernetes >= 37, off by default) stay
-        # off: core.retry decides, from the ThrottledError/ServerError delay, whether to wait.
+        # The client's own client-go-style Retry-After retries of reads (kubernetes >= 37, off by
+        # default) stay off: core.retry decides, from the ThrottledError/ServerError delay, whether
+        # to wait. Beneath it, though, urllib3's default Retry (3 attempts; the kubernetes client
+        # passes no `retries`) still resends a dropped idempotent request and, for GET/PUT/DELETE
+        # answered 413/429/503 with Retry-After, sleeps that long before resending, uncapped
+        # (urllib3 `Retry.is_retry`, RETRY_AFTER_STATUS_CODES; seen by the fault matrix,
+        # docs/reliability.md). Left on for now: turning it off makes a single throttled Lease
+        # renewal give up leadership at once; bounding it is open work.
         self._api.configuration.client_go_retries = False
         self._timeout = request_timeout
 
