@@ -32,6 +32,10 @@ HARM_KEYS = ("builds_interrupted", "agent_unregister_failures", "keda_failed_pol
              "secret_reader_failures", "pipeline_runs_failed")
 ROTATE_ALERTS = frozenset({"PatInvalid", "KedaScalerAuthFailing", "PatRenewalDue", "PatExpired"})
 RSS_TOLERANCE = 0.10
+# Samples at each end whose medians are compared. One sample is noise: the exporter and the worker
+# hand freed heap back to the kernel (core/arenas.py) at most every 10 s, so the RSS read at a
+# rotation's end swings by ±3 MB with where that falls relative to the last refresh's peak.
+RSS_WINDOW = 5
 
 
 def rss_mb(pid: int) -> float:
@@ -60,11 +64,23 @@ class SoakReport:
     rss: list[RssSample] = field(default_factory=list)
     workdir: str = ""
 
+    def rss_ends(self) -> tuple[RssSample, RssSample]:
+        """The medians of the first and the last :data:`RSS_WINDOW` samples (fewer in a short run,
+        never overlapping), each labelled with the rotation of its window's middle sample."""
+        window = max(1, min(RSS_WINDOW, len(self.rss) // 2))
+        head, tail = self.rss[:window], self.rss[-window:]
+
+        def middle(part: list[RssSample]) -> RssSample:
+            return RssSample(part[len(part) // 2].rotation, statistics.median(s.exporter_mb for s in part),
+                             statistics.median(s.worker_mb for s in part))
+        return middle(head), middle(tail)
+
     def rss_growth(self) -> dict[str, float]:
-        """End of the run against just after the first rotation, as a fraction (0.05 = +5 %)."""
+        """End of the run against just after the first rotations, as a fraction (0.05 = +5 %),
+        from the medians of :meth:`rss_ends`."""
         if len(self.rss) < 2:
             return {}
-        first, last = self.rss[0], self.rss[-1]
+        first, last = self.rss_ends()
         return {"exporter": last.exporter_mb / first.exporter_mb - 1,
                 "worker": last.worker_mb / first.worker_mb - 1}
 
@@ -93,11 +109,16 @@ class SoakReport:
         out.append(f"patrol PATs left active after their drain: {len(self.leftover)}")
         if self.rss:
             first, last = self.rss[0], self.rss[-1]
-            growth = self.rss_growth()
             out.append(f"RSS after rotation {first.rotation}: exporter {first.exporter_mb:.1f} MB, worker "
                        f"{first.worker_mb:.1f} MB; after rotation {last.rotation}: exporter "
-                       f"{last.exporter_mb:.1f} MB ({growth.get('exporter', 0):+.1%}), worker "
-                       f"{last.worker_mb:.1f} MB ({growth.get('worker', 0):+.1%})")
+                       f"{last.exporter_mb:.1f} MB, worker {last.worker_mb:.1f} MB")
+        if len(self.rss) >= 2:
+            head, tail = self.rss_ends()
+            growth = self.rss_growth()
+            out.append(f"RSS medians of the first and last {max(1, min(RSS_WINDOW, len(self.rss) // 2))} "
+                       f"samples: exporter {head.exporter_mb:.1f} -> {tail.exporter_mb:.1f} MB "
+                       f"({growth['exporter']:+.1%}), worker {head.worker_mb:.1f} -> {tail.worker_mb:.1f} MB "
+                       f"({growth['worker']:+.1%})")
         out.append(f"logs: {self.workdir}")
         return out
 

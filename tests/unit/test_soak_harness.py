@@ -39,3 +39,19 @@ def test_a_start_that_fails_stops_what_it_spawned(run: object, tmp_path: Path,
         run(tmp_path)  # type: ignore[operator]
     assert len(spawned) == 1
     assert spawned[0].poll() is not None, "the process spawned before the failure is still running"
+
+
+def test_rss_growth_compares_medians_so_one_trim_swing_neither_fails_nor_passes_a_run() -> None:
+    from patrol.soak import RssSample, SoakReport
+
+    report = SoakReport(target=12)
+    # a flat exporter whose samples swing by ±3 MB with malloc_trim's timing, ending on a high
+    # swing; a worker that really grows 1 MB per rotation
+    swings = [91.5, 94.8, 92.0, 95.1, 91.8, 94.9, 92.1, 95.0, 91.7, 94.7, 92.2, 95.2]
+    report.rss = [RssSample(i + 1, swings[i], 90.0 + i) for i in range(12)]
+    growth = report.rss_growth()
+    assert growth["exporter"] == 94.7 / 92.0 - 1              # single samples said 95.2 / 91.5, +4 %
+    assert growth["worker"] == 99.0 / 92.0 - 1                # medians of 90..94 and 97..101
+    report.rss = report.rss[:3]                               # a short run: windows never overlap
+    head, tail = report.rss_ends()
+    assert (head.rotation, tail.rotation) == (1, 3)
