@@ -9,7 +9,8 @@ Guarantees:
 - An operator's ``MALLOC_ARENA_MAX`` wins: when it is set, glibc already applied it and nothing
   here changes it.
 - :class:`Trimmer` hands the free pages of those arenas back to the kernel (``malloc_trim``)
-  after refreshes, at most once per ``every`` seconds, so a refresh's transient peak (a page
+  after the exporter's refreshes and each round of the worker's journal keeper, at most once per
+  ``every`` seconds, so a refresh's transient peak (a page
   of parsed JSON, a thousand Key Vault answers) does not stay resident until the next one.
 - Where there is no glibc (musl, macOS) nothing happens and the exporter runs as before.
 
@@ -24,7 +25,8 @@ to 18 MB and with 1 to 13 MB — docs/benchmarks.md). The refresher's work is I/
 serialised by the GIL, so fewer arenas cost no measurable scrape latency. The worker applies
 the same cap (a thread per rotation in flight, the reconcile loop, the Lease, the journal
 keeper); in the soak it did not change the worker's memory slope (docs/reliability.md), so
-there it is a precaution, not a fix.
+there it is a precaution, not a fix (the worker's growth was a TLS context per ADO client,
+core/_ado_session.py).
 """
 
 from __future__ import annotations
