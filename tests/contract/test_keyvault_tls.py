@@ -1,0 +1,93 @@
+"""Every Key Vault connection of a process verifies TLS with one shared context (core.keyvault).
+
+requests hands urllib3 a CA path, and urllib3 built a new ``SSLContext`` and loaded the bundle
+for each new connection, each live connection keeping its own copy (~1 MB with the public
+bundle). Against the sandbox vault over real HTTPS, concurrent reads through two clients open
+several connections; all of them must share one context, the bundle loaded once, and still
+refuse a server the bundle does not trust.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from core import config, entra
+from core.errors import UnavailableError
+from core.keyvault import KeyVault, forget_tls_contexts, tls_context
+from sandbox.app import SandboxThread
+
+pytestmark = pytest.mark.contract
+
+SECRET = "bot-azure-devops-email"
+
+
+@pytest.fixture
+def ca_loads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
+    loads: list[object] = []
+    original = ssl.SSLContext.load_verify_locations
+
+    def counting(self: ssl.SSLContext, *args: object, **kwargs: object) -> None:
+        loads.append(args or kwargs)
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counting)
+    forget_tls_contexts()
+    yield loads
+    forget_tls_contexts()
+
+
+@pytest.fixture
+def credential(sandbox: SandboxThread) -> Iterator[Any]:
+    ready = sandbox.ready
+    settings = config.AzureSettings(credential="client-secret", tenant_id=ready["bot"]["tenant_id"],
+                                    client_id=ready["patrol_client"]["client_id"],
+                                    client_secret_file=ready["patrol_client"]["client_secret_file"],
+                                    authority=ready["entra_authority"], ca_bundle=ready["ca_bundle"])
+    credential = entra.azure_credential(settings, {}, retry_total=0)
+    yield credential
+    entra.close_credential(credential)
+
+
+def live_contexts(vault: KeyVault) -> list[ssl.SSLContext]:
+    """The context of every TLS connection the vault's session keeps open."""
+    session = vault._client._client._client._pipeline._transport.session
+    contexts = []
+    for adapter in {id(a): a for a in session.adapters.values()}.values():
+        for key in adapter.poolmanager.pools.keys():  # noqa: SIM118  (the container refuses iteration)
+            pool = adapter.poolmanager.pools[key]
+            contexts += [conn.sock.context for conn in list(pool.pool.queue) if conn is not None and conn.sock]
+    return contexts
+
+
+def test_concurrent_reads_through_two_clients_share_one_context(
+        sandbox: SandboxThread, credential: Any, ca_loads: list[object]) -> None:
+    ready = sandbox.ready
+    vaults = [KeyVault(ready["keyvault_url"], credential, ca_bundle=ready["ca_bundle"],
+                       verify_challenge_resource=False, retry_total=0) for _ in range(2)]
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            names = list(pool.map(lambda i: vaults[i % 2].get_properties(SECRET).name, range(64)))
+        assert names == [SECRET] * 64
+        contexts = [c for v in vaults for c in live_contexts(v)]
+        assert len(contexts) > 2                         # several connections were opened ...
+        assert {id(c) for c in contexts} == {id(tls_context(ready["ca_bundle"]))}   # ... one context
+        # one bundle load for the vault (the credential's own transport loads it positionally)
+        assert [load for load in ca_loads if isinstance(load, dict)] == [{"cafile": ready["ca_bundle"]}]
+        context = contexts[0]
+        assert context.verify_mode == ssl.CERT_REQUIRED
+    finally:
+        for vault in vaults:
+            vault.close()
+
+
+def test_a_vault_the_bundle_does_not_trust_is_refused(
+        sandbox: SandboxThread, credential: Any, ca_loads: list[object]) -> None:
+    # certifi's public bundle does not hold the sandbox's CA: the shared context must verify.
+    with KeyVault(sandbox.ready["keyvault_url"], credential, verify_challenge_resource=False,
+                  retry_total=0) as vault, pytest.raises(UnavailableError):
+        vault.get_properties(SECRET)
