@@ -29,3 +29,27 @@ def _fresh_credential_ledger() -> Iterator[None]:
 
     CREDENTIALS.clear()
     yield
+
+
+@pytest.fixture
+def ca_loads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
+    """Every CA-bundle load (``ssl.SSLContext.load_verify_locations``) while the test runs, by its
+    arguments, with the process's shared TLS contexts (ADO's and Key Vault's) built afresh."""
+    import ssl
+
+    from core._ado_session import tls_context
+    from core.keyvault import forget_tls_contexts
+
+    loads: list[object] = []
+    original = ssl.SSLContext.load_verify_locations
+
+    def counting(self: ssl.SSLContext, *args: object, **kwargs: object) -> None:
+        loads.append(args or kwargs)
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counting)
+    tls_context.cache_clear()
+    forget_tls_contexts()
+    yield loads
+    tls_context.cache_clear()
+    forget_tls_contexts()

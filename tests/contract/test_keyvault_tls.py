@@ -18,27 +18,12 @@ import pytest
 
 from core import config, entra
 from core.errors import UnavailableError
-from core.keyvault import KeyVault, forget_tls_contexts, tls_context
+from core.keyvault import KeyVault, tls_context
 from sandbox.app import SandboxThread
 
 pytestmark = pytest.mark.contract
 
 SECRET = "bot-azure-devops-email"
-
-
-@pytest.fixture
-def ca_loads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
-    loads: list[object] = []
-    original = ssl.SSLContext.load_verify_locations
-
-    def counting(self: ssl.SSLContext, *args: object, **kwargs: object) -> None:
-        loads.append(args or kwargs)
-        original(self, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counting)
-    forget_tls_contexts()
-    yield loads
-    forget_tls_contexts()
 
 
 @pytest.fixture

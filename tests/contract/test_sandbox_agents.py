@@ -214,6 +214,7 @@ def test_finished_jobs_beyond_the_history_limit_are_deleted(world: World) -> Non
     world.wait(lambda: world.stats().jobs_completed == 2, timeout=15, what="two builds")
     world.wait(lambda: len(world.lt.call(lambda: world.cluster.list_objects("batch/v1", "jobs", NS))) == 1,
                what="the older Job to be cleaned up")
+    assert len(world.jobs()) == 1
 
 
 # --- the agent keeps its start PAT ------------------------------------------------------------------
@@ -266,6 +267,7 @@ def test_deleting_the_scaledjob_garbage_collects_its_jobs(world: World) -> None:
     client.CustomObjectsApi(world.api).delete_namespaced_custom_object("keda.sh", "v1alpha1", NS, "scaledjobs", SJ)
     world.wait(lambda: world.jobs() == [], what="the owned Jobs to be deleted")
     world.wait(lambda: world.harm()["builds_interrupted"] == 1, what="the running build to be counted")
+    assert world.jobs() == []
 
 
 # --- rollout -----------------------------------------------------------------------------------------
@@ -311,6 +313,7 @@ def test_only_jobs_of_another_generation_are_deleted(world: World) -> None:
     world.patch_scaledjob({"spec": {"maxReplicaCount": 9}})     # generation 2
     world.wait(lambda: world.stats().reconciles >= 2, what="the reconcile")
     world.wait(lambda: [j.metadata.name for j in world.jobs()] == ["gen-2"], what="the stale Jobs to go")
+    assert [j.metadata.annotations["scaledjob.keda.sh/generation"] for j in world.jobs()] == ["2"]
 
 
 # --- KEDA reads Secrets through a lagging cache ----------------------------------------------------------

@@ -150,8 +150,8 @@ def test_conditional_access_blocks_the_device_code_sign_in_too(
     sb: SandboxThread, entra: httpx.Client, control: httpx.Client
 ) -> None:
     control.post("/entra/failures", json={"kind": "conditional_access_blocked"})
-    _refused(_device_code(sb, entra), 400, "invalid_grant", 53003)
-
+    body = _refused(_device_code(sb, entra), 400, "invalid_grant", 53003)
+    assert "device_code" not in body and "refresh_token" not in body
 
 def test_revoked_access_tokens_are_refused_by_ado_until_a_new_one_is_acquired(
     sb: SandboxThread, entra: httpx.Client, control: httpx.Client

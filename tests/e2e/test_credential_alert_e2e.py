@@ -107,7 +107,9 @@ def broken(loop: Loop) -> list[dict[str, Any]]:
     return [a for a in loop.monitoring.firing_alerts() if a["labels"]["alertname"] == "PatrolCredentialBroken"]
 
 
-def refuse_then_fix(loop: Loop, kind: str) -> None:
+def refuse_then_fix(loop: Loop, kind: str) -> list[dict[str, Any]]:
+    """Switch the refusal on, wait for its message and alert, lift it, wait for the resolve;
+    returns the alerts seen firing for it."""
     code, fix = REFUSALS[kind]
     source = f"pat-lifecycle/{loop.organization}"
     assert not broken(loop), "an earlier refusal's alert is still firing"
@@ -131,6 +133,7 @@ def refuse_then_fix(loop: Loop, kind: str) -> None:
     assert loop.control.delete("/entra/failures").status_code == 204
     wait_for("the exporter to sign in again", lambda: loop.exporter.source(source).health.up)
     wait_for("PatrolCredentialBroken to resolve", lambda: not broken(loop))
+    return alerts
 
 
 def test_each_tenant_refusal_fires_the_alert_with_its_cause_then_resolves(loop: Loop) -> None:
@@ -140,5 +143,5 @@ def test_each_tenant_refusal_fires_the_alert_with_its_cause_then_resolves(loop: 
     when an old one was counted more often is pinned at a real refresh cadence by the promtool
     test in alerts/tests/credential.test.yml; at this test's 1 s refresh the new cause overtakes
     the old counts within seconds either way."""
-    for kind in REFUSALS:
-        refuse_then_fix(loop, kind)
+    causes = [[a["labels"]["cause"] for a in refuse_then_fix(loop, kind)] for kind in REFUSALS]
+    assert causes == [[kind] for kind in REFUSALS]

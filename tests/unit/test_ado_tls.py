@@ -10,28 +10,10 @@ RSS had grown ~15 MB. These tests count the CA-bundle loads directly on the stan
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
-
-import pytest
 
 from core._ado_session import http_client, tls_context
 from core.ado import AdoClient, PatLifecycleClient
 from core.secret import Secret
-
-
-@pytest.fixture
-def ca_loads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
-    loads: list[object] = []
-    original = ssl.SSLContext.load_verify_locations
-
-    def counting(self: ssl.SSLContext, *args: object, **kwargs: object) -> None:
-        loads.append(args or kwargs)
-        original(self, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counting)
-    tls_context.cache_clear()
-    yield loads
-    tls_context.cache_clear()
 
 
 def test_many_ado_clients_load_the_ca_bundle_once(ca_loads: list[object]) -> None:
