@@ -27,25 +27,31 @@ def test_adopt_without_a_config_says_how_to_give_one(capsys: pytest.CaptureFixtu
     assert "PATROL_CONFIG" in err or "--config" in err
 
 
-def test_adopt_of_an_unknown_token_names_the_configured_ones(tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+ONE_TOKEN_CONFIG = (
+    "organizations:\n"
+    "  - name: contoso\n"
+    "    url: https://dev.azure.com/contoso\n"
+    "    credential: {kind: username-password, username_env: U, password_env: P}\n"
+    "tokens:\n"
+    "  - name: daily-checks\n"
+    "    organization: contoso\n"
+    "    scopes: [vso.build]\n"
+    "    lifetime: 30d\n"
+    "    renew_before: 7d\n"
+    "    sinks: [{kind: keyvault, vault_url: 'https://kv.vault.azure.net', secret: ado}]\n"
+)
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]], ids=["text", "json"])
+def test_adopt_of_an_unknown_token_is_a_usage_error_naming_the_configured_ones(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], json_flag: list[str]) -> None:
+    """With or without --json: exit 2, the reason on stderr, nothing on stdout."""
     config = tmp_path / "patrol.yaml"
-    config.write_text(
-        "organizations:\n"
-        "  - name: contoso\n"
-        "    url: https://dev.azure.com/contoso\n"
-        "    credential: {kind: username-password, username_env: U, password_env: P}\n"
-        "tokens:\n"
-        "  - name: daily-checks\n"
-        "    organization: contoso\n"
-        "    scopes: [vso.build]\n"
-        "    lifetime: 30d\n"
-        "    renew_before: 7d\n"
-        "    sinks: [{kind: keyvault, vault_url: 'https://kv.vault.azure.net', secret: ado}]\n",
-        encoding="utf-8")
-    assert main(["adopt", "keda", "--config", str(config)], env={}) == EXIT_USAGE
-    err = capsys.readouterr().err
-    assert "no token named 'keda'" in err and "daily-checks" in err
+    config.write_text(ONE_TOKEN_CONFIG, encoding="utf-8")
+    assert main(["adopt", "keda", *json_flag, "--config", str(config)], env={}) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "no token named 'keda'" in captured.err and "daily-checks" in captured.err
 
 
 def test_adopt_logs_warnings_only_unless_asked() -> None:
@@ -56,22 +62,3 @@ def test_adopt_logs_warnings_only_unless_asked() -> None:
     assert build_parser({}).parse_args(["adopt", "keda", "--json", "--yes"]).json
 
 
-def test_adopt_json_of_an_unknown_token_is_a_usage_error_as_without_json(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = tmp_path / "patrol.yaml"
-    config.write_text(
-        "organizations:\n"
-        "  - name: contoso\n"
-        "    url: https://dev.azure.com/contoso\n"
-        "    credential: {kind: username-password, username_env: U, password_env: P}\n"
-        "tokens:\n"
-        "  - name: daily-checks\n"
-        "    organization: contoso\n"
-        "    scopes: [vso.build]\n"
-        "    lifetime: 30d\n"
-        "    renew_before: 7d\n"
-        "    sinks: [{kind: keyvault, vault_url: 'https://kv.vault.azure.net', secret: ado}]\n",
-        encoding="utf-8")
-    assert main(["adopt", "keda", "--json", "--config", str(config)], env={}) == EXIT_USAGE
-    captured = capsys.readouterr()
-    assert captured.out == "" and "no token named 'keda'" in captured.err
