@@ -60,5 +60,3 @@ def test_adopt_logs_warnings_only_unless_asked() -> None:
     assert args.log_level == "WARNING" and args.config == "/env.yaml"
     assert not args.yes and not args.dry_run and args.authorization_id is None and not args.json
     assert build_parser({}).parse_args(["adopt", "keda", "--json", "--yes"]).json
-
-
