@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from core import config
 from sandbox.app import SandboxThread
 from sandbox.scenarios import ScenarioParams, scenario
 
@@ -33,6 +34,18 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxThread]
         # sockets until collected: free them while the sandbox still runs, or its side of those
         # connections is reported unclosed (a ResourceWarning, an error under -W error).
         gc.collect()
+
+
+@pytest.fixture(scope="module")
+def azure(sandbox: SandboxThread) -> config.AzureSettings:
+    """patrol's own app registration (client secret) in the sandbox's tenant, trusting its CA.
+    ``verify_challenge_resource`` is off: the sandbox vault's resource is not *.vault.azure.net."""
+    ready = sandbox.ready
+    return config.AzureSettings(credential="client-secret", tenant_id=ready["bot"]["tenant_id"],
+                                client_id=ready["patrol_client"]["client_id"],
+                                client_secret_file=ready["patrol_client"]["client_secret_file"],
+                                authority=ready["entra_authority"], ca_bundle=ready["ca_bundle"],
+                                verify_challenge_resource=False)
 
 
 def password_grant(

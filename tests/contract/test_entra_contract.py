@@ -39,16 +39,6 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxThread]
 
 
 
-@pytest.fixture(scope="module")
-def azure(sandbox: SandboxThread) -> config.AzureSettings:
-    ready = sandbox.ready
-    return config.AzureSettings(credential="client-secret", tenant_id=ready["bot"]["tenant_id"],
-                                client_id=ready["patrol_client"]["client_id"],
-                                client_secret_file=ready["patrol_client"]["client_secret_file"],
-                                authority=ready["entra_authority"], ca_bundle=ready["ca_bundle"],
-                                verify_challenge_resource=False)
-
-
 def user_credential(sandbox: SandboxThread, kind: config.CredentialKind,
                     **kw: object) -> config.UserCredential:
     bot = sandbox.ready["bot"]

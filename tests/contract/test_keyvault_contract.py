@@ -24,13 +24,9 @@ VALUE_TWO = "second-secret-value-9876543210"
 
 
 @pytest.fixture(scope="module")
-def vault(sandbox: SandboxThread) -> Iterator[KeyVault]:
+def vault(sandbox: SandboxThread, azure: config.AzureSettings) -> Iterator[KeyVault]:
     ready = sandbox.ready
-    settings = config.AzureSettings(credential="client-secret", tenant_id=ready["bot"]["tenant_id"],
-                                    client_id=ready["patrol_client"]["client_id"],
-                                    client_secret_file=ready["patrol_client"]["client_secret_file"],
-                                    authority=ready["entra_authority"], ca_bundle=ready["ca_bundle"])
-    credential = entra.azure_credential(settings, {}, retry_total=0)
+    credential = entra.azure_credential(azure, {}, retry_total=0)
     with KeyVault(ready["keyvault_url"], credential, ca_bundle=ready["ca_bundle"],
                   verify_challenge_resource=False, retry_total=0) as kv:
         kv.get_properties("bot-azure-devops-email")       # challenge done once, before any fault

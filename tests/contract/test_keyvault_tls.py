@@ -27,13 +27,8 @@ SECRET = "bot-azure-devops-email"
 
 
 @pytest.fixture
-def credential(sandbox: SandboxThread) -> Iterator[Any]:
-    ready = sandbox.ready
-    settings = config.AzureSettings(credential="client-secret", tenant_id=ready["bot"]["tenant_id"],
-                                    client_id=ready["patrol_client"]["client_id"],
-                                    client_secret_file=ready["patrol_client"]["client_secret_file"],
-                                    authority=ready["entra_authority"], ca_bundle=ready["ca_bundle"])
-    credential = entra.azure_credential(settings, {}, retry_total=0)
+def credential(azure: config.AzureSettings) -> Iterator[Any]:
+    credential = entra.azure_credential(azure, {}, retry_total=0)
     yield credential
     entra.close_credential(credential)
 

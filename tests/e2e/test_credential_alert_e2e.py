@@ -13,8 +13,7 @@ tests/contract/test_credential_contract.py; here the point is that each one reac
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -29,6 +28,7 @@ from exporter.server import make_app
 from patrol.stack import MonitoringStack
 from sandbox.app import SandboxThread
 from tests.contract.loop_thread import LoopThread
+from tests.e2e.test_prometheus_e2e import wait_for
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not MonitoringStack.available(),
@@ -43,21 +43,6 @@ REFUSALS = {
     "consent_missing": ("AADSTS65001", "grant admin consent"),
     "public_client_flows_disabled": ("AADSTS7000218", "Allow public client flows"),
 }
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 45.0, every: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-        except (OSError, RuntimeError) as exc:       # not answering this instant
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-        time.sleep(every)
 
 
 @dataclass
@@ -121,18 +106,18 @@ def refuse_then_fix(loop: Loop, kind: str) -> list[dict[str, Any]]:
         reason = loop.exporter.source(source).health.reason
         return reason if reason is not None and code in reason else None
 
-    message = wait_for(f"the exporter's message for {kind}", refused_message)
+    message = wait_for(f"the exporter's message for {kind}", refused_message, timeout=45, every=0.3)
     assert fix in message, message
     assert loop.sandbox.ready["bot"]["password"] not in message
     alerts = wait_for(f"PatrolCredentialBroken{{cause={kind}}} firing",
-                      lambda: [a for a in broken(loop) if a["labels"].get("cause") == kind])
+                      lambda: [a for a in broken(loop) if a["labels"].get("cause") == kind], timeout=45, every=0.3)
     assert [a["labels"]["organization"] for a in alerts] == [loop.organization]
     assert alerts[0]["labels"]["severity"] == "critical"
     assert not [a for a in broken(loop) if a["labels"].get("cause") not in (kind, None)], broken(loop)
 
     assert loop.control.delete("/entra/failures").status_code == 204
-    wait_for("the exporter to sign in again", lambda: loop.exporter.source(source).health.up)
-    wait_for("PatrolCredentialBroken to resolve", lambda: not broken(loop))
+    wait_for("the exporter to sign in again", lambda: loop.exporter.source(source).health.up, timeout=45, every=0.3)
+    wait_for("PatrolCredentialBroken to resolve", lambda: not broken(loop), timeout=45, every=0.3)
     return alerts
 
 
