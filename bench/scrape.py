@@ -24,6 +24,11 @@ growth over the imports < 15 MB.
     .venv/bin/python bench/scrape.py [--scrapes 1000] [--no-write]
     .venv/bin/python bench/scrape.py --profile [N]     # where the runtime growth goes
     .venv/bin/python bench/scrape.py --config-memory [N] [--tree LABEL=DIR ...]
+    .venv/bin/python bench/scrape.py --growth [N] [--scrapes 200] [--tree LABEL=DIR ...]
+
+``--growth`` measures only the runtime growth over the imports (issue 10's figure), N rounds per
+tree (default 5), the trees alternating, and reports medians with the range: one run's RSS swings
+by several MB on a shared machine, too much to compare two trees on one run each.
 
 ``--config-memory`` measures loading the large configuration alone (issue 10: the parser's
 share of the growth), N rounds of fresh processes per tree (default 5), medians: RSS after the
@@ -197,10 +202,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve_and_scrape(config: Path, scrapes: int) -> dict[str, Any]:
+def serve_and_scrape(config: Path, scrapes: int, tree: Path = ROOT) -> dict[str, Any]:
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "exporter", "--config", str(config), "--listen",
-                                f"127.0.0.1:{port}", "--log-level", "WARNING"], cwd=ROOT)
+                                f"127.0.0.1:{port}", "--log-level", "WARNING"], cwd=tree)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
             deadline = time.monotonic() + 300
@@ -264,26 +269,31 @@ IMPORT_STEPS = (
     ("Python interpreter (`-c pass`)", ""),
     ("prometheus_client", "import prometheus_client"),
     ("aiohttp (HTTP server)", "import aiohttp.web"),
-    ("httpx (ADO client)", "import httpx"),
-    ("azure-identity + azure-keyvault-secrets + msal", "import azure.identity, azure.keyvault.secrets, msal"),
+    # httpx 0.28 imports httpcore (and h11, anyio) when its first client is built, and
+    # azure-identity imports msal_extensions for the device-code credential's token cache: code
+    # the exporter always loads, so they count as imports, not as the run's growth.
+    ("httpx + httpcore (ADO client)", "import httpx, httpcore"),
+    ("azure-identity + azure-keyvault-secrets + msal",
+     "import azure.identity, azure.keyvault.secrets, msal, msal_extensions"),
     ("kubernetes (client + watch)", "import kubernetes.client, kubernetes.watch"),
-    ("patrol's own modules (core, exporter)", "import exporter.cli, exporter.assembly"),
+    ("patrol's own modules (core, exporter, the configuration parser)",
+     "import exporter.cli, exporter.assembly, core._config_parse"),
 )
 
 
 KUBERNETES_ALONE = "import kubernetes.client, kubernetes.watch"
 
 
-def rss_after(statement: str) -> float:
-    """RSS (MB) of a fresh interpreter after ``statement``."""
+def rss_after(statement: str, tree: Path = ROOT) -> float:
+    """RSS (MB) of a fresh interpreter after ``statement``, importing patrol from ``tree``."""
     code = ("import re, pathlib; {imp}; "
             "print(int(re.search(r'VmRSS:\\s+(\\d+)', pathlib.Path('/proc/self/status').read_text()).group(1)))")
     out = subprocess.run([sys.executable, "-c", code.format(imp=statement or "pass")],
-                         capture_output=True, cwd=ROOT, timeout=120, check=True)
+                         capture_output=True, cwd=tree, timeout=120, check=True)
     return int(out.stdout) / 1024
 
 
-def import_rss(config: Path) -> list[tuple[str, float]]:
+def import_rss(config: Path, tree: Path = ROOT) -> list[tuple[str, float]]:
     """RSS (MB) after each cumulative step of :data:`IMPORT_STEPS`, each in a fresh process, then
     after loading ``config`` as the exporter does first (the parser's peak stays resident)."""
     steps = []
@@ -293,7 +303,7 @@ def import_rss(config: Path) -> list[tuple[str, float]]:
             f"from core.config import load_config; load_config({str(config)!r})")):
         if statement:
             imports.append(statement)
-        steps.append((name, rss_after("; ".join(imports))))
+        steps.append((name, rss_after("; ".join(imports), tree)))
     return steps
 
 
@@ -375,10 +385,12 @@ def report(sizes: dict[str, dict[str, int]], cycles: dict[str, tuple[Tally[str],
         "What changed (found with `bench/scrape.py --profile`, tracemalloc beside RSS): tracemalloc saw "
         "6 to 12 MB of live Python objects in a 30 MB growth; the rest was glibc keeping freed memory. "
         "The exporter's ~45 threads each got their own malloc arena (8 per CPU) holding its own peak: "
-        "`patrol exporter` now caps them at 2 (`exporter/arenas.py`; an operator's `MALLOC_ARENA_MAX` "
+        "`patrol exporter` now allocates from one (`core/arenas.py`; an operator's `MALLOC_ARENA_MAX` "
         "wins). Blocks freed in the middle of a heap stayed resident: after refreshes the exporter "
-        "calls `malloc_trim` (at most every 10 s). A fan-out over 1,000 sinks queued 1,000 futures at "
-        "once; it now queues at most `concurrency` tasks. The configuration's share is what "
+        "calls `malloc_trim` (at most every 10 s), and blocks of 128 KiB or more (the ~0.6 MB "
+        "exposition and its copies) are their own mmap, returned when freed (a fixed "
+        "`M_MMAP_THRESHOLD`; glibc's own rises to the largest block freed). A fan-out over 1,000 sinks "
+        "queued 1,000 futures at once; it now queues at most `concurrency` tasks. The configuration's share is what "
         "loading it leaves resident: since the reader builds the data from parser events instead "
         "of a node tree (`core/_config_parse.py`), its peak is the data itself (see \"Config load\" "
         "below, `bench/scrape.py --config-memory`).",
@@ -407,6 +419,19 @@ def write_section(section: str) -> None:
     DOC.write_text(text)
 
 
+def write_subsection(begin: str, end: str, section: str) -> None:
+    """Replace the part of the doc between ``begin`` and ``end`` (both in ``section``), else add it
+    after the main section."""
+    text = DOC.read_text()
+    if begin in text and end in text:
+        before, rest = text.split(begin, 1)
+        text = before + section.rstrip("\n") + rest.split(end, 1)[1]
+    else:
+        text = text.replace(END, END + "\n\n" + section.rstrip("\n"), 1)
+    DOC.write_text(text)
+    print(f"written to {DOC.relative_to(ROOT)}")
+
+
 def profile_child(config: Path, refreshes: int, top: int = 15) -> None:
     """The exporter's sources built, refreshed and rendered as ``patrol exporter`` does, traced."""
     import gc
@@ -423,7 +448,7 @@ def profile_child(config: Path, refreshes: int, top: int = 15) -> None:
         print(f"{label}: RSS {rss_mb(os.getpid())[0]:.1f} MB, traced {traced:.1f} MB", flush=True)
 
     cap_arenas(os.environ)
-    cfg = load_config(config)
+    cfg = load_config(str(config))
     tracemalloc.start(12)
     mark("after imports and configuration")
     start = tracemalloc.take_snapshot()
@@ -498,7 +523,7 @@ def config_memory(rounds: int, trees: list[tuple[str, Path, str]], write: bool) 
         " --tree " + shlex.quote(f"{label}={shown}") for label, _, shown in trees)
 
     def median(label: str, key: str) -> float:
-        return statistics.median(run[key] for run in runs[label])
+        return float(statistics.median(run[key] for run in runs[label]))
 
     lines = [
         CONFIG_BEGIN,
@@ -527,14 +552,74 @@ def config_memory(rounds: int, trees: list[tuple[str, Path, str]], write: bool) 
     section = "\n".join(lines) + "\n"
     print(section)
     if write:
-        text = DOC.read_text()
-        if CONFIG_BEGIN in text and CONFIG_END in text:
-            before, rest = text.split(CONFIG_BEGIN, 1)
-            text = before + section.rstrip("\n") + rest.split(CONFIG_END, 1)[1]
-        else:
-            text = text.replace(END, END + "\n\n" + section.rstrip("\n"), 1)
-        DOC.write_text(text)
-        print(f"written to {DOC.relative_to(ROOT)}")
+        write_subsection(CONFIG_BEGIN, CONFIG_END, section)
+
+
+PACKAGES = ("core", "exporter", "remediation", "patrol")
+GROWTH_BEGIN = "<!-- bench/scrape.py --growth: begin -->"
+GROWTH_END = "<!-- bench/scrape.py --growth: end -->"
+
+
+def growth(rounds: int, scrapes: int, trees: list[tuple[str, Path, str]], write: bool) -> None:
+    """The exporter's runtime growth over its imports at ``large``, N rounds per tree, alternating.
+
+    Each round and tree: the imports (a fresh process importing what the exporter imports, from
+    that tree), the imports plus the configuration loaded, and the exporter (``python -m exporter``
+    from that tree) after ``scrapes`` scrapes. One run's RSS swings by several MB on a shared
+    machine, so the figure is the median of the rounds.
+    """
+    with tempfile.TemporaryDirectory(prefix="patrol-bench-") as tmp, SandboxThread(tmp, "large", timeout=120) as sb:
+        large = Path(tmp) / "large.yaml"
+        print(f"sizes: {extend_config(sb, Path(sb.ready['config']), large)}", flush=True)
+        runs: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in trees}
+        for _, tree, _ in trees:
+            # bytecode for every module first: a process that compiles a stale one keeps the
+            # compiler's garbage, which would count against whichever tree had more stale files
+            subprocess.run([sys.executable, "-m", "compileall", "-q", *PACKAGES], cwd=tree, check=True,
+                           capture_output=True, timeout=300)
+        for round_ in range(rounds):
+            for label, tree, _ in trees:
+                steps = import_rss(large, tree)
+                scraped = serve_and_scrape(large, scrapes, tree)
+                run = {"imports": steps[-2][1], "config": steps[-1][1], "rss": scraped["rss"], "hwm": scraped["hwm"]}
+                runs[label].append(run)
+                print(f"round {round_ + 1} {label}: {run}, growth {run['rss'] - run['imports']:.1f} MB", flush=True)
+    command = f".venv/bin/python bench/scrape.py --growth {rounds} --scrapes {scrapes}" + "".join(
+        " --tree " + shlex.quote(f"{label}={shown}") for label, _, shown in trees)
+
+    def median(label: str, key: str) -> float:
+        return statistics.median(run[key] for run in runs[label])
+
+    def spread(label: str) -> str:
+        grown = sorted(run["rss"] - run["imports"] for run in runs[label])
+        return f"{grown[0]:.1f} to {grown[-1]:.1f} MB"
+
+    lines = [
+        GROWTH_BEGIN,
+        "### Runtime growth, medians (issue 10: under 15 MB)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {host.describe()}  ",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        f"The `large` configuration, {rounds} rounds, the trees alternating; each round measures the imports "
+        "and the configuration in fresh processes and the exporter after its scrapes. Medians of the rounds; "
+        "the growth's range shows the run-to-run spread.",
+        "",
+        "| tree | RSS after the imports | + the configuration loaded | exporter after the scrapes | "
+        "**growth over the imports** | range over the rounds | peak RSS |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, _, _ in trees:
+        grown = statistics.median(run["rss"] - run["imports"] for run in runs[label])
+        lines.append(f"| {label} | {median(label, 'imports'):.1f} MB | {median(label, 'config'):.1f} MB | "
+                     f"{median(label, 'rss'):.1f} MB | **{grown:.1f} MB** | {spread(label)} | "
+                     f"{median(label, 'hwm'):.1f} MB |")
+    lines += ["", GROWTH_END]
+    section = "\n".join(lines) + "\n"
+    print(section)
+    if write:
+        write_subsection(GROWTH_BEGIN, GROWTH_END, section)
 
 
 def profile(refreshes: int) -> None:
@@ -555,12 +640,19 @@ def main() -> int:
     parser.add_argument("--profile-child", nargs=2, metavar=("CONFIG", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--config-memory", nargs="?", type=int, const=5, metavar="N",
                         help="measure loading the large configuration alone (N rounds, default 5)")
+    parser.add_argument("--growth", nargs="?", type=int, const=5, metavar="N",
+                        help="measure the runtime growth over the imports alone (N rounds, default 5; "
+                             "--scrapes per round, default 1000)")
     parser.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR",
-                        help="with --config-memory: a patrol checkout to measure (repeatable; default this one)")
+                        help="with --config-memory or --growth: a patrol checkout to measure (repeatable; "
+                             "default this one)")
     args = parser.parse_args()
+    trees = [(label, Path(path).resolve(), path) for label, _, path in (t.partition("=") for t in args.tree)]
     if args.config_memory is not None:
-        trees = [(label, Path(path).resolve(), path) for label, _, path in (t.partition("=") for t in args.tree)]
         config_memory(args.config_memory, trees or [("this tree", ROOT, ".")], not args.no_write)
+        return 0
+    if args.growth is not None:
+        growth(args.growth, args.scrapes, trees or [("this tree", ROOT, ".")], not args.no_write)
         return 0
     if args.profile_child:
         profile_child(Path(args.profile_child[0]), int(args.profile_child[1]))

@@ -1,13 +1,15 @@
-"""glibc's malloc arenas in patrol's long-running processes: capped, so what one thread frees the
-next reuses.
+"""glibc's malloc in patrol's long-running processes: arenas capped, so what one thread frees the
+next reuses; big blocks kept out of the heap (the exporter).
 
 Guarantees:
 
 - After :func:`cap_arenas` (called once by ``patrol exporter`` and ``patrol worker`` before any
-  thread starts), every thread of the process allocates from at most :data:`EXPORTER_ARENAS` glibc
-  arenas.
-- An operator's ``MALLOC_ARENA_MAX`` wins: when it is set, glibc already applied it and nothing
-  here changes it.
+  thread starts), every thread of the process allocates from at most :data:`EXPORTER_ARENAS` (the
+  exporter: one, the main arena) or :data:`WORKER_ARENAS` (the worker) glibc arenas.
+- After :func:`fix_mmap_threshold` (the exporter), every block of 128 KiB or more is its own
+  ``mmap``, returned to the kernel when freed, however big the blocks freed before it.
+- An operator's ``MALLOC_ARENA_MAX`` / ``MALLOC_MMAP_THRESHOLD_`` wins: when it is set, glibc
+  already applied it and nothing here changes it.
 - :class:`Trimmer` hands the free pages of those arenas back to the kernel (``malloc_trim``)
   after the exporter's refreshes and each round of the worker's journal keeper, at most once per
   ``every`` seconds, so a refresh's transient peak (a page
@@ -22,7 +24,11 @@ its threads ever saw and stays there: at the ``large`` benchmark scenario (1,000
 pools, 10 clusters) that was ~15 MB of the exporter's runtime growth (tracemalloc saw only 6 to
 12 MB of live Python objects in a 30 MB RSS growth; with ``MALLOC_ARENA_MAX=2`` the growth fell
 to 18 MB and with 1 to 13 MB — docs/benchmarks.md). The refresher's work is I/O-bound and
-serialised by the GIL, so fewer arenas cost no measurable scrape latency. The worker applies
+serialised by the GIL, so fewer arenas cost no measurable scrape latency. The exporter now uses
+one arena and a fixed mmap threshold. At ``large``, with the Entra credentials' shared TLS
+context (core/tls.py), its growth over the imports fell from 20.8 to 17.4 MB, and to 20.6 MB
+without the fixed threshold (medians of 3 rounds in one run, ``bench/scrape.py --growth``; one
+arena alone left 1.6 MB less than two in a harness without the HTTP server). The worker applies
 the same cap (a thread per rotation in flight, the reconcile loop, the Lease, the journal
 keeper); in the soak it did not change the worker's memory slope (docs/reliability.md), so
 there it is a precaution, not a fix (the worker's growth was a TLS context per ADO client,
@@ -39,8 +45,14 @@ from collections.abc import Callable, Mapping
 
 # <malloc.h>: mallopt(M_ARENA_MAX, n) — the same knob as the MALLOC_ARENA_MAX variable.
 M_ARENA_MAX = -8
-EXPORTER_ARENAS = 2
+EXPORTER_ARENAS = 1
+WORKER_ARENAS = 2
 ENV = "MALLOC_ARENA_MAX"
+# mallopt(M_MMAP_THRESHOLD, n) — the same knob as MALLOC_MMAP_THRESHOLD_. Setting it turns off
+# glibc's dynamic threshold, which otherwise rises to the largest mmapped block ever freed.
+M_MMAP_THRESHOLD = -3
+MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
+EXPORTER_MMAP_THRESHOLD = 128 * 1024            # glibc's own starting value, kept fixed
 TRIM_EVERY = 10.0                               # seconds between two malloc_trim calls, at most
 
 
@@ -61,10 +73,31 @@ def cap_arenas(env: Mapping[str, str], limit: int = EXPORTER_ARENAS) -> bool:
     """
     if limit < 1:
         raise ValueError(f"arena limit must be at least 1, not {limit}")
-    mallopt = None if ENV in env else _libc_function("mallopt")
+    return _mallopt(env, ENV, M_ARENA_MAX, limit)
+
+
+def _mallopt(env: Mapping[str, str], variable: str, param: int, value: int) -> bool:
+    """``mallopt(param, value)`` unless ``env`` sets glibc's own ``variable`` for it (the operator's
+    choice, already applied); True if glibc took the value."""
+    mallopt = None if variable in env else _libc_function("mallopt")
     if mallopt is None:
         return False
-    return bool(mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(limit)))
+    return bool(mallopt(ctypes.c_int(param), ctypes.c_int(value)))
+
+
+def fix_mmap_threshold(env: Mapping[str, str], threshold: int = EXPORTER_MMAP_THRESHOLD) -> bool:
+    """Serve every block of ``threshold`` bytes or more with its own ``mmap``, for good, unless
+    ``env`` sets :data:`MMAP_ENV`; True if this call set it.
+
+    Why: glibc starts at 128 KiB but raises the threshold to the size of any mmapped block that is
+    freed, so after the first ~0.6 MB ``/metrics`` body (and its copy in the socket's send
+    buffer) every later one comes from the heap, and a heap with live blocks above them keeps
+    their pages until ``malloc_trim``. With the threshold fixed, a big transient block goes back
+    to the kernel the moment it is freed.
+    """
+    if threshold < 1:
+        raise ValueError(f"mmap threshold must be at least 1 byte, not {threshold}")
+    return _mallopt(env, MMAP_ENV, M_MMAP_THRESHOLD, threshold)
 
 
 class Trimmer:

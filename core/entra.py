@@ -78,6 +78,7 @@ from core.errors import (
 )
 from core.logs import redact
 from core.secret import Secret
+from core.tls import requests_transport
 
 log = logging.getLogger("patrol.entra")
 
@@ -292,9 +293,12 @@ def _userrealm_port_hook(authority: str) -> Callable[[PipelineRequest[Any]], Non
 
 
 def _transport_kwargs(ca_bundle: str | None, retry_total: int | None) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
-    if ca_bundle:
-        kwargs["connection_verify"] = ca_bundle
+    """A credential's own transport, verifying with the process's shared context for
+    ``ca_bundle`` (:mod:`core.tls`): azure-identity's default transport would load the bundle again
+    for every new connection, and a cold exporter asks for as many tokens at once as it reads
+    vaults. Each credential owns its transport (closing the credential closes it)."""
+    connection: dict[str, Any] = {"connection_verify": ca_bundle} if ca_bundle else {}
+    kwargs: dict[str, Any] = {"transport": requests_transport(**connection)}
     if retry_total is not None:
         kwargs["retry_total"] = retry_total
     return kwargs

@@ -10,22 +10,12 @@ Against a local vault (the sandbox) the SDK needs ``verify_challenge_resource=Fa
 CA bundle (docs/external-apis.md, "Key Vault"); both are constructor arguments with production defaults.
 
 TLS: every Key Vault connection of the process verifies with one ``SSLContext`` per CA bundle
-(:func:`tls_context`). requests (azure-core's transport) hands urllib3 a CA *path*, and urllib3
-then builds a new context and loads that bundle for every new connection (urllib3 2.x
-``connection._ssl_wrap_socket_and_match_hostname``); each live connection kept its own copy of
-the bundle: ~1 MB of OpenSSL memory per connection with the full public bundle (16 contexts:
-+17 MB RSS, measured with Python 3.11 / OpenSSL 3), ~100 KB with a one-certificate bundle.
-The exporter reads its 1,000 Key Vault sinks over up to ``concurrency`` connections, plus the
-pool's replacements, so the copies added up. :class:`_SharedContextAdapter` gives urllib3 the
-shared context and no CA path, so nothing is loaded per connection; which bundle is trusted
-is unchanged (the ``ca_bundle`` given, else what requests would use: ``REQUESTS_CA_BUNDLE`` /
-``CURL_CA_BUNDLE`` when the environment is trusted, else certifi's).
+(:mod:`core.tls`, shared with the Entra credentials): requests would otherwise have urllib3 load
+the bundle again for every new connection.
 """
 
 from __future__ import annotations
 
-import os
-import ssl
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -34,7 +24,6 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-import requests
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import (
     ClientAuthenticationError,
@@ -43,13 +32,8 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.core.pipeline.transport import RequestsTransport
 from azure.identity import CredentialUnavailableError
 from azure.keyvault.secrets import SecretClient, SecretProperties
-from requests.adapters import HTTPAdapter
-from requests.utils import DEFAULT_CA_BUNDLE_PATH
-from urllib3.util.retry import Retry
-from urllib3.util.ssl_ import create_urllib3_context
 
 from core.entra import translate_auth_error
 from core.errors import (
@@ -63,6 +47,7 @@ from core.errors import (
 )
 from core.logs import redact
 from core.secret import Secret
+from core.tls import requests_transport
 
 SERVICE = "keyvault"
 
@@ -149,70 +134,6 @@ def translate_keyvault_error(exc: BaseException, *, what: str, vault_url: str | 
     return ServerError(f"{what}: {type(exc).__name__}: {first}", service=SERVICE)
 
 
-_contexts: dict[str, ssl.SSLContext] = {}
-_contexts_lock = threading.Lock()
-
-
-def tls_context(ca_bundle: str) -> ssl.SSLContext:
-    """The process's one context verifying against ``ca_bundle`` (a file or a directory of
-    certificates), built as urllib3 builds its own for a new connection, the bundle loaded once.
-
-    Built under a lock (``functools.lru_cache`` may compute twice when threads race, and the
-    exporter's first refresh opens its connections from several threads at once). Shared by
-    every connection of every thread: urllib3 only sets ``verify_mode`` again on each
-    connection, to the same value (``CERT_REQUIRED``)."""
-    with _contexts_lock:
-        context = _contexts.get(ca_bundle)
-        if context is None:
-            context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
-            context.verify_mode = ssl.CERT_REQUIRED
-            if os.path.isdir(ca_bundle):
-                context.load_verify_locations(capath=ca_bundle)
-            else:
-                context.load_verify_locations(cafile=ca_bundle)
-            _contexts[ca_bundle] = context
-        return context
-
-
-def forget_tls_contexts() -> None:
-    """Drop the shared contexts (tests; connections already open keep theirs)."""
-    with _contexts_lock:
-        _contexts.clear()
-
-
-class _SharedContextAdapter(HTTPAdapter):
-    """requests' adapter, but verifying with :func:`tls_context` instead of a CA path that
-    urllib3 would load again for every new connection. ``verify=False`` is left as requests
-    does it. Retries stay off, as in azure-core's own adapter (its pipeline retries)."""
-
-    def __init__(self) -> None:
-        super().__init__(max_retries=Retry(total=False, redirect=False, raise_on_status=False))
-
-    def build_connection_pool_key_attributes(self, request: requests.PreparedRequest, verify: bool | str,
-                                             cert: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
-        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
-        if verify is not False and host_params.get("scheme") == "https":
-            pool_kwargs.pop("ca_certs", None)
-            pool_kwargs.pop("ca_cert_dir", None)
-            pool_kwargs["ssl_context"] = tls_context(verify if isinstance(verify, str) else DEFAULT_CA_BUNDLE_PATH)
-        return host_params, pool_kwargs
-
-    def cert_verify(self, conn: Any, url: str, verify: bool | str, cert: Any) -> None:
-        super().cert_verify(conn, url, verify, cert)
-        if verify is not False and url.lower().startswith("https"):
-            conn.ca_certs = None                  # the pool's context already trusts the bundle
-            conn.ca_cert_dir = None
-
-
-def _transport(**connection: Any) -> RequestsTransport:
-    """azure-core's requests transport over a session whose adapter shares :func:`tls_context`."""
-    session = requests.Session()
-    adapter = _SharedContextAdapter()
-    for prefix in ("http://", "https://"):
-        session.mount(prefix, adapter)
-    return RequestsTransport(session=session, session_owner=True, **connection)
-
-
 @contextmanager
 def _translated(what: str, vault_url: str) -> Iterator[None]:
     try:
@@ -230,7 +151,7 @@ class KeyVault:
                  verify_challenge_resource: bool = True, retry_total: int | None = None) -> None:
         connection: dict[str, Any] = {"connection_verify": ca_bundle} if ca_bundle else {}
         kwargs: dict[str, Any] = {"verify_challenge_resource": verify_challenge_resource,
-                                  "transport": _transport(**connection)}
+                                  "transport": requests_transport(**connection)}
         if retry_total is not None:
             kwargs["retry_total"] = retry_total
         self.vault_url = vault_url.rstrip("/")

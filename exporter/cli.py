@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
-from core.arenas import cap_arenas
+from core.arenas import EXPORTER_ARENAS, cap_arenas, fix_mmap_threshold
 from core.config import load_config
 from core.errors import ConfigError, ListenError
 from exporter.server import DEFAULT_PORT, make_app, parse_listen, start
@@ -87,7 +87,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     if env is None:
         env = getattr(args, "env", None) or {}
     # before any thread starts: a thread keeps the malloc arena it was first given (core/arenas.py)
-    cap_arenas(env)
+    cap_arenas(env, EXPORTER_ARENAS)
+    fix_mmap_threshold(env)
     # imported here: every patrol command builds this parser, and only the exporter needs the
     # sources and their clients (the worker and the CLI stay lighter for it)
     from exporter.assembly import CoreClients, build

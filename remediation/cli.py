@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from core import config
-from core.arenas import cap_arenas
+from core.arenas import WORKER_ARENAS, cap_arenas
 from core.config import load_config
 from core.errors import ConfigError, ListenError
 from core.secret import Secret
@@ -186,7 +186,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
     env = _env(args)
     # before any thread starts: a thread keeps the malloc arena it was first given (core/arenas.py)
-    cap_arenas(env)
+    cap_arenas(env, WORKER_ARENAS)
     cfg = _config(args)
     token = webhook_token(cfg, env)
     if token is None and not args.insecure_no_auth:

@@ -38,7 +38,7 @@ def ca_loads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
     import ssl
 
     from core._ado_session import tls_context
-    from core.keyvault import forget_tls_contexts
+    from core.tls import forget_tls_contexts
 
     loads: list[object] = []
     original = ssl.SSLContext.load_verify_locations

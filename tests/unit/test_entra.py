@@ -10,6 +10,7 @@ import pytest
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 from azure.core.pipeline import PipelineContext, PipelineRequest
+from azure.core.pipeline.transport import RequestsTransport
 from azure.core.rest import HttpRequest
 from azure.identity import AuthenticationRequiredError as AzureAuthRequired
 from azure.identity import CredentialUnavailableError
@@ -25,6 +26,7 @@ from core.errors import (
     UnavailableError,
 )
 from core.secret import Secret
+from core.tls import SharedContextAdapter
 
 TOKEN_VALUE = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJib3QifQ.very-secret-access-token-tail"
 
@@ -89,16 +91,29 @@ def test_a_registered_token_value_in_an_sdk_message_is_masked() -> None:
 
 # -- authority settings ----------------------------------------------------------------------
 
+def shares_the_tls_context(transport: object) -> bool:
+    """A transport from core.tls: its session verifies with the process's shared context."""
+    if not isinstance(transport, RequestsTransport) or transport.session is None:
+        return False
+    return all(isinstance(transport.session.get_adapter(f"{scheme}://x"), SharedContextAdapter)
+               for scheme in ("http", "https"))
+
+
 def test_public_cloud_keeps_instance_discovery_and_gets_no_hook() -> None:
     kwargs = entra._authority_kwargs("https://login.microsoftonline.com", None, None, userrealm=True)
+    transport = kwargs.pop("transport")
     assert kwargs == {"authority": "https://login.microsoftonline.com"}
+    assert shares_the_tls_context(transport)
+    assert transport.connection_config.verify is True          # requests' own default bundle
 
 
 def test_local_authority_disables_discovery_and_passes_the_ca() -> None:
     kwargs = entra._authority_kwargs("https://127.0.0.1:8443/", "/tmp/ca.pem", 0, userrealm=True)
     assert kwargs["authority"] == "https://127.0.0.1:8443"
     assert kwargs["disable_instance_discovery"] is True
-    assert kwargs["connection_verify"] == "/tmp/ca.pem"
+    assert shares_the_tls_context(kwargs["transport"])
+    assert kwargs["transport"].connection_config.verify == "/tmp/ca.pem"
+    assert "connection_verify" not in kwargs                  # the transport carries it
     assert kwargs["retry_total"] == 0
     assert callable(kwargs["raw_request_hook"])
 

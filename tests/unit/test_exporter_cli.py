@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
+from core.arenas import EXPORTER_ARENAS
 from exporter import cli
 from exporter.__main__ import shared_flags
 from patrol.cli import build_parser
@@ -45,3 +47,31 @@ def test_python_m_exporter_adds_the_same_shared_flags() -> None:
     cli.add_parser(root.add_subparsers(dest="command"), env, common=shared_flags(env))
     args = root.parse_args(["exporter", "--config", "x.yaml"])
     assert (args.config, args.log_format, args.log_level, args.env) == ("x.yaml", "text", "WARNING", env)
+
+
+TWO_CLUSTERS = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "config" / "two-clusters.yaml"
+
+
+class Stop(Exception):
+    pass
+
+
+def test_the_exporter_tunes_malloc_before_building_its_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, object, int | None]] = []
+
+    def cap(env: object, limit: int) -> bool:
+        calls.append(("arenas", env, limit))
+        return True
+
+    def fix(env: object) -> bool:
+        calls.append(("mmap", env, None))
+        raise Stop                                  # nothing after it runs: no sources, no threads
+
+    monkeypatch.setattr(cli, "cap_arenas", cap)
+    monkeypatch.setattr(cli, "fix_mmap_threshold", fix)
+    env = {"PATROL_LOG_LEVEL": "WARNING"}
+    args = build_parser(env).parse_args(["exporter", "--config", str(TWO_CLUSTERS)])
+    with pytest.raises(Stop):
+        cli.run(args)
+    assert calls == [("arenas", env, EXPORTER_ARENAS), ("mmap", env, None)]
+    assert EXPORTER_ARENAS == 1                      # one arena (docs/benchmarks.md)

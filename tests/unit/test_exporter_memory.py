@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from core.arenas import ENV, Trimmer, cap_arenas
+from core.arenas import ENV, EXPORTER_ARENAS, MMAP_ENV, WORKER_ARENAS, Trimmer, cap_arenas, fix_mmap_threshold
 from core.errors import TransientError
 from exporter.fanout import Fanout, Result
 
@@ -61,7 +61,8 @@ def test_a_map_still_runs_its_items_side_by_side() -> None:
 ARENA_PROBE = textwrap.dedent("""
     import ctypes, os, re, sys, tempfile, threading
     from core.arenas import cap_arenas
-    print(cap_arenas({}) if sys.argv[1] == "cap" else False)
+    mode = sys.argv[1]
+    print(cap_arenas({}, int(mode)) if mode != "none" else False)
     libc = ctypes.CDLL(None)
     libc.fopen.restype = ctypes.c_void_p
     libc.fopen.argtypes = (ctypes.c_char_p, ctypes.c_char_p)
@@ -83,20 +84,64 @@ ARENA_PROBE = textwrap.dedent("""
 """)
 
 
-def arenas_after_threads(mode: str) -> tuple[bool, int]:
-    done = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True,
+def probe(code: str, mode: str) -> tuple[bool, int]:
+    """Run ``code`` in a fresh interpreter (no MALLOC_* variables): what it prints, a bool and a count."""
+    done = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
                           cwd=ROOT, env={"PATH": "/usr/bin:/bin"}, timeout=60, check=True)
-    capped, count = done.stdout.split()
-    return capped == "True", int(count)
+    flag, count = done.stdout.split()
+    return flag == "True", int(count)
+
+
+def arenas_after_threads(mode: str) -> tuple[bool, int]:
+    return probe(ARENA_PROBE, mode)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc arenas exist on Linux only")
-def test_the_arena_cap_bounds_the_arenas_threads_allocate_from() -> None:
-    capped, arenas = arenas_after_threads("cap")
+@pytest.mark.parametrize("limit", [EXPORTER_ARENAS, WORKER_ARENAS])
+def test_the_arena_cap_bounds_the_arenas_threads_allocate_from(limit: int) -> None:
+    capped, arenas = arenas_after_threads(str(limit))
     _, uncapped = arenas_after_threads("none")
     assert capped
-    assert arenas <= 2
+    assert arenas <= limit
     assert uncapped > arenas                              # the probe does see arenas multiply
+
+
+
+# Frees a 600 KB block (what a /metrics body is), then takes another: mmapped (mallinfo2's hblks
+# counts it) only if the threshold stayed at 128 KiB. glibc's dynamic threshold, once the first
+# mmapped block is freed, serves the second from the heap.
+MMAP_PROBE = textwrap.dedent("""
+    import ctypes, sys
+    from core.arenas import fix_mmap_threshold
+    fixed = fix_mmap_threshold({}) if sys.argv[1] == "fix" else False
+    class Info(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in
+                    "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = Info
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = (ctypes.c_size_t,)
+    libc.free.argtypes = (ctypes.c_void_p,)
+    libc.free(libc.malloc(600_000))
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(600_000)
+    print(fixed, libc.mallinfo2().hblks - before)
+    libc.free(block)
+""")
+
+
+def mmapped_after_a_free(mode: str) -> tuple[bool, int]:
+    return probe(MMAP_PROBE, mode)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc exists on Linux only")
+def test_a_fixed_mmap_threshold_keeps_big_blocks_out_of_the_heap() -> None:
+    assert mmapped_after_a_free("fix") == (True, 1)
+    assert mmapped_after_a_free("none") == (False, 0)         # glibc's dynamic threshold moved
+
+
+def test_an_operators_mmap_threshold_wins() -> None:
+    assert fix_mmap_threshold({MMAP_ENV: "1048576"}) is False
 
 
 def test_an_operators_malloc_arena_max_wins() -> None:

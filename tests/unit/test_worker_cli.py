@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from rotation_fakes import Clock, FakeWorld, make_config, seed
 
+from core.arenas import WORKER_ARENAS
 from core.errors import ConfigError
 from remediation import cli
 from remediation.journal import Journal
@@ -95,11 +96,14 @@ def test_webhook_token_precedence(tmp_path: Path) -> None:
     assert cli.webhook_token(load_config(str(write_config(tmp_path))), {}) is None
 
 
-def test_worker_refuses_to_start_without_a_webhook_token(tmp_path: Path) -> None:
+def test_worker_refuses_to_start_without_a_webhook_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    capped: list[int] = []
+    monkeypatch.setattr(cli, "cap_arenas", lambda env, limit: capped.append(limit) or True)
     args = parser({}).parse_args(["worker", "--config", str(write_config(tmp_path))])
     with pytest.raises(ConfigError, match="PATROL_WEBHOOK_TOKEN"):
         cli.run_worker(args)
     assert not (tmp_path / "state").exists()
+    assert capped == [WORKER_ARENAS]                       # before any thread (core/arenas.py)
 
 
 @pytest.mark.parametrize(("text", "expected"), [("0.0.0.0:9878", ("0.0.0.0", 9878)),
