@@ -24,7 +24,7 @@ growth over the imports < 15 MB.
     .venv/bin/python bench/scrape.py [--scrapes 1000] [--no-write]
     .venv/bin/python bench/scrape.py --profile [N]     # where the runtime growth goes
     .venv/bin/python bench/scrape.py --config-memory [N] [--tree LABEL=DIR ...]
-    .venv/bin/python bench/scrape.py --growth [N] [--scrapes 200] [--tree LABEL=DIR ...]
+    .venv/bin/python bench/scrape.py --growth [N] [--scrapes 200] [--settle S] [--tree LABEL=DIR ...]
 
 ``--growth`` measures only the runtime growth over the imports (issue 10's figure), N rounds per
 tree (default 5), the trees alternating, and reports medians with the range: one run's RSS swings
@@ -202,7 +202,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve_and_scrape(config: Path, scrapes: int, tree: Path = ROOT) -> dict[str, Any]:
+def serve_and_scrape(config: Path, scrapes: int, tree: Path = ROOT, settle: float = 0.0) -> dict[str, Any]:
+    """Start the exporter from ``tree``, wait until ready, scrape; its RSS after the scrapes, and
+    ``settle`` seconds later (``settled``; 0: not measured)."""
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "exporter", "--config", str(config), "--listen",
                                 f"127.0.0.1:{port}", "--log-level", "WARNING"], cwd=tree)
@@ -225,10 +227,15 @@ def serve_and_scrape(config: Path, scrapes: int, tree: Path = ROOT) -> dict[str,
             result = json.loads(measured.stdout)
             body = http.get("/metrics", headers={"Accept-Encoding": "identity"}).content
             rss, hwm = rss_mb(process.pid)
+            settled = 0.0
+            if settle:
+                time.sleep(settle)
+                settled = rss_mb(process.pid)[0]
     finally:
         process.terminate()
         process.wait(30)
-    return {"timings": result["plain"], "gzip": result["gzip"], "body": body, "rss": rss, "hwm": hwm}
+    return {"timings": result["plain"], "gzip": result["gzip"], "body": body, "rss": rss, "hwm": hwm,
+            "settled": settled}
 
 
 def measure(url: str, scrapes: int) -> None:
@@ -560,13 +567,14 @@ GROWTH_BEGIN = "<!-- bench/scrape.py --growth: begin -->"
 GROWTH_END = "<!-- bench/scrape.py --growth: end -->"
 
 
-def growth(rounds: int, scrapes: int, trees: list[tuple[str, Path, str]], write: bool) -> None:
+def growth(rounds: int, scrapes: int, trees: list[tuple[str, Path, str]], write: bool, settle: float) -> None:
     """The exporter's runtime growth over its imports at ``large``, N rounds per tree, alternating.
 
     Each round and tree: the imports (a fresh process importing what the exporter imports, from
     that tree), the imports plus the configuration loaded, and the exporter (``python -m exporter``
     from that tree) after ``scrapes`` scrapes. One run's RSS swings by several MB on a shared
-    machine, so the figure is the median of the rounds.
+    machine, so the figure is the median of the rounds. With ``settle``, the exporter's RSS is
+    read again that many seconds after the scrapes, idle (what it sits at between refreshes).
     """
     with tempfile.TemporaryDirectory(prefix="patrol-bench-") as tmp, SandboxThread(tmp, "large", timeout=120) as sb:
         large = Path(tmp) / "large.yaml"
@@ -580,11 +588,13 @@ def growth(rounds: int, scrapes: int, trees: list[tuple[str, Path, str]], write:
         for round_ in range(rounds):
             for label, tree, _ in trees:
                 steps = import_rss(large, tree)
-                scraped = serve_and_scrape(large, scrapes, tree)
-                run = {"imports": steps[-2][1], "config": steps[-1][1], "rss": scraped["rss"], "hwm": scraped["hwm"]}
+                scraped = serve_and_scrape(large, scrapes, tree, settle)
+                run = {"imports": steps[-2][1], "config": steps[-1][1], "rss": scraped["rss"], "hwm": scraped["hwm"],
+                       "settled": scraped["settled"]}
                 runs[label].append(run)
                 print(f"round {round_ + 1} {label}: {run}, growth {run['rss'] - run['imports']:.1f} MB", flush=True)
-    command = f".venv/bin/python bench/scrape.py --growth {rounds} --scrapes {scrapes}" + "".join(
+    command = f".venv/bin/python bench/scrape.py --growth {rounds} --scrapes {scrapes}" + (
+        f" --settle {settle:g}" if settle else "") + "".join(
         " --tree " + shlex.quote(f"{label}={shown}") for label, _, shown in trees)
 
     def median(label: str, key: str) -> float:
@@ -607,14 +617,16 @@ def growth(rounds: int, scrapes: int, trees: list[tuple[str, Path, str]], write:
         "the growth's range shows the run-to-run spread.",
         "",
         "| tree | RSS after the imports | + the configuration loaded | exporter after the scrapes | "
-        "**growth over the imports** | range over the rounds | peak RSS |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "**growth over the imports** | range over the rounds | peak RSS |"
+        + (f" growth {settle:g} s later, idle |" if settle else ""),
+        "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if settle else ""),
     ]
     for label, _, _ in trees:
         grown = statistics.median(run["rss"] - run["imports"] for run in runs[label])
+        settled = statistics.median(run["settled"] - run["imports"] for run in runs[label])
         lines.append(f"| {label} | {median(label, 'imports'):.1f} MB | {median(label, 'config'):.1f} MB | "
                      f"{median(label, 'rss'):.1f} MB | **{grown:.1f} MB** | {spread(label)} | "
-                     f"{median(label, 'hwm'):.1f} MB |")
+                     f"{median(label, 'hwm'):.1f} MB |" + (f" {settled:.1f} MB |" if settle else ""))
     lines += ["", GROWTH_END]
     section = "\n".join(lines) + "\n"
     print(section)
@@ -643,6 +655,8 @@ def main() -> int:
     parser.add_argument("--growth", nargs="?", type=int, const=5, metavar="N",
                         help="measure the runtime growth over the imports alone (N rounds, default 5; "
                              "--scrapes per round, default 1000)")
+    parser.add_argument("--settle", type=float, default=0.0, metavar="S",
+                        help="with --growth: read the exporter's RSS again S seconds after the scrapes")
     parser.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR",
                         help="with --config-memory or --growth: a patrol checkout to measure (repeatable; "
                              "default this one)")
@@ -652,7 +666,7 @@ def main() -> int:
         config_memory(args.config_memory, trees or [("this tree", ROOT, ".")], not args.no_write)
         return 0
     if args.growth is not None:
-        growth(args.growth, args.scrapes, trees or [("this tree", ROOT, ".")], not args.no_write)
+        growth(args.growth, args.scrapes, trees or [("this tree", ROOT, ".")], not args.no_write, args.settle)
         return 0
     if args.profile_child:
         profile_child(Path(args.profile_child[0]), int(args.profile_child[1]))

@@ -13,7 +13,9 @@ Guarantees:
 - :class:`Trimmer` hands the free pages of those arenas back to the kernel (``malloc_trim``)
   after the exporter's refreshes and each round of the worker's journal keeper, at most once per
   ``every`` seconds, so a refresh's transient peak (a page
-  of parsed JSON, a thousand Key Vault answers) does not stay resident until the next one.
+  of parsed JSON, a thousand Key Vault answers) does not stay resident until the next one. The
+  exporter's trims a request that came too soon once the interval is up, so the last refresh of
+  a burst is trimmed too.
 - Where there is no glibc (musl, macOS) nothing happens and the exporter runs as before.
 
 Why: the exporter runs ~45 threads (one refresher thread per source, one Event watch per
@@ -42,6 +44,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 # <malloc.h>: mallopt(M_ARENA_MAX, n) — the same knob as the MALLOC_ARENA_MAX variable.
 M_ARENA_MAX = -8
@@ -103,15 +106,28 @@ def fix_mmap_threshold(env: Mapping[str, str], threshold: int = EXPORTER_MMAP_TH
 class Trimmer:
     """``malloc_trim(0)`` when asked, at most once per ``every`` seconds; callable from any thread.
 
+    With ``trailing=True`` a request that comes too soon is not dropped: one trim runs when the
+    interval is up (a daemon timer; :meth:`close` cancels it). The exporter's sources finish their
+    refreshes in bursts, so without it the garbage of a burst's last refreshes stayed resident
+    until the next refresh, minutes later for the slow sources.
+
     :attr:`trims` counts the calls made (tests). Without glibc it counts, and does nothing else.
+    ``later(delay, fn)`` schedules the trailing trim (tests pass their own; default
+    :class:`threading.Timer`) and returns something with ``cancel()``.
     """
 
-    def __init__(self, every: float = TRIM_EVERY, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, every: float = TRIM_EVERY, *, monotonic: Callable[[], float] = time.monotonic,
+                 trailing: bool = False,
+                 later: Callable[[float, Callable[[], None]], Cancellable] | None = None) -> None:
         self._every = every
         self._monotonic = monotonic
         self._last: float | None = None
         self._lock = threading.Lock()
         self._trim = _libc_function("malloc_trim")
+        self._trailing = trailing
+        self._later = later or _timer
+        self._pending: Cancellable | None = None
+        self._closed = False
         self.trims = 0
 
     def __call__(self) -> None:
@@ -120,10 +136,42 @@ class Trimmer:
         try:
             now = self._monotonic()
             if self._last is not None and now - self._last < self._every:
+                if self._trailing and self._pending is None and not self._closed:
+                    delay = min(self._every, max(0.0, self._every - (now - self._last)))
+                    self._pending = self._later(delay, self._run_pending)
                 return
-            self._last = now
-            self.trims += 1
-            if self._trim is not None:
-                self._trim(ctypes.c_size_t(0))
+            self._run(now)
         finally:
             self._lock.release()
+
+    def _run(self, now: float) -> None:
+        self._last = now
+        self.trims += 1
+        if self._trim is not None:
+            self._trim(ctypes.c_size_t(0))
+
+    def _run_pending(self) -> None:
+        with self._lock:
+            self._pending = None
+            if not self._closed:
+                self._run(self._monotonic())
+
+    def close(self) -> None:
+        """Cancel a pending trailing trim; later requests schedule none."""
+        with self._lock:
+            self._closed = True
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+def _timer(delay: float, fn: Callable[[], None]) -> Cancellable:
+    timer = threading.Timer(delay, fn)
+    timer.daemon = True
+    timer.name = "patrol-malloc-trim"
+    timer.start()
+    return timer

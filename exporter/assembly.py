@@ -192,6 +192,7 @@ class Exporter:
     fanout: Fanout
     clients: Clients
     board: SinkBoard = field(default_factory=SinkBoard)
+    trim: Trimmer = field(default_factory=Trimmer)
 
     def source(self, name: str) -> SourceCollector:
         return next(s for s in self.sources if s.name == name)
@@ -207,6 +208,7 @@ class Exporter:
         for source in self.sources:
             source.close()
         self.fanout.close()
+        self.trim.close()
         self.clients.close()
 
 
@@ -286,7 +288,7 @@ def build(cfg: config.Config, clients: Clients, *, clock: Callable[[], float] = 
 
     sources = (*first, *second)
     extra = [CredentialCollector(credentials)] if credentials is not None else []
-    trim = Trimmer(monotonic=monotonic)
+    trim = Trimmer(monotonic=monotonic, trailing=True)
     exposition = Exposition([*sources, ConsumerInfo(cfg.tokens),
                              BuildInfoCollector(info or build_info()), *extra])
 
@@ -300,7 +302,7 @@ def build(cfg: config.Config, clients: Clients, *, clock: Callable[[], float] = 
             source.on_change = rendered       # an Event seen between refreshes shows at once
     refresher = Refresher([first, second], on_change=rendered)
     return Exporter(sources=sources, refresher=refresher, exposition=exposition, fanout=fanout,
-                    clients=clients, board=board)
+                    clients=clients, board=board, trim=trim)
 
 
 def _build_api_for(clients: Clients, org: config.Organization) -> Callable[[Secret], BuildApi]:

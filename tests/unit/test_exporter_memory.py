@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,55 @@ def test_the_trimmer_trims_at_most_once_per_interval() -> None:
     now[0] = 110.0
     trim()
     assert trim.trims == 2
+
+
+class Later:
+    """A fake timer queue: what the trimmer scheduled, run by hand."""
+
+    def __init__(self) -> None:
+        self.scheduled: list[tuple[float, Callable[[], None]]] = []
+        self.cancelled = 0
+
+    def __call__(self, delay: float, fn: Callable[[], None]) -> Later:
+        self.scheduled.append((delay, fn))
+        return self
+
+    def cancel(self) -> None:
+        self.cancelled += 1
+
+
+def test_a_trailing_trimmer_runs_one_trim_when_the_interval_is_up() -> None:
+    now = [100.0]
+    later = Later()
+    trim = Trimmer(10.0, monotonic=lambda: now[0], trailing=True, later=later)
+    trim()                                                # at once
+    now[0] = 103.0
+    trim()                                                # too soon: one trim scheduled, 7 s on
+    now[0] = 105.0
+    trim()                                                # still pending: nothing more
+    assert trim.trims == 1 and [delay for delay, _ in later.scheduled] == [7.0]
+    now[0] = 110.0
+    later.scheduled[0][1]()                               # the timer fires
+    assert trim.trims == 2
+    now[0] = 111.0
+    trim()                                                # a new burst schedules again
+    assert [delay for delay, _ in later.scheduled] == [7.0, 9.0]
+
+
+def test_closing_cancels_the_pending_trim_and_schedules_no_more() -> None:
+    now = [100.0]
+    later = Later()
+    trim = Trimmer(10.0, monotonic=lambda: now[0], trailing=True, later=later)
+    trim()
+    now[0] = 101.0
+    trim()
+    trim.close()
+    assert later.cancelled == 1
+    later.scheduled[0][1]()                               # a timer that fired while closing
+    now[0] = 102.0
+    trim()
+    assert trim.trims == 1 and len(later.scheduled) == 1
+
 
 
 # Frees 60 MB of malloc'd blocks but every 100th (so glibc cannot give the heap's top back by

@@ -125,6 +125,16 @@ def test_assembly_creates_one_source_per_failure_domain(exporter: Exporter) -> N
     assert first_stage == {"keyvault/contoso-checks.vault.azure.net", "kubernetes/build-a", "kubernetes/build-b"}
 
 
+def test_a_burst_of_refreshes_trims_once_then_once_more_later_and_close_cancels_that(exporter: Exporter) -> None:
+    exporter.refresher.refresh_once()
+    exporter.refresher.refresh_once()           # within the trim interval of the first trim
+    pending = [t for t in threading.enumerate() if t.name == "patrol-malloc-trim"]
+    assert exporter.trim.trims == 1 and len(pending) == 1 and pending[0].is_alive()
+    exporter.close()
+    pending[0].join(5)
+    assert not pending[0].is_alive() and exporter.trim.trims == 1
+
+
 def test_one_refresh_fills_every_metric_of_the_contract(exporter: Exporter) -> None:
     exporter.refresher.refresh_once()
     text = exporter.exposition.body().decode()
