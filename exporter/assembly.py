@@ -191,8 +191,8 @@ class Exporter:
     exposition: Exposition
     fanout: Fanout
     clients: Clients
+    trim: Trimmer                             # the refreshes' malloc_trim; closed with the exporter
     board: SinkBoard = field(default_factory=SinkBoard)
-    trim: Trimmer = field(default_factory=Trimmer)
 
     def source(self, name: str) -> SourceCollector:
         return next(s for s in self.sources if s.name == name)
