@@ -34,7 +34,7 @@ def _fresh_credential_ledger() -> Iterator[None]:
 @pytest.fixture
 def ca_loads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
     """Every CA-bundle load (``ssl.SSLContext.load_verify_locations``) while the test runs, by its
-    arguments, with the process's shared TLS contexts (ADO's and Key Vault's) built afresh."""
+    arguments, with the process's shared TLS contexts (ADO's, and core.tls's for Key Vault and Entra) built afresh."""
     import ssl
 
     from core._ado_session import tls_context
